@@ -1,0 +1,138 @@
+//! Block dequantization. Each formula multiplies in the same order as the
+//! `gguf` Python package (`gguf/quants.py`), in `f32` without fused
+//! multiply-adds, so results are bit-exact with it.
+
+use half::{bf16, f16};
+
+use crate::error::Error;
+use crate::ggml_type::{GgmlType, QK_K};
+
+/// Dequantizes whole blocks of `ty` into `f32`.
+pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, Error> {
+    let block_bytes = ty.block_bytes();
+    if !bytes.len().is_multiple_of(block_bytes) {
+        return Err(Error::invalid(
+            format!("{} data", ty.name()),
+            format!(
+                "{} bytes is not a whole number of {block_bytes}-byte blocks",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / block_bytes * ty.block_len());
+    let blocks = bytes.chunks_exact(block_bytes);
+    match ty {
+        GgmlType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
+        GgmlType::F16 => out.extend(blocks.map(|b| f16_at(b, 0))),
+        GgmlType::BF16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        GgmlType::Q4_0 => blocks.for_each(|b| q4_0(b, &mut out)),
+        GgmlType::Q4_1 => blocks.for_each(|b| q4_1(b, &mut out)),
+        GgmlType::Q8_0 => blocks.for_each(|b| q8_0(b, &mut out)),
+        GgmlType::Q4K => blocks.for_each(|b| q4_k(b, &mut out)),
+        GgmlType::Q5K => blocks.for_each(|b| q5_k(b, &mut out)),
+        GgmlType::Q6K => blocks.for_each(|b| q6_k(b, &mut out)),
+    }
+    Ok(out)
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// 32 weights: `d * (q - 8)`, low nibbles first, then high nibbles.
+fn q4_0(b: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(b, 0);
+    let qs = &b[2..18];
+    out.extend(qs.iter().map(|&q| d * ((q & 0xF) as i32 - 8) as f32));
+    out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
+}
+
+/// 32 weights: `d * q + m`.
+fn q4_1(b: &[u8], out: &mut Vec<f32>) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    let qs = &b[4..20];
+    out.extend(qs.iter().map(|&q| d * (q & 0xF) as f32 + m));
+    out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+}
+
+/// 32 weights: `d * q` with signed bytes.
+fn q8_0(b: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(b, 0);
+    out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f32));
+}
+
+/// The eight 6-bit (scale, min) pairs packed into 12 bytes by the k-quants.
+fn k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for j in 0..8 {
+        if j < 4 {
+            sc[j] = s[j] & 63;
+            mn[j] = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+            mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+    }
+    (sc, mn)
+}
+
+/// 256 weights in 8 sub-blocks of 32: `(d * sc) * q - (dmin * m)`; each
+/// 32-byte run of `qs` holds two sub-blocks, low nibbles then high.
+fn q4_k(b: &[u8], out: &mut Vec<f32>) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (sc, mn) = k_scales_mins(&b[4..16]);
+    let qs = &b[16..16 + QK_K / 2];
+    for (j, chunk) in qs.chunks_exact(32).enumerate() {
+        for (sub, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+            let (ds, dm) = (d * sc[sub] as f32, dmin * mn[sub] as f32);
+            out.extend(chunk.iter().map(|&q| ds * ((q >> shift) & 0xF) as f32 - dm));
+        }
+    }
+}
+
+/// Like Q4_K with a fifth bit per weight taken from `qh`.
+fn q5_k(b: &[u8], out: &mut Vec<f32>) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (sc, mn) = k_scales_mins(&b[4..16]);
+    let qh = &b[16..16 + QK_K / 8];
+    let qs = &b[16 + QK_K / 8..16 + QK_K / 8 + QK_K / 2];
+    for (j, chunk) in qs.chunks_exact(32).enumerate() {
+        for (sub, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+            let (ds, dm) = (d * sc[sub] as f32, dmin * mn[sub] as f32);
+            out.extend(chunk.iter().zip(qh).map(|(&q, &h)| {
+                let high = ((h >> sub) & 1) << 4;
+                ds * (((q >> shift) & 0xF) | high) as f32 - dm
+            }));
+        }
+    }
+}
+
+/// 256 weights in 16 sub-blocks of 16: `(d * sc) * (q - 32)`, the 6-bit `q`
+/// split into 4 low bits (`ql`) and 2 high bits (`qh`).
+fn q6_k(b: &[u8], out: &mut Vec<f32>) {
+    let ql = &b[..QK_K / 2];
+    let qh = &b[QK_K / 2..QK_K / 2 + QK_K / 4];
+    let scales = &b[QK_K / 2 + QK_K / 4..QK_K / 2 + QK_K / 4 + QK_K / 16];
+    let d = f16_at(b, QK_K / 2 + QK_K / 4 + QK_K / 16);
+    let start = out.len();
+    out.resize(start + QK_K, 0.0);
+    let y = &mut out[start..];
+    for half in 0..2 {
+        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+        let sc = &scales[8 * half..];
+        let y = &mut y[128 * half..];
+        for l in 0..32 {
+            let is = l / 16;
+            let q = [
+                (ql[l] & 0xF) | ((qh[l] & 3) << 4),
+                (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4),
+                (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let ds = d * (sc[is + 2 * k] as i8) as f32;
+                y[l + 32 * k] = ds * (qk as i32 - 32) as f32;
+            }
+        }
+    }
+}

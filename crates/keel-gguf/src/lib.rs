@@ -1,0 +1,22 @@
+//! GGUF: the single-file model format of llama.cpp and Ollama.
+//!
+//! [`GgufFile::open`] memory-maps a file and parses its header, metadata and
+//! tensor table, checking every count, length and offset against the file's
+//! real size before it allocates anything, so a lying header gives an
+//! [`Error`] that names the field instead of a panic or a giant allocation.
+//! [`dequantize`] turns a tensor's blocks into `f32`, bit-exact with the
+//! reference dequantization of the `gguf` Python package.
+//!
+//! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
+
+mod dequant;
+mod error;
+mod ggml_type;
+mod reader;
+mod value;
+
+pub use dequant::dequantize;
+pub use error::{Error, ErrorKind};
+pub use ggml_type::GgmlType;
+pub use reader::{GgufFile, TensorInfo};
+pub use value::{Metadata, Value};

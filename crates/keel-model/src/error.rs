@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+/// Why a model could not be loaded or run. Every variant names the file,
+/// key or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("{file}: key `{key}`: {reason}")]
+    Config {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{file}: tensor `{tensor}`: {reason}")]
+    Tensor {
+        file: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Gguf(#[from] keel_gguf::Error),
+    #[error(transparent)]
+    Text(#[from] keel_text::Error),
+    #[error("device `{0}`: {1}")]
+    Device(String, String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |error| Error::Io { path, error }
+    }
+}

@@ -1,0 +1,149 @@
+//! Writing a model as an HF folder that transformers loads:
+//! `config.json`, `model.safetensors` (f32), `tokenizer.json`,
+//! `tokenizer_config.json`.
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+use safetensors::{Dtype, tensor::TensorView};
+
+use crate::error::Error;
+use crate::llama::{Linear, Llama};
+use crate::load::LoadedModel;
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().expect("model tensors are float")
+}
+
+/// Every weight under its HF name, in HF layout (`[out, in]` for linears).
+pub fn hf_tensors(model: &Llama) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    let push_linear = |name: String, l: &Linear, out: &mut Vec<_>| {
+        let w = l.weight.val().transpose();
+        let shape = w.dims().to_vec();
+        out.push((format!("{name}.weight"), shape, host(w)));
+        if let Some(b) = &l.bias {
+            let b = b.val();
+            out.push((format!("{name}.bias"), b.dims().to_vec(), host(b)));
+        }
+    };
+    let embed = model.embed_tokens.val();
+    out.push((
+        "model.embed_tokens.weight".into(),
+        embed.dims().to_vec(),
+        host(embed),
+    ));
+    for (i, layer) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        let norm =
+            |name: &str, w: Tensor<1>| (format!("{p}.{name}.weight"), w.dims().to_vec(), host(w));
+        out.push(norm("input_layernorm", layer.input_layernorm.weight.val()));
+        out.push(norm(
+            "post_attention_layernorm",
+            layer.post_attention_layernorm.weight.val(),
+        ));
+        let a = &layer.self_attn;
+        for (n, l) in [
+            ("q_proj", &a.q_proj),
+            ("k_proj", &a.k_proj),
+            ("v_proj", &a.v_proj),
+            ("o_proj", &a.o_proj),
+        ] {
+            push_linear(format!("{p}.self_attn.{n}"), l, &mut out);
+        }
+        let m = &layer.mlp;
+        for (n, l) in [
+            ("gate_proj", &m.gate_proj),
+            ("up_proj", &m.up_proj),
+            ("down_proj", &m.down_proj),
+        ] {
+            push_linear(format!("{p}.mlp.{n}"), l, &mut out);
+        }
+    }
+    let norm = model.norm.weight.val();
+    out.push(("model.norm.weight".into(), norm.dims().to_vec(), host(norm)));
+    if let Some(head) = &model.lm_head {
+        push_linear("lm_head".into(), head, &mut out);
+    }
+    out
+}
+
+/// Writes `model` as an HF folder at `out`. The folder is assembled beside
+/// `out` and renamed into place, so a failure leaves nothing half-written;
+/// an existing non-empty `out` is refused.
+pub fn save_hf_dir(model: &LoadedModel, out: &Path) -> Result<(), Error> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(Error::io(out))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::BadFile {
+            path: out.to_path_buf(),
+            reason: "output folder exists and is not empty".into(),
+        });
+    }
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let tmp = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let result = write_into(model, &tmp).and_then(|()| {
+        if out.exists() {
+            std::fs::remove_dir(out).map_err(Error::io(out))?;
+        }
+        std::fs::rename(&tmp, out).map_err(Error::io(out))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_into(model: &LoadedModel, dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let write = |file: &str, text: String| {
+        let path = dir.join(file);
+        std::fs::write(&path, text).map_err(Error::io(&path))
+    };
+    let config = model.config.to_hf_json().map_err(|reason| Error::Config {
+        file: model.path.clone(),
+        key: "rope_scaling".into(),
+        reason,
+    })?;
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&config).expect("JSON"),
+    )?;
+
+    let tensors = hf_tensors(&model.model);
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors.iter().zip(&bytes).map(|((name, shape, _), b)| {
+        (
+            name.clone(),
+            TensorView::new(Dtype::F32, shape.clone(), b).expect("sizes match"),
+        )
+    });
+    let st_path = dir.join("model.safetensors");
+    let metadata = Some([("format".to_string(), "pt".to_string())].into());
+    safetensors::serialize_to_file(views, metadata, &st_path).map_err(|e| Error::BadFile {
+        path: st_path.clone(),
+        reason: e.to_string(),
+    })?;
+
+    write("tokenizer.json", model.tokenizer.to_json()?)?;
+    let mut tok_config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model.config.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(t) = &model.chat_template {
+        tok_config["chat_template"] = t.source.clone().into();
+        tok_config["bos_token"] = t.bos_token.clone().into();
+        tok_config["eos_token"] = t.eos_token.clone().into();
+    }
+    write(
+        "tokenizer_config.json",
+        serde_json::to_string_pretty(&tok_config).expect("JSON"),
+    )
+}

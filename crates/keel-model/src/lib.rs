@@ -1,0 +1,20 @@
+//! The Llama-family decoder keel adapts: configuration, weight loading from
+//! HF folders and GGUF files, and generation with a KV cache.
+
+mod config;
+mod device;
+mod error;
+mod generate;
+mod hf_export;
+mod llama;
+mod load;
+mod weights;
+
+pub use config::{Architecture, Config, HfConfig, RopeScaling};
+pub use device::DeviceChoice;
+pub use error::Error;
+pub use generate::{Sampling, generate};
+pub use hf_export::{hf_tensors, save_hf_dir};
+pub use llama::{Attention, DecoderLayer, KvCache, Linear, Llama, Mlp, RmsNorm, Rope};
+pub use load::{LoadedModel, ModelSource, build_model};
+pub use weights::{HostTensor, WeightSource, gguf_name};

@@ -1,0 +1,277 @@
+//! The Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2) on Burn.
+//!
+//! Follows HF transformers' `modeling_llama.py`: pre-norm blocks of grouped-
+//! query attention with rotate-half RoPE and a SwiGLU MLP. Module and field
+//! names are HF's, so `model.layers.7.self_attn.q_proj` names the same
+//! projection here, in a safetensors file and in a PEFT adapter.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, embedding, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::Config;
+
+/// A linear projection stored as Burn does, `[in, out]` (HF stores `[out, in]`).
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let rms = x.clone().square().mean_dim(2).add_scalar(self.eps).sqrt();
+        x.div(rms).mul(self.weight.val().unsqueeze::<3>())
+    }
+}
+
+/// Rotary position embedding in HF's rotate-half layout: dimension `i` is
+/// paired with `i + head_dim/2` (not with its neighbour, as Burn's
+/// `RotaryEncoding` and GGUF's `llama` layout do).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+}
+
+impl Rope {
+    pub fn new(config: &Config) -> Self {
+        Rope {
+            inv_freq: config.inv_freq(),
+        }
+    }
+
+    /// `cos` and `sin` tables, `[1, 1, len, head_dim]`, for positions `start..start+len`.
+    fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+        let half = self.inv_freq.len();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(len * 2 * half),
+            Vec::with_capacity(len * 2 * half),
+        );
+        for pos in start..start + len {
+            for _ in 0..2 {
+                for f in &self.inv_freq {
+                    // HF computes the angle in f32; rounding it first keeps us bit-close.
+                    let angle = (pos as f32 * *f as f32) as f64;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let shape = [1, 1, len, 2 * half];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+
+    /// Rotates `x` of shape `[batch, heads, seq, head_dim]`.
+    fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+        let half = x.dims()[3] / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x.mul(cos.clone()).add(rotated.mul(sin.clone()))
+    }
+}
+
+/// Keys and values of the positions already seen, per layer.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: (0..n_layers).map(|_| None).collect(),
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dims()[2],
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    fn heads(&self, x: Tensor<3>, n: usize) -> Tensor<4> {
+        let [b, s, _] = x.dims();
+        x.reshape([b, s, n, self.head_dim]).swap_dims(1, 2)
+    }
+
+    /// Repeats each key/value head for its group of query heads. Burn's fused
+    /// attention supports fewer K/V heads only outside autodiff, and under
+    /// autodiff silently returns wrong numbers, so keel always expands.
+    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
+        let n_rep = self.n_heads / self.n_kv_heads;
+        if n_rep == 1 {
+            return x;
+        }
+        let [b, h, s, d] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([b, h, n_rep, s, d])
+            .reshape([b, h * n_rep, s, d])
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: (&Tensor<4>, &Tensor<4>),
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let q = Rope::apply(
+            self.heads(self.q_proj.forward(x.clone()), self.n_heads),
+            rope.0,
+            rope.1,
+        );
+        let mut k = Rope::apply(
+            self.heads(self.k_proj.forward(x.clone()), self.n_kv_heads),
+            rope.0,
+            rope.1,
+        );
+        let mut v = self.heads(self.v_proj.forward(x), self.n_kv_heads);
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        // Causal masking is aligned bottom-right, so it also holds when cached
+        // keys precede the queries.
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        let out = attention(q, self.repeat_kv(k), self.repeat_kv(v), None, None, options);
+        self.o_proj.forward(
+            out.swap_dims(1, 2)
+                .reshape([b, s, self.n_heads * self.head_dim]),
+        )
+    }
+}
+
+/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate.mul(self.up_proj.forward(x)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: (&Tensor<4>, &Tensor<4>),
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// The decoder with its LM head. `lm_head` is `None` when the embeddings are
+/// tied: the head then reuses `embed_tokens`.
+#[derive(Module, Debug)]
+pub struct Llama {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub lm_head: Option<Linear>,
+    #[module(skip)]
+    pub rope: Rope,
+}
+
+impl Llama {
+    /// Final hidden states `[batch, seq, hidden]` for `tokens` `[batch, seq]`.
+    /// With a cache, `tokens` continue the cached positions and are appended.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [_, s] = tokens.dims();
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let (cos, sin) = self.rope.tables(start, s, &tokens.device());
+        let mut x = embedding(self.embed_tokens.val(), tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, (&cos, &sin), slot);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Projects hidden states onto the vocabulary.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            // Unsqueeze before swapping dims: the swapped view goes to the
+            // matmul as strides, whereas `transpose().unsqueeze()` copies the
+            // whole [vocab, hidden] matrix on every call (10x slower).
+            None => hidden.matmul(self.embed_tokens.val().unsqueeze::<3>().swap_dims(1, 2)),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]` for every position.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.logits(self.forward_hidden(tokens, None))
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+}

@@ -1,0 +1,291 @@
+//! Building a [`Llama`] and its tokenizer from an HF folder or a GGUF file.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+use keel_gguf::GgufFile;
+use keel_text::{ChatTemplate, Tokenizer};
+
+use crate::config::{Config, HfConfig};
+use crate::error::Error;
+use crate::llama::{Attention, DecoderLayer, Linear, Llama, Mlp, RmsNorm, Rope};
+use crate::weights::{HostTensor, WeightSource};
+
+/// Everything needed to run a model: weights on a device, configuration,
+/// tokenizer and chat template.
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub config: Config,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+/// A model on disk, opened and checked, its weights not yet read.
+pub struct ModelSource {
+    pub path: PathBuf,
+    pub config: Config,
+    pub weights: WeightSource,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl ModelSource {
+    /// Opens an HF folder (config.json, safetensors, tokenizer.json) or a `.gguf` file.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if path.is_dir() {
+            Self::open_hf_dir(path)
+        } else {
+            Self::open_gguf(path)
+        }
+    }
+
+    fn open_hf_dir(dir: &Path) -> Result<Self, Error> {
+        let config_path = dir.join("config.json");
+        let config = HfConfig::from_file(&config_path)?.into_config(&config_path)?;
+        let weights = WeightSource::open_hf_dir(dir)?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let chat_template = read_chat_template(&dir.join("tokenizer_config.json"))?;
+        Ok(ModelSource {
+            path: dir.to_path_buf(),
+            config,
+            weights,
+            tokenizer,
+            chat_template,
+        })
+    }
+
+    fn open_gguf(path: &Path) -> Result<Self, Error> {
+        let gguf = GgufFile::open(path)?;
+        let config = Config::from_gguf(&gguf)?;
+        let json = keel_text::tokenizer_json_from_gguf(&gguf.metadata)?;
+        let tokenizer = Tokenizer::from_json(&json.to_string())?;
+        let md = &gguf.metadata;
+        let token_text = |key: &str| -> Result<String, Error> {
+            Ok(match md.get(key) {
+                Some(_) => tokenizer
+                    .id_to_token(md.usize(key)? as u32)
+                    .unwrap_or_default(),
+                None => String::new(),
+            })
+        };
+        let chat_template = match md.get("tokenizer.chat_template") {
+            Some(_) => Some(ChatTemplate {
+                source: md.str("tokenizer.chat_template")?.to_string(),
+                bos_token: token_text("tokenizer.ggml.bos_token_id")?,
+                eos_token: token_text("tokenizer.ggml.eos_token_id")?,
+            }),
+            None => None,
+        };
+        Ok(ModelSource {
+            path: path.to_path_buf(),
+            config,
+            weights: WeightSource::Gguf(gguf),
+            tokenizer,
+            chat_template,
+        })
+    }
+
+    /// Reads every weight onto `device`.
+    pub fn load(self, device: &Device) -> Result<LoadedModel, Error> {
+        let model = build_model(&self.config, &self.weights, device)?;
+        Ok(LoadedModel {
+            path: self.path,
+            config: self.config,
+            model,
+            tokenizer: self.tokenizer,
+            chat_template: self.chat_template,
+        })
+    }
+}
+
+impl LoadedModel {
+    pub fn open(path: &Path, device: &Device) -> Result<Self, Error> {
+        ModelSource::open(path)?.load(device)
+    }
+}
+
+/// `tokenizer_config.json`'s chat template and the special tokens it uses.
+/// A missing file or template is not an error: base models have none.
+fn read_chat_template(path: &Path) -> Result<Option<ChatTemplate>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    // Special tokens are strings or `{"content": ...}` objects.
+    let token = |key: &str| -> String {
+        match json.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        }
+    };
+    let source = match json.get("chat_template") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        // A list of named templates: use the one named "default".
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| Error::Config {
+                file: path.to_path_buf(),
+                key: "chat_template".into(),
+                reason: "a list of templates without one named \"default\"".into(),
+            })?
+            .to_string(),
+        Some(_) => {
+            return Err(Error::Config {
+                file: path.to_path_buf(),
+                key: "chat_template".into(),
+                reason: "is neither a string nor a list of named templates".into(),
+            });
+        }
+    };
+    Ok(Some(ChatTemplate {
+        source,
+        bos_token: token("bos_token"),
+        eos_token: token("eos_token"),
+    }))
+}
+
+/// Loads the tensor HF calls `name` as `[rows, cols]` on the device,
+/// transposed to Burn's `[in, out]` when `transpose` is set.
+fn tensor2(
+    w: &WeightSource,
+    cfg: &Config,
+    name: &str,
+    shape: [usize; 2],
+    transpose: bool,
+    device: &Device,
+) -> Result<Tensor<2>, Error> {
+    let HostTensor { data, .. } = w.get(name, &shape, cfg)?;
+    let [rows, cols] = shape;
+    if !transpose {
+        return Ok(Tensor::from_data(TensorData::new(data, shape), device));
+    }
+    let mut t = vec![0.0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = data[r * cols + c];
+        }
+    }
+    Ok(Tensor::from_data(TensorData::new(t, [cols, rows]), device))
+}
+
+fn tensor1(
+    w: &WeightSource,
+    cfg: &Config,
+    name: &str,
+    len: usize,
+    device: &Device,
+) -> Result<Tensor<1>, Error> {
+    let t = w.get(name, &[len], cfg)?;
+    Ok(Tensor::from_data(TensorData::new(t.data, [len]), device))
+}
+
+/// Builds the model from `cfg`, reading every weight from `w` onto `device`.
+pub fn build_model(cfg: &Config, w: &WeightSource, device: &Device) -> Result<Llama, Error> {
+    let hidden = cfg.hidden_size;
+    let q_dim = cfg.num_attention_heads * cfg.head_dim;
+    let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+    let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, Error> {
+        let weight = tensor2(
+            w,
+            cfg,
+            &format!("{name}.weight"),
+            [d_out, d_in],
+            true,
+            device,
+        )?;
+        let bias = match bias {
+            true => Some(Param::from_tensor(tensor1(
+                w,
+                cfg,
+                &format!("{name}.bias"),
+                d_out,
+                device,
+            )?)),
+            false => None,
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
+    };
+    let norm = |name: &str| -> Result<RmsNorm, Error> {
+        Ok(RmsNorm {
+            weight: Param::from_tensor(tensor1(w, cfg, &format!("{name}.weight"), hidden, device)?),
+            eps: cfg.rms_norm_eps,
+        })
+    };
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let b = cfg.attention_bias;
+        layers.push(DecoderLayer {
+            input_layernorm: norm(&format!("{p}.input_layernorm"))?,
+            self_attn: Attention {
+                q_proj: linear(&format!("{p}.self_attn.q_proj"), hidden, q_dim, b)?,
+                k_proj: linear(&format!("{p}.self_attn.k_proj"), hidden, kv_dim, b)?,
+                v_proj: linear(&format!("{p}.self_attn.v_proj"), hidden, kv_dim, b)?,
+                o_proj: linear(&format!("{p}.self_attn.o_proj"), q_dim, hidden, false)?,
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim,
+            },
+            post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"))?,
+            mlp: Mlp {
+                gate_proj: linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    hidden,
+                    cfg.intermediate_size,
+                    false,
+                )?,
+                up_proj: linear(
+                    &format!("{p}.mlp.up_proj"),
+                    hidden,
+                    cfg.intermediate_size,
+                    false,
+                )?,
+                down_proj: linear(
+                    &format!("{p}.mlp.down_proj"),
+                    cfg.intermediate_size,
+                    hidden,
+                    false,
+                )?,
+            },
+        });
+    }
+    let embed = tensor2(
+        w,
+        cfg,
+        "model.embed_tokens.weight",
+        [cfg.vocab_size, hidden],
+        false,
+        device,
+    )?;
+    // Some tied checkpoints still store lm_head.weight; untied ones must.
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(linear("lm_head", hidden, cfg.vocab_size, false)?)
+    };
+    Ok(Llama {
+        embed_tokens: Param::from_tensor(embed),
+        layers,
+        norm: norm("model.norm")?,
+        lm_head,
+        rope: Rope::new(cfg),
+    })
+}

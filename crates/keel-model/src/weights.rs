@@ -1,0 +1,326 @@
+//! Reading weights by their HF name from an HF folder (one or sharded
+//! safetensors files) or a GGUF file, as `f32` on the host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use keel_gguf::GgufFile;
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::{Architecture, Config};
+use crate::error::Error;
+
+/// A host tensor: row-major `f32` values and their shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Where weights come from.
+pub enum WeightSource {
+    /// Safetensors files, memory-mapped, and which file holds each tensor.
+    Safetensors {
+        files: Vec<(PathBuf, Mmap)>,
+        index: BTreeMap<String, usize>,
+    },
+    Gguf(GgufFile),
+}
+
+impl WeightSource {
+    /// Opens `model.safetensors`, or the shards listed in
+    /// `model.safetensors.index.json`, in `dir`.
+    pub fn open_hf_dir(dir: &Path) -> Result<Self, Error> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let shard_names: Vec<String> = if single.exists() {
+            vec!["model.safetensors".into()]
+        } else if index_path.exists() {
+            read_shard_index(&index_path)?
+        } else {
+            return Err(Error::BadFile {
+                path: dir.to_path_buf(),
+                reason: "no model.safetensors or model.safetensors.index.json in this folder"
+                    .into(),
+            });
+        };
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for name in shard_names {
+            let path = dir.join(&name);
+            let file = std::fs::File::open(&path).map_err(Error::io(&path))?;
+            // SAFETY: read-only map of a file we do not modify.
+            let map = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| Error::BadFile {
+                path: path.clone(),
+                reason: format!("not a valid safetensors file: {e}"),
+            })?;
+            for tensor in st.names() {
+                if index.insert(tensor.to_string(), files.len()).is_some() {
+                    return Err(Error::Tensor {
+                        file: path.clone(),
+                        tensor: tensor.to_string(),
+                        reason: "appears in more than one shard".into(),
+                    });
+                }
+            }
+            files.push((path, map));
+        }
+        Ok(WeightSource::Safetensors { files, index })
+    }
+
+    /// The file named in errors about a tensor.
+    fn file_for(&self, name: &str) -> PathBuf {
+        match self {
+            WeightSource::Safetensors { files, index } => index
+                .get(name)
+                .map(|&i| files[i].0.clone())
+                .unwrap_or_else(|| files[0].0.parent().unwrap_or(Path::new(".")).to_path_buf()),
+            WeightSource::Gguf(g) => g.path().to_path_buf(),
+        }
+    }
+
+    /// Every stored tensor as (name in the file, dtype, shape).
+    pub fn list(&self) -> Vec<(String, String, Vec<usize>)> {
+        match self {
+            WeightSource::Safetensors { files, .. } => files
+                .iter()
+                .flat_map(|(_, map)| {
+                    let st = SafeTensors::deserialize(map).expect("validated when opened");
+                    let mut v: Vec<_> = st
+                        .tensors()
+                        .into_iter()
+                        .map(|(n, t)| (n, format!("{:?}", t.dtype()), t.shape().to_vec()))
+                        .collect();
+                    v.sort();
+                    v
+                })
+                .collect(),
+            WeightSource::Gguf(g) => g
+                .tensors
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        t.ggml_type.name().to_string(),
+                        t.shape.clone(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads the tensor HF calls `hf_name`, checking its shape.
+    pub fn get(
+        &self,
+        hf_name: &str,
+        shape: &[usize],
+        config: &Config,
+    ) -> Result<HostTensor, Error> {
+        let file = self.file_for(hf_name);
+        let err = |reason: String| Error::Tensor {
+            file: file.clone(),
+            tensor: hf_name.to_string(),
+            reason,
+        };
+        let tensor = match self {
+            WeightSource::Safetensors { files, index } => {
+                let &i = index.get(hf_name).ok_or_else(|| err("missing".into()))?;
+                let st = SafeTensors::deserialize(&files[i].1).expect("validated when opened");
+                let view = st.tensor(hf_name).expect("listed in the index");
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data: to_f32(view.dtype(), view.data()).map_err(err)?,
+                }
+            }
+            WeightSource::Gguf(g) => {
+                let name =
+                    gguf_name(hf_name).ok_or_else(|| err("has no GGUF equivalent".into()))?;
+                let (shape, data) = g.tensor_f32(&name).map_err(|e| match e.kind {
+                    keel_gguf::ErrorKind::MissingTensor(_) => {
+                        err(format!("missing (GGUF name `{name}`)"))
+                    }
+                    _ => Error::Gguf(e),
+                })?;
+                let t = HostTensor { shape, data };
+                match (config.architecture, hf_name.rsplit('.').nth(1)) {
+                    // llama.cpp's converter interleaves q/k rows for its RoPE
+                    // layout; undo it to get HF's rotate-half layout back.
+                    (Architecture::Llama | Architecture::Mistral, Some("q_proj")) => {
+                        unpermute_rows(t, config.num_attention_heads, hf_name).map_err(err)?
+                    }
+                    (Architecture::Llama | Architecture::Mistral, Some("k_proj")) => {
+                        unpermute_rows(t, config.num_key_value_heads, hf_name).map_err(err)?
+                    }
+                    _ => t,
+                }
+            }
+        };
+        if tensor.shape != shape {
+            return Err(err(format!(
+                "has shape {:?}, the config implies {shape:?}",
+                tensor.shape
+            )));
+        }
+        Ok(tensor)
+    }
+}
+
+fn read_shard_index(path: &Path) -> Result<Vec<String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let bad = |reason: String| Error::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("`weight_map` is missing or not an object".into()))?;
+    let mut shards: Vec<String> = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
+        // Shards must sit beside the index: no path can lead elsewhere.
+        if file.contains(['/', '\\']) || file == ".." || file == "." || file.is_empty() {
+            return Err(bad(format!(
+                "`weight_map.{tensor}`: {file:?} is not a plain file name"
+            )));
+        }
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+    }
+    Ok(shards)
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    Ok(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not supported (f32, f16, bf16 are)"
+            ));
+        }
+    })
+}
+
+/// HF tensor name to llama.cpp's GGUF name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    Some(match hf {
+        "model.embed_tokens.weight" => "token_embd.weight".into(),
+        "model.norm.weight" => "output_norm.weight".into(),
+        "lm_head.weight" => "output.weight".into(),
+        _ => {
+            let rest = hf.strip_prefix("model.layers.")?;
+            let (layer, module) = rest.split_once('.')?;
+            layer.parse::<usize>().ok()?;
+            let (module, kind) = module.rsplit_once('.')?;
+            let short = match module {
+                "input_layernorm" => "attn_norm",
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.o_proj" => "attn_output",
+                "post_attention_layernorm" => "ffn_norm",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                _ => return None,
+            };
+            format!("blk.{layer}.{short}.{kind}")
+        }
+    })
+}
+
+/// Inverts llama.cpp's `permute`: within each head, GGUF row `2j + t` is HF
+/// row `t * head_dim/2 + j`.
+fn unpermute_rows(t: HostTensor, n_heads: usize, name: &str) -> Result<HostTensor, String> {
+    let rows = t.shape[0];
+    let cols: usize = t.shape[1..].iter().product();
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
+        return Err(format!(
+            "{rows} rows do not split into {n_heads} heads of pairs ({name})"
+        ));
+    }
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut data = vec![0.0; t.data.len()];
+    for h in 0..n_heads {
+        for j in 0..half {
+            for tt in 0..2 {
+                let src = h * head_dim + 2 * j + tt;
+                let dst = h * head_dim + tt * half + j;
+                data[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    Ok(HostTensor {
+        shape: t.shape,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.q_proj.bias").unwrap(),
+            "blk.12.attn_q.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(),
+            "blk.0.ffn_down.weight"
+        );
+        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
+        assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
+    }
+
+    /// llama.cpp's permute, written as its Python does, then inverted.
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        let (n_heads, head_dim, cols) = (2, 6, 3);
+        let rows = n_heads * head_dim;
+        let hf: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        // reshape(n_head, 2, head_dim/2, cols).swapaxes(1, 2)
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..n_heads {
+            for t in 0..2 {
+                for j in 0..head_dim / 2 {
+                    let src = h * head_dim + t * head_dim / 2 + j;
+                    let dst = h * head_dim + j * 2 + t;
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        let back = unpermute_rows(
+            HostTensor {
+                shape: vec![rows, cols],
+                data: gguf,
+            },
+            n_heads,
+            "q",
+        )
+        .unwrap();
+        assert_eq!(back.data, hf);
+    }
+}

@@ -1,0 +1,63 @@
+use std::path::Path;
+
+use crate::error::Error;
+
+/// A tokenizer with the model's special-token ids resolved.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    /// Loads an HF `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_json(&text).map_err(|e| Error::BadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn from_json(json: &str) -> Result<Self, Error> {
+        json.parse::<tokenizers::Tokenizer>()
+            .map(|inner| Tokenizer { inner })
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// The tokenizer as `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String, Error> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Encodes `text`; special-token strings in it become their ids.
+    /// `add_special` adds what the post-processor adds (e.g. a BOS token).
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, Error> {
+        self.inner
+            .encode(text, add_special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, Error> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# keel's test command: on a fresh Debian machine it installs what the tests
+# need (Mesa lavapipe for wgpu, the Python references, SmolLM2), then runs
+# the whole suite with every environment-dependent test switched on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Vulkan on the CPU (Mesa lavapipe), so wgpu tests run without a GPU.
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/keel-xdg}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+
+# HF transformers, PEFT and the gguf package: the references tests compare against.
+python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-ref.txt
+
+scripts/fetch_smollm2.sh >/dev/null
+
+# Keep the build outside the clone so reruns stay warm.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel/target}"
+export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1
+cargo test --workspace "$@"

@@ -1,0 +1,294 @@
+//! `keel`: the command-line front end. Each subcommand parses its flags and
+//! calls into the library crates; no model logic lives here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use keel_model::{DeviceChoice, LoadedModel, ModelSource, Sampling};
+use keel_text::Message;
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Adapt open LLMs with parameter-efficient adapters, keeping their safety alignment"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt.
+    Generate {
+        /// HF folder or .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt as a user message in the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// flex (CPU), wgpu (GPU) or ndarray (CPU, opt-in feature).
+        #[arg(long, default_value = "flex")]
+        device: DeviceChoice,
+    },
+    /// Print a model's architecture, parameter count, dtypes and linear modules.
+    Inspect { path: PathBuf },
+    /// Convert a GGUF model into an HF folder that transformers loads.
+    Convert {
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Benchmarks (not tests): print figures as JSON.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Prefill and decode tokens/s and peak RSS.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "flex")]
+        device: DeviceChoice,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            device,
+        } => {
+            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
+                bail!("--top-p must be in (0, 1], got {top_p}");
+            }
+            let loaded = load(&model, device)?;
+            let ids = prompt_ids(&loaded, &prompt, chat)?;
+            let sampling = Sampling {
+                temperature,
+                top_p,
+                seed,
+            };
+            let mut stdout = std::io::stdout();
+            let mut shown = String::new();
+            let mut all = Vec::new();
+            keel_model::generate(
+                &loaded.model,
+                &ids,
+                max_new_tokens,
+                &sampling,
+                &stop_ids(&loaded),
+                |t| {
+                    // Decode the whole answer each time so multi-byte characters
+                    // split across tokens print whole.
+                    all.push(t);
+                    if let Ok(text) = loaded.tokenizer.decode(&all, true) {
+                        let _ = write!(stdout, "{}", &text[shown.len().min(text.len())..]);
+                        let _ = stdout.flush();
+                        shown = text;
+                    }
+                },
+            );
+            println!();
+            Ok(())
+        }
+        Command::Inspect { path } => inspect(&path),
+        Command::Convert { model, out } => {
+            let loaded = load(&model, DeviceChoice::Flex)?;
+            keel_model::save_hf_dir(&loaded, &out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Bench(Bench::Generate {
+            model,
+            device,
+            prompt_tokens,
+            new_tokens,
+        }) => bench_generate(&model, device, prompt_tokens, new_tokens),
+    }
+}
+
+fn load(path: &Path, device: DeviceChoice) -> Result<LoadedModel> {
+    let dev = device.device()?;
+    LoadedModel::open(path, &dev).with_context(|| format!("loading {}", path.display()))
+}
+
+fn prompt_ids(loaded: &LoadedModel, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    let text = if chat {
+        let template = loaded.chat_template.as_ref().with_context(|| {
+            format!(
+                "{} has no chat template; drop --chat",
+                loaded.path.display()
+            )
+        })?;
+        template.render(&[Message::new("user", prompt)], true)?
+    } else {
+        prompt.to_string()
+    };
+    Ok(loaded.tokenizer.encode(&text, !chat)?)
+}
+
+/// The configured EOS ids, plus the chat template's end-of-turn token.
+fn stop_ids(loaded: &LoadedModel) -> Vec<u32> {
+    let mut ids = loaded.config.eos_token_ids.clone();
+    if let Some(eos) = loaded
+        .chat_template
+        .as_ref()
+        .and_then(|t| loaded.tokenizer.token_to_id(&t.eos_token))
+    {
+        ids.push(eos);
+    }
+    ids
+}
+
+fn inspect(path: &Path) -> Result<()> {
+    let source = ModelSource::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let c = &source.config;
+    let tensors = source.weights.list();
+    let params: usize = tensors
+        .iter()
+        .map(|(_, _, s)| s.iter().product::<usize>())
+        .sum();
+    let mut dtypes: Vec<(String, usize)> = Vec::new();
+    for (_, dtype, _) in &tensors {
+        match dtypes.iter_mut().find(|(d, _)| d == dtype) {
+            Some((_, n)) => *n += 1,
+            None => dtypes.push((dtype.clone(), 1)),
+        }
+    }
+    let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
+    let modules = c.linear_modules();
+    let mut lines = vec![
+        format!("path:          {}", path.display()),
+        format!("architecture:  {}", c.architecture.name()),
+        format!("parameters:    {params} ({:.1} M)", params as f64 / 1e6),
+        format!("layers:        {}", c.num_hidden_layers),
+        format!(
+            "hidden:        {} (intermediate {})",
+            c.hidden_size, c.intermediate_size
+        ),
+        format!(
+            "heads:         {} query, {} key/value, head_dim {}",
+            c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        ),
+        format!("vocab:         {}", c.vocab_size),
+        format!(
+            "rope:          theta {}, scaling {}",
+            c.rope_theta,
+            scaling_name(&c.rope_scaling)
+        ),
+        format!("tied embed:    {}", c.tie_word_embeddings),
+        format!(
+            "chat template: {}",
+            if source.chat_template.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+        ),
+        format!("dtypes:        {}", dtypes.join(", ")),
+        format!("linear modules ({}):", modules.len()),
+    ];
+    lines.extend(modules.iter().map(|m| format!("  {m}")));
+    print_out(&(lines.join("\n") + "\n"))
+}
+
+fn scaling_name(s: &keel_model::RopeScaling) -> &'static str {
+    match s {
+        keel_model::RopeScaling::None => "none",
+        keel_model::RopeScaling::Linear { .. } => "linear",
+        keel_model::RopeScaling::Llama3 { .. } => "llama3",
+        keel_model::RopeScaling::Factors(_) => "frequency factors",
+    }
+}
+
+/// Prints to stdout; a closed pipe (`keel inspect M | head`) is not an error.
+fn print_out(text: &str) -> Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Peak resident memory of this process, from `/proc/self/status`.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn bench_generate(
+    model: &Path,
+    device: DeviceChoice,
+    prompt_tokens: usize,
+    new_tokens: usize,
+) -> Result<()> {
+    let loaded = load(model, device)?;
+    let vocab = loaded.config.vocab_size as u32;
+    // A fixed pseudo-random prompt: the figures must not depend on the text.
+    let prompt: Vec<u32> = (0..prompt_tokens as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
+    let greedy = Sampling::default();
+    // Warm-up: kernels compile and caches fill outside the timed runs.
+    keel_model::generate(
+        &loaded.model,
+        &prompt[..8.min(prompt.len())],
+        2,
+        &greedy,
+        &[],
+        |_| {},
+    );
+    let t0 = Instant::now();
+    keel_model::generate(&loaded.model, &prompt, 1, &greedy, &[], |_| {});
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let out = keel_model::generate(&loaded.model, &prompt, new_tokens + 1, &greedy, &[], |_| {});
+    let decode = (t1.elapsed().as_secs_f64() - prefill).max(1e-9);
+    let report = serde_json::json!({
+        "model": model.display().to_string(),
+        "device": device.to_string(),
+        "prompt_tokens": prompt_tokens,
+        "prefill_tokens_per_s": prompt_tokens as f64 / prefill,
+        "decode_tokens": out.len() - 1,
+        "decode_tokens_per_s": (out.len() - 1) as f64 / decode,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

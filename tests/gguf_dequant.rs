@@ -1,0 +1,112 @@
+//! GGUF reading against the `gguf` Python package: every metadata value
+//! type, and dequantization of each supported tensor type, bit for bit.
+
+mod common;
+
+use common::{fixture, read_json};
+use keel_gguf::{GgufFile, Value};
+use safetensors::SafeTensors;
+
+#[test]
+fn metadata_values_match_the_gguf_package() {
+    let gguf = GgufFile::open(fixture("gguf-quants/quants.gguf")).unwrap();
+    let expected = read_json(&fixture("gguf-quants/expected_metadata.json"));
+    let entries = expected["metadata"].as_object().unwrap();
+    assert_eq!(gguf.metadata.len(), entries.len());
+    for (key, want) in entries {
+        let got = gguf
+            .metadata
+            .get(key)
+            .unwrap_or_else(|| panic!("missing {key}"));
+        let ty = want["type"].as_str().unwrap();
+        let want = &want["value"];
+        let ok = match got {
+            Value::String(s) => want.as_str() == Some(s),
+            Value::Bool(b) => want.as_bool() == Some(*b),
+            Value::F32(f) => want.as_f64() == Some(*f as f64),
+            Value::F64(f) => want.as_f64() == Some(*f),
+            Value::Array(items) => {
+                let want = want.as_array().unwrap();
+                items.len() == want.len()
+                    && items.iter().zip(want).all(|(g, w)| match g {
+                        Value::String(s) => w.as_str() == Some(s),
+                        other if other.as_i128().is_some() => {
+                            Some(other.as_i128().unwrap())
+                                == w.as_i64().map(i128::from).or(w.as_u64().map(i128::from))
+                        }
+                        other => other.as_f64() == w.as_f64(),
+                    })
+            }
+            int => {
+                int.as_i128()
+                    == want
+                        .as_i64()
+                        .map(i128::from)
+                        .or(want.as_u64().map(i128::from))
+            }
+        };
+        assert!(ok, "{key} ({ty}): keel read {got:?}, gguf package {want}");
+    }
+    assert_eq!(
+        gguf.tensors.len(),
+        expected["tensor_count"].as_u64().unwrap() as usize
+    );
+}
+
+#[test]
+fn dequantization_is_bit_exact_with_the_gguf_package() {
+    let gguf = GgufFile::open(fixture("gguf-quants/quants.gguf")).unwrap();
+    let bytes = std::fs::read(fixture("gguf-quants/expected.safetensors")).unwrap();
+    let expected = SafeTensors::deserialize(&bytes).unwrap();
+    let mut checked = Vec::new();
+    for info in &gguf.tensors {
+        let want = expected.tensor(&info.name).unwrap();
+        let want: Vec<f32> = want
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let (shape, got) = gguf.tensor_f32(&info.name).unwrap();
+        assert_eq!(shape, vec![2, 512], "{}", info.name);
+        let mismatches = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            mismatches,
+            0,
+            "{} ({}): {mismatches} values differ",
+            info.name,
+            info.ggml_type.name()
+        );
+        assert!(
+            want.iter().any(|v| *v != 0.0),
+            "{}: reference is all zeros",
+            info.name
+        );
+        checked.push(info.ggml_type.name());
+    }
+    checked.sort_unstable();
+    assert_eq!(
+        checked,
+        [
+            "BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0"
+        ]
+    );
+}
+
+#[test]
+fn truncated_file_names_the_tensor() {
+    let bytes = std::fs::read(fixture("gguf-quants/quants.gguf")).unwrap();
+    let dir = std::env::temp_dir().join(format!("keel-trunc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cut.gguf");
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let err = GgufFile::open(&path).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated") && err.contains("tensor `"),
+        "{err}"
+    );
+}
