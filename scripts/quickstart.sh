@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$(scripts/fetch_smollm2.sh | tail -n 1)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
 cargo run --quiet -- inspect "$model" | head -n 12
 cargo run --quiet -- generate --model "$model" --chat \
   --prompt "${1:-What is the capital of France?}" --max-new-tokens 64

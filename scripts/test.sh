@@ -19,6 +19,6 @@ python3 -m pip install --quiet --disable-pip-version-check -r scripts/requiremen
 scripts/fetch_smollm2.sh >/dev/null
 
 # Keep the build outside the clone so reruns stay warm.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
 export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1
 cargo test --workspace "$@"
