@@ -12,13 +12,22 @@ Writes into tests/fixtures/ (relative to the repo root):
   gguf-quants/   quants.gguf + expected.safetensors + expected_metadata.json (+ manifest.json)
   smollm2/       reference.json, last_logits.safetensors, hf-tokenizer/  (needs the GGUF from
                  scripts/fetch_smollm2.sh)
+  gguf-spm/      vocab.gguf: tokenizer.ggml.model "llama" (SentencePiece BPE + byte fallback, trained
+                 here) + a tiny random llama, converted by llama.cpp's convert_hf_to_gguf.py;
+                 reference.json (transformers-from-GGUF vs sentencepiece tokenizer cases),
+                 logits.json, gguf_metadata.json, sentencepiece.model, hf-tokenizer/
+  tiny-qwen2-gguf/  tiny-qwen2 converted to an f32 GGUF by convert_hf_to_gguf.py (with a tiny
+                 Qwen2-shaped byte-level BPE tokenizer); logits.json, reference.json,
+                 gguf_metadata.json, hf-tokenizer/
+  (the last two need llama.cpp's converter from scripts/fetch_llama_cpp.sh)
 
 Every tiny model's logits.json / greedy.json are computed by *reloading the saved folder* with
 transformers (dtype=float32, attn_implementation="eager"), so they describe exactly the files on
 disk. Deterministic: fixed seeds, single thread; re-running reproduces identical files.
 
 Usage:
-  python3 scripts/make_fixtures.py [--only tiny,quants,smollm2] [--smollm2-gguf PATH] [--out DIR]
+  python3 scripts/make_fixtures.py [--only tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf]
+                                   [--smollm2-gguf PATH] [--llama-cpp DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -727,14 +736,634 @@ def make_smollm2(out: Path, gguf_path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# GGUFs written by llama.cpp's own converter (convert_hf_to_gguf.py; scripts/fetch_llama_cpp.sh)
+# ----------------------------------------------------------------------------------------------
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+
+def find_llama_cpp(arg: str | None) -> Path | None:
+    if arg:
+        p = Path(arg)
+    else:
+        cache = Path(os.environ.get("KEEL_CACHE", Path.home() / ".cache" / "keel"))
+        p = cache / "llama.cpp" / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
+    return p if (p / "convert_hf_to_gguf.py").is_file() else None
+
+
+# Runs convert_hf_to_gguf.main() in a child process, with llama.cpp's own gguf-py first on the path
+# (what the script does by itself). With a non-empty `pre`, a vocabulary whose pre-tokenizer hash
+# the converter does not know gets `pre` as tokenizer.ggml.pre instead of the NotImplementedError
+# it would raise (hashes are only ever registered for real Hub models, by
+# convert_hf_to_gguf_update.py). A hash it does know must give `pre`.
+_CONVERT_DRIVER = r'''
+import sys
+llama_cpp, pre, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, llama_cpp)
+sys.argv = ["convert_hf_to_gguf.py"] + argv
+import convert_hf_to_gguf as c
+if pre:
+    from conversion import base
+    orig = base.TextModel.get_vocab_base_pre
+    def get_vocab_base_pre(self, tokenizer):
+        try:
+            res = orig(self, tokenizer)
+        except NotImplementedError:
+            print(f"keel: unregistered pre-tokenizer hash; writing tokenizer.ggml.pre = {pre!r}", file=sys.stderr)
+            return pre
+        if res != pre:
+            raise SystemExit(f"keel: converter recognised pre-tokenizer {res!r}, expected {pre!r}")
+        return res
+    base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+c.main()
+'''
+
+
+def run_convert_hf_to_gguf(llama_cpp: Path, hf_dir: Path, outfile: Path, pre: str = "") -> dict:
+    import re
+    import subprocess
+
+    cmd = [sys.executable, "-c", _CONVERT_DRIVER, str(llama_cpp), pre,
+           str(hf_dir), "--outfile", str(outfile), "--outtype", "f32"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env.pop("NO_LOCAL_GGUF", None)
+    p = subprocess.run(cmd, cwd=str(hf_dir.parent), env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        log(p.stdout[-4000:], p.stderr[-8000:])
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir} (rc {p.returncode})")
+    m = re.search(r"chkhsh:\s+([0-9a-f]{64})", p.stderr)
+    # the log, without the per-tensor lines and with the (temporary) paths cut to file names
+    lines = [l.replace(str(outfile), outfile.name).replace(str(hf_dir), hf_dir.name)
+             for l in p.stderr.splitlines() if l.startswith(("INFO:hf-to-gguf", "INFO:gguf")) and " --> " not in l]
+    return dict(chkhsh=m.group(1) if m else None,
+                forced_pre="unregistered pre-tokenizer hash" in p.stderr, log=lines)
+
+
+def gguf_dump(path: Path) -> dict:
+    """Every KV pair (GGUF.* header fields excluded) and every tensor's type and ne, as read back
+    by gguf.GGUFReader (the PyPI package, not the converter's copy)."""
+    import gguf
+    from gguf import GGUFValueType as V
+
+    r = gguf.GGUFReader(str(path))
+    meta = {}
+    for k, f in r.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        t = f.types
+        kind = f"array[{_kind_name(t[-1])}]" if t[0] == V.ARRAY else _kind_name(t[0])
+        v = _py(f.contents())
+        if kind in ("f32", "array[f32]"):
+            v = [float(np.float32(x)) for x in v] if isinstance(v, list) else float(np.float32(v))
+        meta[k] = {"type": kind, "value": v}
+    tensors = {t.name: {"ggml_type": t.tensor_type.name, "ne": [int(x) for x in t.shape],
+                        "nbytes": int(t.n_bytes)} for t in r.tensors}
+    return dict(gguf_version=int(r.fields["GGUF.version"].contents()), tensor_count=len(r.tensors),
+                alignment=int(meta.get("general.alignment", {}).get("value", 32)), metadata=meta,
+                tensors=tensors)
+
+
+def write_gguf_metadata(path: Path, dump: dict, note: str):
+    write_json(path, {"note": note, **dump})
+
+
+def backend_summary(tok) -> dict:
+    backend = json.loads(tok.backend_tokenizer.to_str())
+    model = backend["model"]
+    merges = model.get("merges") or []
+    return {
+        "normalizer": backend.get("normalizer"),
+        "pre_tokenizer": backend.get("pre_tokenizer"),
+        "post_processor": backend.get("post_processor"),
+        "decoder": backend.get("decoder"),
+        "model": {k: v for k, v in model.items() if k not in ("vocab", "merges")}
+                 | {"vocab_size": len(model.get("vocab") or {}), "merges_count": len(merges),
+                    "first_merges": merges[:12]},
+        "added_tokens": backend.get("added_tokens"),
+    }
+
+
+def save_hf_tokenizer(tok, tdir: Path) -> int:
+    tok.save_pretrained(str(tdir))
+    tok.backend_tokenizer.save(str(tdir / "tokenizer.json"), pretty=False)
+    for f in tdir.iterdir():
+        f.chmod(0o644)
+    return folder_size(tdir)
+
+
+def gguf_logits(gguf_path: Path, prompts: list[list[int]], ref_dir: Path | None):
+    """Full-sequence logits from transformers loading the GGUF (f32, eager); with `ref_dir`, also the
+    largest difference from the HF folder the GGUF was converted from (same prompts)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                             dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        logits = [m(torch.tensor([p])).logits[0].float().numpy() for p in prompts]
+    diff = None
+    if ref_dir is not None:
+        ref = AutoModelForCausalLM.from_pretrained(str(ref_dir), dtype=torch.float32,
+                                                   attn_implementation="eager").eval()
+        with torch.no_grad():
+            diff = max(float(np.abs(ref(torch.tensor([p])).logits[0].float().numpy() - l).max())
+                       for p, l in zip(prompts, logits))
+    return m, logits, diff
+
+
+def logits_json(name: str, model, gguf_name: str, prompts, logits, extra: dict) -> dict:
+    all_l = np.concatenate([l.reshape(-1) for l in logits])
+    stats = dict(std=float(all_l.std()), mean=float(all_l.mean()), absmax=float(np.abs(all_l).max()))
+    assert stats["std"] > 0.5, f"{name}: logits std {stats['std']} too small"
+    cfg = model.config
+    return {
+        "model": name,
+        "gguf_file": gguf_name,
+        "architecture": type(model).__name__,
+        "weights_dtype": "float32",
+        "compute_dtype": "float32",
+        "attn_implementation": "eager",
+        "loader": "transformers AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, dtype=float32, "
+                  "attn_implementation='eager')",
+        "tie_word_embeddings": bool(cfg.tie_word_embeddings),
+        "rope_inv_freq": rnd_list(model.model.rotary_emb.inv_freq.float().numpy()),
+        **extra,
+        "sig_digits": SIG_DIGITS,
+        "logits_stats": {k: rnd(v) for k, v in stats.items()},
+        "prompts": prompts,
+        "logits": [rnd_list(l) for l in logits],
+    }
+
+
+# --- gguf-spm: tokenizer.ggml.model = "llama" (SentencePiece BPE, scores, byte fallback) ----------
+
+SPM_VOCAB_SIZE = 480  # 3 specials + <tool> + 256 <0xNN> byte pieces + 220 learned (~140 chars, ~80 merges)
+
+# Written for this fixture. Characters seen here become pieces (character_coverage 1.0); the
+# tokenizer cases below use others (Hangul, Cyrillic, emoji, 猫...) to force byte fallback.
+SPM_TRAIN_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world! Hello there, how are you today?",
+    "I think the weather is nice and the sun is shining.",
+    "She sells sea shells by the sea shore in the summer.",
+    "We went to the market and bought apples, bread and cheese.",
+    "The numbers 12345 and 67890 appear in the year 2024 and 1999.",
+    "A café in Paris serves crème brûlée and a naïve résumé.",
+    "Ångström, façade, jalapeño, über, smörgåsbord and déjà vu.",
+    "日本語の文章です。東京は大きい都市です。",
+    "中文的句子。我们在学习语言模型。",
+    "Tokenizers split text into pieces, and models learn from those pieces.",
+    "The model reads the text, and then it writes the next token.",
+    "Programming in Rust is fun; the compiler helps you write safe code.",
+    'fn main() { println!("hello"); }',
+    "if x > 10 then return x * 2 else return x + 1",
+    "Good morning, good evening, and good night to everyone here.",
+    "The children played in the garden while their parents talked.",
+    "This is a small training text for a tiny tokenizer model.",
+    "Learning, learned, learner, learns: the root is always learn.",
+    "Running, runner, runs, ran: the verb changes its form.",
+    "def add(a, b):",
+    "    return a + b",
+    '    if a  >  b:  print("a  is  bigger")',
+    "        nested  code  uses  eight  spaces",
+    "Two  spaces  between  words  and   three   here.",
+    "Call the <tool> when you need it: <tool> search.",
+]
+
+# Llama 2's trainer settings (model_type BPE, byte_fallback, split_digits, identity normalization,
+# add_dummy_prefix, no whitespace cleanup, whitespace-only pieces allowed, unk/bos/eos = 0/1/2, no
+# pad), on a tiny vocabulary. <tool> is a user-defined symbol (id 3), matched whole in text.
+SPM_TRAINER = dict(
+    model_type="bpe", vocab_size=SPM_VOCAB_SIZE, byte_fallback=True, split_digits=True,
+    character_coverage=1.0, add_dummy_prefix=True, remove_extra_whitespaces=False,
+    normalization_rule_name="identity", allow_whitespace_only_pieces=True,
+    split_by_unicode_script=True, split_by_number=True, split_by_whitespace=True,
+    treat_whitespace_as_suffix=False, max_sentence_length=4192,
+    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=["<tool>"],
+    num_threads=1, minloglevel=2,
+)
+
+SPM_CASES = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello  world",
+    " leading space",
+    "   three leading spaces",
+    "trailing space ",
+    "multiple   spaces    between",
+    " ",
+    "  ",
+    "",
+    "a",
+    "line one\nline two\n\nline four",
+    "\n\nleading newlines",
+    "ends with newline\n",
+    "tabs\tand\ttabs",
+    "12345 3.14",
+    "year 2024, 1,000,000.50",
+    "café naïve résumé façade Ångström",
+    "crème brûlée déjà vu",
+    "日本語の文章です。",
+    "東京は大きい都市です",
+    "猫が好きです",
+    "한국어 텍스트",
+    "Привет, мир!",
+    "emoji: 🦀🚀😀👍🏽",
+    "def add(a, b):\n    return a + b\n",
+    'fn main() { println!("hello"); }',
+    "Learning learner learned: tokenizers learn pieces.",
+    "<s>",
+    "<s>Hello</s>",
+    "text </s> more",
+    "<unk> literal",
+    "use <tool> here",
+    "<tool><tool>x",
+    "\u2581 literal metaspace",
+    "\u00a0non-breaking\u2009thin",
+    "e\u0301 combining acute",
+]
+
+
+def train_spm() -> bytes:
+    import io
+    import sentencepiece as spm
+
+    f = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(SPM_TRAIN_TEXT), model_writer=f, **SPM_TRAINER)
+    return f.getvalue()
+
+
+def spm_hf_folder(d: Path, sp_bytes: bytes, seed: int) -> dict:
+    """The HF folder llama.cpp converts: a tiny random LlamaForCausalLM (f32) plus a Llama-2-style
+    tokenizer (tokenizer.model, tokenizer.json, tokenizer_config.json)."""
+    import sentencepiece as spm
+    import torch
+    from tokenizers import AddedToken
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    d.mkdir(parents=True)
+    (d / "tokenizer.model").write_bytes(sp_bytes)
+    sp = spm.SentencePieceProcessor(model_proto=sp_bytes)
+    n = sp.vocab_size()
+    # tokenizer.json: what the converter reads from it is the added tokens (to resolve the
+    # bos/eos/unk strings of tokenizer_config.json to ids) and the post-processor (<s> $A: BOS on).
+    # transformers 5 cannot convert tokenizer.model without protobuf, so it is built from the pieces
+    # the way its SentencePiece extractor does (merges from scores). The converter does not read it.
+    pieces = [sp.id_to_piece(i) for i in range(n)]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    merges = generate_merges(vocab, {p: sp.get_score(i) for i, p in enumerate(pieces)})
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False, legacy=False)
+    tok.add_tokens([AddedToken("<tool>", special=False, normalized=False)])
+    tok.save_pretrained(str(d))
+    # tokenizer_config.json as Llama 2's (transformers 4 era), with add_prefix_space set so that the
+    # converter writes tokenizer.ggml.add_space_prefix. added_tokens_decoder lists <s> and </s>
+    # (special -> CONTROL), and <tool> (not special -> USER_DEFINED); <unk> is left out so that it
+    # keeps SentencePiece's own type, UNKNOWN (Llama 2's own file also lists it, which would make
+    # it CONTROL).
+    def entry(content, special):
+        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+                "single_word": False, "special": special}
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "add_prefix_space": True,
+        "added_tokens_decoder": {"1": entry("<s>", True), "2": entry("</s>", True), "3": entry("<tool>", False)},
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "legacy": False,
+        "model_max_length": 128,
+        "pad_token": None,
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        "unk_token": "<unk>",
+    }, indent=2) + "\n")
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
+                         rms_norm_eps=1e-5, tie_word_embeddings=False, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=2, attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    init_weights(model, seed)
+    model.save_pretrained(d, safe_serialization=True)
+    (d / "generation_config.json").unlink(missing_ok=True)
+    return dict(vocab_size=n, merges=len(merges))
+
+
+def diff_note(tok, a: list[int], b: list[int]) -> str:
+    """Where the transformers ids `a` and the sentencepiece ids `b` first part ways."""
+    if a == b:
+        return ""
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    ta, tb = tok.convert_ids_to_tokens(a[i:i + 4]), tok.convert_ids_to_tokens(b[i:i + 4])
+    return f"from position {i}: transformers {ta} vs sentencepiece {tb}"
+
+
+def make_gguf_spm(out: Path, llama_cpp: Path) -> dict:
+    import tempfile
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+    from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    seed = 1005
+    d = out / "gguf-spm"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+
+    sp_bytes = train_spm()
+    assert sp_bytes == train_spm(), "sentencepiece training is not deterministic"
+    sp = spm.SentencePieceProcessor(model_proto=sp_bytes)
+    assert sp.vocab_size() == SPM_VOCAB_SIZE
+    assert [sp.id_to_piece(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<tool>"]
+    assert sp.is_unknown(0) and sp.is_control(1) and sp.is_control(2) and sp.is_byte(4)
+    (d / "sentencepiece.model").write_bytes(sp_bytes)
+
+    with tempfile.TemporaryDirectory(prefix="keel-gguf-spm-") as tmp:
+        hf = Path(tmp) / "tiny-llama-spm"
+        info = spm_hf_folder(hf, sp_bytes, seed)
+        conv = run_convert_hf_to_gguf(llama_cpp, hf, d / "vocab.gguf")
+        gpath = d / "vocab.gguf"
+        gpath.chmod(0o644)
+
+        dump = gguf_dump(gpath)
+        meta = dump["metadata"]
+        assert meta["tokenizer.ggml.model"]["value"] == "llama"
+        assert meta["tokenizer.ggml.tokens"]["value"] == [sp.id_to_piece(i) for i in range(sp.vocab_size())]
+        write_gguf_metadata(d / "gguf_metadata.json", dump,
+                            "every KV pair in vocab.gguf as read back by gguf.GGUFReader (GGUF.* header fields "
+                            "excluded; f32 values are the exact f32 widened to f64) and every tensor's ggml type "
+                            "and ne; written by llama.cpp's convert_hf_to_gguf.py (llama-cpp-python "
+                            f"{LLAMA_CPP_PYTHON_VERSION}) --outtype f32 from a tiny LlamaForCausalLM + Llama-2-style "
+                            "SentencePiece tokenizer")
+
+        tok = AutoTokenizer.from_pretrained(str(d), gguf_file="vocab.gguf")
+        cases = []
+        for s in SPM_CASES:
+            ids = tok.encode(s, add_special_tokens=False)
+            ids_special = tok.encode(s, add_special_tokens=True)
+            sp_ids = sp.encode(s)
+            dec = tok.decode(ids, skip_special_tokens=False)
+            cases.append({
+                "text": s,
+                "ids": ids,
+                "ids_with_special": ids_special,
+                "tokens": tok.convert_ids_to_tokens(ids),
+                "decoded": dec,
+                "roundtrip": dec == s,
+                "decoded_with_special": tok.decode(ids_special, skip_special_tokens=False),
+                "decoded_with_special_skip_special": tok.decode(ids_special, skip_special_tokens=True),
+                "sp_ids": sp_ids,
+                "sp_pieces": sp.id_to_piece(sp_ids),
+                "sp_decoded": sp.decode(sp_ids),
+                "same_as_sp": ids == sp_ids,
+                "disagreement": diff_note(tok, ids, sp_ids),
+            })
+
+        arch, tdict, tconf = get_gguf_tokenizer(str(gpath))
+        # Does transformers look at tokenizer.ggml.add_space_prefix? Build the backend again with the
+        # flag flipped and compare.
+        flipped = dict(tdict, add_prefix_space=not tdict.get("add_prefix_space", True))
+        space_prefix_ignored = (convert_gguf_tokenizer(arch, flipped)[0].to_str()
+                                == convert_gguf_tokenizer(arch, tdict)[0].to_str())
+        prompts = [tok.encode("The quick brown fox", add_special_tokens=True),
+                   np.random.default_rng(seed + 7).integers(0, SPM_VOCAB_SIZE, size=9).tolist()]
+        model, logits, diff = gguf_logits(gpath, prompts, hf)
+    assert diff < 1e-4, f"gguf-spm: GGUF logits differ from the HF folder's by {diff}"
+
+    write_json(d / "logits.json", logits_json(
+        "gguf-spm", model, "vocab.gguf", prompts, logits,
+        {"max_abs_diff_vs_hf_folder": rnd(diff),
+         "prompt_texts": ["The quick brown fox (add_special_tokens=True)", "random ids"]}),
+        row_keys=("prompts", "logits"))
+
+    n_same = sum(c["same_as_sp"] for c in cases)
+    ref = {
+        "gguf_file": "vocab.gguf",
+        "gguf_sha256": sha256(gpath),
+        "sentencepiece_model": "sentencepiece.model",
+        "sentencepiece_trainer": {k: v for k, v in SPM_TRAINER.items() if k not in ("num_threads", "minloglevel")},
+        "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist) --outtype f32",
+        "converter_log": conv["log"],
+        "loader": "transformers AutoTokenizer.from_pretrained(dir, gguf_file='vocab.gguf')",
+        "hf_tokenizer_class": type(tok).__name__,
+        "special_tokens": {k: {"token": getattr(tok, f"{k}_token"), "id": getattr(tok, f"{k}_token_id")}
+                           for k in ("bos", "eos", "unk", "pad")},
+        "add_bos_token": tok.add_bos_token,
+        "add_eos_token": tok.add_eos_token,
+        "gguf_tokenizer_config": {k: v for k, v in tconf.items()},
+        "gguf_add_space_prefix": tdict.get("add_prefix_space"),
+        "add_space_prefix_ignored_by_transformers": space_prefix_ignored,
+        "hf_backend_summary": backend_summary(tok),
+        "tokenizer_cases_note": "ids/ids_with_special/tokens/decoded*: the transformers tokenizer built from the GGUF. "
+                                "ids = encode(add_special_tokens=False), ids_with_special = encode(add_special_tokens=True); "
+                                "decoded = decode(ids), decoded_with_special[_skip_special] = decode(ids_with_special, "
+                                "skip_special_tokens=False|True). sp_*: the original sentencepiece processor "
+                                "(sentencepiece.model): sp.encode(text) (no BOS), its pieces and sp.decode. "
+                                "disagreement: first position where ids and sp_ids differ",
+        "tokenizer_cases_agree": f"{n_same}/{len(cases)}",
+        "disagreement_causes": [
+            "dummy prefix: sentencepiece (add_dummy_prefix) always puts U+2581 before the text. transformers' "
+            "Metaspace(prepend_scheme='first') adds it only to the first piece of the text and only if that piece does "
+            "not already start with U+2581 after spaces are replaced, so a text starting with a space (or with a literal "
+            "U+2581) gets one U+2581 fewer, and text right after a special/added token gets none",
+            "special tokens: transformers matches <s>, </s>, <unk> (special) and <tool> (added, not special) as whole "
+            "tokens anywhere in the text; sentencepiece never matches control symbols (<s>, </s>) or <unk> in text and "
+            "spells them with pieces and byte fallback (< is not in this vocabulary); it does match user-defined <tool>",
+            "llama.cpp (src/llama-vocab.cpp, SPM branch; not run here) adds the space before the first text fragment and "
+            "before every text fragment that follows a special/user-defined token, whatever the text starts with",
+        ],
+        "tokenizer_cases": cases,
+    }
+    write_json(d / "reference.json", ref, row_keys=("tokenizer_cases",))
+    tsize = save_hf_tokenizer(tok, d / "hf-tokenizer")
+    size = folder_size(d)
+    log(f"  gguf-spm: vocab.gguf {gpath.stat().st_size} bytes, {n_same}/{len(cases)} cases agree with "
+        f"sentencepiece, GGUF vs HF-folder logits max diff {diff:.2e}, hf-tokenizer {tsize} bytes, folder {size} bytes")
+    assert gpath.stat().st_size < 1_000_000
+    return dict(size=size, agree=n_same, cases=len(cases), diff=diff, info=info)
+
+
+# --- tiny-qwen2-gguf: a non-llama architecture converted by llama.cpp -----------------------------
+
+QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 285, 286, 287, as in Qwen2 (last)
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+QWEN2_CASES = [
+    "Hello world",
+    "Hello  world  again",
+    " leading space",
+    "line one\nline two\n\n",
+    "12345 3.14",
+    "I'm sure it's fine",
+    "café naïve",
+    "e\u0301 combining acute",
+    "日本語",
+    "<|im_start|>user\nhi<|im_end|>\n",
+    "text<|endoftext|>more",
+]
+
+
+def qwen2_tokenizer(vocab_size: int):
+    """A byte-level BPE shaped like Qwen2's tokenizer.json (NFC, the Qwen2 split regex then
+    ByteLevel without its own regex, ByteLevel decoder/post-processor), trained on SPM_TRAIN_TEXT to
+    exactly vocab_size - 3 entries, then <|endoftext|> <|im_start|> <|im_end|> as special tokens."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, \
+        processors, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tk = Tokenizer(models.BPE(dropout=None, unk_token=None, fuse_unk=False, byte_fallback=False))
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tk.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(QWEN2_SPECIALS), min_frequency=2,
+                                  show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(SPM_TRAIN_TEXT * 3, trainer)
+    assert tk.get_vocab_size() == vocab_size - len(QWEN2_SPECIALS), tk.get_vocab_size()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN2_SPECIALS])
+    assert tk.get_vocab_size() == vocab_size
+    return tk
+
+
+def make_qwen2_gguf(out: Path, llama_cpp: Path) -> dict:
+    import tempfile
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    src = out / "tiny-qwen2"
+    if not (src / "logits.json").is_file():
+        raise SystemExit("tiny-qwen2-gguf needs tests/fixtures/tiny-qwen2 (run --only tiny-qwen2 first)")
+    src_logits = json.loads((src / "logits.json").read_text())
+    d = out / "tiny-qwen2-gguf"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    gpath = d / "tiny-qwen2.gguf"
+
+    with tempfile.TemporaryDirectory(prefix="keel-qwen2-gguf-") as tmp:
+        hf = Path(tmp) / "tiny-qwen2"
+        shutil.copytree(src, hf, ignore=shutil.ignore_patterns("*.json"))
+        shutil.copy(src / "model.safetensors.index.json", hf)
+        cfg = json.loads((src / "config.json").read_text())
+        n_vocab = cfg["vocab_size"]
+        # bos/eos as in Qwen2.5-Instruct's config.json (<|endoftext|>, <|im_end|>) instead of the
+        # tiny model's placeholder 1/2 (byte tokens here). Only the tokenizer metadata reads them.
+        cfg.update(bos_token_id=n_vocab - 3, eos_token_id=n_vocab - 1)
+        (hf / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        tk = qwen2_tokenizer(n_vocab)
+        assert tk.to_str() == qwen2_tokenizer(n_vocab).to_str(), "BPE training is not deterministic"
+        tk.save(str(hf / "tokenizer.json"))
+        (hf / "tokenizer_config.json").write_text(json.dumps({
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "added_tokens_decoder": {str(tk.token_to_id(t)): {
+                "content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                "special": True} for t in QWEN2_SPECIALS},
+            "bos_token": None,
+            "chat_template": QWEN2_CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "errors": "replace",
+            "model_max_length": 128,
+            "pad_token": "<|endoftext|>",
+            "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer",
+            "unk_token": None,
+        }, indent=2) + "\n")
+        conv = run_convert_hf_to_gguf(llama_cpp, hf, gpath, pre="qwen2")
+        gpath.chmod(0o644)
+        tdir = d / "hf-tokenizer"
+        tdir.mkdir()
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(hf / f, tdir / f)
+            (tdir / f).chmod(0o644)
+
+    dump = gguf_dump(gpath)
+    meta = dump["metadata"]
+    assert meta["general.architecture"]["value"] == "qwen2"
+    assert meta["tokenizer.ggml.pre"]["value"] == "qwen2"
+    write_gguf_metadata(d / "gguf_metadata.json", dump,
+                        "every KV pair in tiny-qwen2.gguf as read back by gguf.GGUFReader (GGUF.* header fields "
+                        "excluded; f32 values are the exact f32 widened to f64) and every tensor's ggml type and "
+                        "ne; written by llama.cpp's convert_hf_to_gguf.py (llama-cpp-python "
+                        f"{LLAMA_CPP_PYTHON_VERSION}) --outtype f32 from tests/fixtures/tiny-qwen2 plus "
+                        "hf-tokenizer/; tokenizer.ggml.pre forced to 'qwen2' (hash not registered)")
+
+    prompts = src_logits["prompts"]
+    model, logits, _ = gguf_logits(gpath, prompts, None)
+    diff = max(float(np.abs(np.asarray(a, dtype=np.float64) - l).max())
+               for a, l in zip(src_logits["logits"], logits))
+    assert diff < 1e-4, f"tiny-qwen2-gguf: logits differ from tiny-qwen2/logits.json by {diff}"
+
+    # Tokenizer: transformers' GGUF rebuild vs the tokenizer.json it was converted from.
+    tok = AutoTokenizer.from_pretrained(str(d), gguf_file=gpath.name)
+    orig = Tokenizer.from_file(str(d / "hf-tokenizer" / "tokenizer.json"))
+    cases = []
+    for s in QWEN2_CASES:
+        ids = tok.encode(s, add_special_tokens=False)
+        oids = orig.encode(s, add_special_tokens=False).ids
+        cases.append({"text": s, "ids": ids, "tokens": tok.convert_ids_to_tokens(ids),
+                      "decoded": tok.decode(ids, skip_special_tokens=False),
+                      "ids_tokenizer_json": oids, "same_as_tokenizer_json": ids == oids})
+
+    write_json(d / "logits.json", logits_json(
+        "tiny-qwen2-gguf", model, gpath.name, prompts, logits,
+        {"source": "tests/fixtures/tiny-qwen2 (f16 weights, upcast exactly to f32 by the converter)",
+         "max_abs_diff_vs_tiny_qwen2_logits_json": rnd(diff)}), row_keys=("prompts", "logits"))
+    write_json(d / "reference.json", {
+        "gguf_file": gpath.name,
+        "gguf_sha256": sha256(gpath),
+        "converter": f"llama.cpp convert_hf_to_gguf.py (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist) --outtype f32",
+        "pre_tokenizer_note": "llama.cpp names a BPE pre-tokenizer by the sha256 of the token ids its fixed check text "
+                              "encodes to, so only vocabularies registered from real Hub models are recognised; this "
+                              "288-token vocabulary has the hash below, which no model has. The converter would raise "
+                              "NotImplementedError; make_fixtures.py wraps get_vocab_base_pre to write 'qwen2' for it "
+                              "(hf-tokenizer/tokenizer.json uses Qwen2's own split regex, so the name is right)",
+        "pre_tokenizer_chkhsh": conv["chkhsh"],
+        "pre_tokenizer_forced": conv["forced_pre"],
+        "converter_log": conv["log"],
+        "hf_tokenizer_class": type(tok).__name__,
+        "special_tokens": {k: {"token": getattr(tok, f"{k}_token"), "id": getattr(tok, f"{k}_token_id")}
+                           for k in ("bos", "eos", "unk", "pad")},
+        "add_bos_token": tok.add_bos_token,
+        "add_eos_token": tok.add_eos_token,
+        "hf_backend_summary": backend_summary(tok),
+        "tokenizer_cases_note": "ids/tokens/decoded: transformers' tokenizer built from the GGUF, add_special_tokens=False; "
+                                "ids_tokenizer_json: the tokenizers library on hf-tokenizer/tokenizer.json (the source). "
+                                "The GGUF rebuild has no NFC normalizer",
+        "tokenizer_cases": cases,
+    }, row_keys=("tokenizer_cases",))
+    size = folder_size(d)
+    n_same = sum(c["same_as_tokenizer_json"] for c in cases)
+    log(f"  tiny-qwen2-gguf: {gpath.name} {gpath.stat().st_size} bytes, logits max diff vs tiny-qwen2 {diff:.2e}, "
+        f"chkhsh {conv['chkhsh']}, {n_same}/{len(cases)} tokenizer cases same as tokenizer.json, folder {size} bytes")
+    assert gpath.stat().st_size < 1_000_000
+    return dict(size=size, diff=diff)
+
+
+# ----------------------------------------------------------------------------------------------
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--only", default="tiny,quants,smollm2",
-                    help="comma list of: tiny, quants, smollm2 (or a tiny model name)")
+    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf",
+                    help="comma list of: tiny, quants, smollm2, gguf-spm, tiny-qwen2-gguf (or a tiny model name)")
     ap.add_argument("--smollm2-gguf", default=None,
                     help=f"path to {SMOLLM2_NAME} (default: $KEEL_CACHE/models/, see fetch_smollm2.sh)")
+    ap.add_argument("--llama-cpp", default=None,
+                    help="folder holding llama.cpp's convert_hf_to_gguf.py, conversion/ and gguf-py/ (default: "
+                         f"$KEEL_CACHE/llama.cpp/llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}/, see fetch_llama_cpp.sh)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -765,15 +1394,30 @@ def main():
         t = time.time()
         make_quants(out)
         timings["gguf-quants"] = time.time() - t
+    missing = False
     if "smollm2" in only:
         p = find_smollm2(args.smollm2_gguf)
         if p is None:
             log("smollm2: GGUF not found; run scripts/fetch_smollm2.sh (or pass --smollm2-gguf). Skipped.")
-            sys.exit(2)
+            missing = True
+        else:
+            t = time.time()
+            make_smollm2(out, p)
+            timings["smollm2"] = time.time() - t
+    for name, make in (("gguf-spm", make_gguf_spm), ("tiny-qwen2-gguf", make_qwen2_gguf)):
+        if name not in only:
+            continue
+        lc = find_llama_cpp(args.llama_cpp)
+        if lc is None:
+            log(f"{name}: llama.cpp converter not found; run scripts/fetch_llama_cpp.sh (or pass --llama-cpp). Skipped.")
+            missing = True
+            continue
         t = time.time()
-        make_smollm2(out, p)
-        timings["smollm2"] = time.time() - t
+        make(out, lc)
+        timings[name] = time.time() - t
     log("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    if missing:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

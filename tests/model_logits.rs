@@ -5,9 +5,9 @@
 
 mod common;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use common::{fixture, max_abs_diff, read_json, u32s};
-use keel_model::{HfConfig, Llama, Sampling, WeightSource, build_model};
+use burn::tensor::Device;
+use common::{fixture, load_tiny, logits, max_abs_diff, read_json, reference_logits, u32s};
+use keel_model::Sampling;
 
 const FIXTURES: [&str; 4] = ["tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-mistral"];
 /// f32 against f32, on logits of magnitude up to 18 from weights of std 0.5
@@ -20,39 +20,15 @@ const FLEX_TOLERANCE: f32 = 1e-4;
 /// f32 rounding amplified through three layers, not a wrong kernel.
 const WGPU_TOLERANCE: f32 = 3e-4;
 
-fn load(name: &str, device: &Device) -> Llama {
-    let dir = fixture(name);
-    let config_path = dir.join("config.json");
-    let config = HfConfig::from_file(&config_path)
-        .unwrap()
-        .into_config(&config_path)
-        .unwrap();
-    let weights = WeightSource::open_hf_dir(&dir).unwrap();
-    build_model(&config, &weights, device).unwrap()
-}
-
-fn logits(model: &Llama, ids: &[u32], device: &Device) -> Vec<f32> {
-    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-    let n = ids.len();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
-    model.forward(tokens).try_into_vec_as::<f32>().unwrap()
-}
-
 fn check_logits(device: &Device, tolerance: f32) {
     for name in FIXTURES {
-        let model = load(name, device);
-        let reference = read_json(&fixture(name).join("logits.json"));
-        let prompts = reference["prompts"].as_array().unwrap();
-        for (p, prompt) in prompts.iter().enumerate() {
-            let ids = u32s(prompt);
-            let expected: Vec<f32> = reference["logits"][p]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(common::f32s)
-                .collect();
-            let got = logits(&model, &ids, device);
-            let (diff, at) = max_abs_diff(&got, &expected);
+        let model = load_tiny(name, device);
+        for (p, (ids, expected)) in reference_logits(&fixture(name).join("logits.json"))
+            .iter()
+            .enumerate()
+        {
+            let got = logits(&model, ids, device);
+            let (diff, at) = max_abs_diff(&got, expected);
             assert!(
                 diff <= tolerance,
                 "{name}, prompt {p} ({} tokens): max |keel - transformers| = {diff} at {at} (keel {}, transformers {})",
@@ -71,7 +47,7 @@ fn check_logits(device: &Device, tolerance: f32) {
 
 fn check_greedy(device: &Device) {
     for name in FIXTURES {
-        let model = load(name, device);
+        let model = load_tiny(name, device);
         let reference = read_json(&fixture(name).join("greedy.json"));
         let prompt = u32s(&reference["prompt"]);
         let expected = u32s(&reference["new_tokens"]);

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
-use keel_model::DeviceChoice;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use keel_model::{DeviceChoice, HfConfig, Llama, WeightSource, build_model};
 
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -85,4 +85,43 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
             (0.0, 0),
             |m, d| if d.0 > m.0 || d.0.is_nan() { d } else { m },
         )
+}
+
+/// A tiny fixture model (`tests/fixtures/<name>`) on `device`.
+pub fn load_tiny(name: &str, device: &Device) -> Llama {
+    let dir = fixture(name);
+    let config_path = dir.join("config.json");
+    let config = HfConfig::from_file(&config_path)
+        .unwrap()
+        .into_config(&config_path)
+        .unwrap();
+    let weights = WeightSource::open_hf_dir(&dir).unwrap();
+    build_model(&config, &weights, device).unwrap()
+}
+
+/// Full-sequence logits, flattened `[seq * vocab]`.
+pub fn logits(model: &Llama, ids: &[u32], device: &Device) -> Vec<f32> {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let n = ids.len();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+    model.forward(tokens).try_into_vec_as::<f32>().unwrap()
+}
+
+/// The prompts of a `logits.json` fixture and their flattened logits.
+pub fn reference_logits(path: &Path) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let json = read_json(path);
+    let prompts = json["prompts"].as_array().unwrap();
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(p, prompt)| {
+            let logits = json["logits"][p]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(f32s)
+                .collect();
+            (u32s(prompt), logits)
+        })
+        .collect()
 }

@@ -3,6 +3,8 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
+use keel_adapters::rng::SplitMix64 as Rng;
+
 use crate::llama::Llama;
 
 /// How the next token is chosen.
@@ -22,20 +24,6 @@ impl Default for Sampling {
             top_p: 1.0,
             seed: 0,
         }
-    }
-}
-
-/// SplitMix64: tiny, seedable, and the same sequence on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

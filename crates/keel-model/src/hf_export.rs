@@ -8,7 +8,9 @@ use burn::tensor::Tensor;
 use safetensors::{Dtype, tensor::TensorView};
 
 use crate::error::Error;
-use crate::llama::{Linear, Llama};
+use keel_adapters::Linear;
+
+use crate::llama::Llama;
 use crate::load::LoadedModel;
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -98,6 +100,18 @@ pub fn save_hf_dir(model: &LoadedModel, out: &Path) -> Result<(), Error> {
 }
 
 fn write_into(model: &LoadedModel, dir: &Path) -> Result<(), Error> {
+    // The folder holds base weights only: an adapter still apart would be lost.
+    if let Some((name, _)) = model
+        .model
+        .linears()
+        .into_iter()
+        .find(|(_, l)| l.adapters.iter().any(|a| a.active && a.merged.is_none()))
+    {
+        return Err(Error::BadFile {
+            path: dir.to_path_buf(),
+            reason: format!("module `{name}` has an unmerged adapter; merge it first"),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let write = |file: &str, text: String| {
         let path = dir.join(file);
@@ -116,7 +130,7 @@ fn write_into(model: &LoadedModel, dir: &Path) -> Result<(), Error> {
     let tensors = hf_tensors(&model.model);
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .map(|(_, _, data)| keel_adapters::host::to_bytes(data))
         .collect();
     let views = tensors.iter().zip(&bytes).map(|((name, shape, _), b)| {
         (

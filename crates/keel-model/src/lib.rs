@@ -15,6 +15,7 @@ pub use device::DeviceChoice;
 pub use error::Error;
 pub use generate::{Sampling, generate};
 pub use hf_export::{hf_tensors, save_hf_dir};
-pub use llama::{Attention, DecoderLayer, KvCache, Linear, Llama, Mlp, RmsNorm, Rope};
+pub use keel_adapters::Linear;
+pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};
 pub use load::{LoadedModel, ModelSource, build_model};
 pub use weights::{HostTensor, WeightSource, gguf_name};

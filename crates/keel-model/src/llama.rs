@@ -7,24 +7,13 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, embedding, linear};
+use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use keel_adapters::Linear;
+
 use crate::config::Config;
-
-/// A linear projection stored as Burn does, `[in, out]` (HF stores `[out, in]`).
-#[derive(Module, Debug)]
-pub struct Linear {
-    pub weight: Param<Tensor<2>>,
-    pub bias: Option<Param<Tensor<1>>>,
-}
-
-impl Linear {
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
-    }
-}
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`.
 #[derive(Module, Debug)]
@@ -273,5 +262,79 @@ impl Llama {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
+    }
+
+    /// A short identifier of this base model, recorded in exported adapters
+    /// so that one made for another base is refused. It hashes the shapes
+    /// and a sample of the weights no adapter or initialisation changes:
+    /// the embeddings and the final norm.
+    pub fn fingerprint(&self) -> String {
+        let embed = self.embed_tokens.val();
+        let dims = embed.dims();
+        let sample: Vec<f32> = embed
+            .flatten::<1>(0, 1)
+            .narrow(0, 0, 1024.min(dims[0] * dims[1]))
+            .try_into_vec_as()
+            .expect("float");
+        let norm: Vec<f32> = self.norm.weight.val().try_into_vec_as().expect("float");
+        // FNV-1a, 64-bit: stable across platforms and Rust versions.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let shape = [dims[0], dims[1], self.layers.len()];
+        let bytes = shape.iter().flat_map(|d| (*d as u64).to_le_bytes()).chain(
+            sample
+                .iter()
+                .chain(&norm)
+                .flat_map(|v| v.to_bits().to_le_bytes()),
+        );
+        for b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+
+    /// Every linear projection with its HF module name, in model order.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), lin));
+            }
+        }
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head".to_string(), head));
+        }
+        out
+    }
+
+    /// [`Llama::linears`], mutable: where adapters are attached and merged.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            for (name, lin) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), lin));
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head".to_string(), head));
+        }
+        out
     }
 }

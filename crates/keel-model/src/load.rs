@@ -9,7 +9,9 @@ use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::config::{Config, HfConfig};
 use crate::error::Error;
-use crate::llama::{Attention, DecoderLayer, Linear, Llama, Mlp, RmsNorm, Rope};
+use keel_adapters::Linear;
+
+use crate::llama::{Attention, DecoderLayer, Llama, Mlp, RmsNorm, Rope};
 use crate::weights::{HostTensor, WeightSource};
 
 /// Everything needed to run a model: weights on a device, configuration,
@@ -174,13 +176,13 @@ fn tensor2(
     if !transpose {
         return Ok(Tensor::from_data(TensorData::new(data, shape), device));
     }
-    let mut t = vec![0.0f32; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = data[r * cols + c];
-        }
-    }
+    let t = keel_adapters::host::transpose(rows, cols, &data);
     Ok(Tensor::from_data(TensorData::new(t, [cols, rows]), device))
+}
+
+/// The base model is never trained: its parameters hold no gradient.
+fn frozen<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t).set_require_grad(false)
 }
 
 fn tensor1(
@@ -209,23 +211,14 @@ pub fn build_model(cfg: &Config, w: &WeightSource, device: &Device) -> Result<Ll
             device,
         )?;
         let bias = match bias {
-            true => Some(Param::from_tensor(tensor1(
-                w,
-                cfg,
-                &format!("{name}.bias"),
-                d_out,
-                device,
-            )?)),
+            true => Some(tensor1(w, cfg, &format!("{name}.bias"), d_out, device)?),
             false => None,
         };
-        Ok(Linear {
-            weight: Param::from_tensor(weight),
-            bias,
-        })
+        Ok(Linear::frozen(weight, bias))
     };
     let norm = |name: &str| -> Result<RmsNorm, Error> {
         Ok(RmsNorm {
-            weight: Param::from_tensor(tensor1(w, cfg, &format!("{name}.weight"), hidden, device)?),
+            weight: frozen(tensor1(w, cfg, &format!("{name}.weight"), hidden, device)?),
             eps: cfg.rms_norm_eps,
         })
     };
@@ -282,7 +275,7 @@ pub fn build_model(cfg: &Config, w: &WeightSource, device: &Device) -> Result<Ll
         Some(linear("lm_head", hidden, cfg.vocab_size, false)?)
     };
     Ok(Llama {
-        embed_tokens: Param::from_tensor(embed),
+        embed_tokens: frozen(embed),
         layers,
         norm: norm("model.norm")?,
         lm_head,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use keel_gguf::GgufFile;
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use crate::config::{Architecture, Config};
 use crate::error::Error;
@@ -131,7 +131,7 @@ impl WeightSource {
                 let view = st.tensor(hf_name).expect("listed in the index");
                 HostTensor {
                     shape: view.shape().to_vec(),
-                    data: to_f32(view.dtype(), view.data()).map_err(err)?,
+                    data: keel_adapters::host::to_f32(view.dtype(), view.data()).map_err(err)?,
                 }
             }
             WeightSource::Gguf(g) => {
@@ -195,28 +195,6 @@ fn read_shard_index(path: &Path) -> Result<Vec<String>, Error> {
         }
     }
     Ok(shards)
-}
-
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
-    Ok(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(format!(
-                "dtype {other:?} is not supported (f32, f16, bf16 are)"
-            ));
-        }
-    })
 }
 
 /// HF tensor name to llama.cpp's GGUF name.

@@ -1,0 +1,142 @@
+//! What to adapt and how: keel's adapter configuration, with HF PEFT's
+//! meaning for every field it shares with `LoraConfig`.
+
+use crate::error::Error;
+
+/// LoRA computes `s·B(A(x))`; DoRA also learns a per-output magnitude and
+/// rescales the adapted weight's column norms to it (Liu et al. 2024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    #[default]
+    Lora,
+    Dora,
+}
+
+/// The factor `s` on the low-rank update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scaling {
+    /// `alpha / r` (Hu et al. 2021).
+    #[default]
+    Standard,
+    /// `alpha / sqrt(r)`: rank-stabilised LoRA (Kalajdzievski 2023).
+    Rs,
+}
+
+impl Scaling {
+    pub fn factor(self, alpha: f64, r: usize) -> f64 {
+        match self {
+            Scaling::Standard => alpha / r as f64,
+            Scaling::Rs => alpha / (r as f64).sqrt(),
+        }
+    }
+}
+
+/// How A and B start.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Init {
+    /// PEFT's default: A kaiming-uniform, B zero (a fresh adapter is a no-op).
+    #[default]
+    Kaiming,
+    /// A ~ N(0, 1/r), B zero.
+    Gaussian,
+    /// Principal singular vectors of W in A and B, the residual left in the
+    /// base (Meng et al. 2024). `niter` subspace iterations.
+    Pissa { niter: usize },
+    /// Orthonormal init from W's QR factors, the residual left in the base
+    /// (Büyükakyüz 2024).
+    Olora,
+}
+
+/// Which modules: HF leaf names (`q_proj`, or a dotted suffix such as
+/// `self_attn.q_proj`), or one regex that must match a whole module name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetModules {
+    Names(Vec<String>),
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterConfig {
+    pub variant: Variant,
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub scaling: Scaling,
+    pub init: Init,
+    pub targets: TargetModules,
+    /// Only these decoder layers (PEFT `layers_to_transform`).
+    pub layers: Option<Vec<usize>>,
+    /// Per-module rank overrides, pattern → r, tried in order as PEFT does
+    /// (the first pattern matching the end of a module name wins).
+    pub rank_pattern: Vec<(String, usize)>,
+    pub alpha_pattern: Vec<(String, f64)>,
+}
+
+impl AdapterConfig {
+    /// A LoRA on the given leaf modules with PEFT's defaults otherwise.
+    pub fn lora(r: usize, alpha: f64, targets: &[&str]) -> Self {
+        AdapterConfig {
+            variant: Variant::Lora,
+            r,
+            alpha,
+            dropout: 0.0,
+            scaling: Scaling::Standard,
+            init: Init::Kaiming,
+            targets: TargetModules::Names(targets.iter().map(|s| s.to_string()).collect()),
+            layers: None,
+            rank_pattern: Vec::new(),
+            alpha_pattern: Vec::new(),
+        }
+    }
+
+    /// Checks values no adapter can have; `source` names the file in errors.
+    pub fn validate(&self, source: &str) -> Result<(), Error> {
+        let bad = |key: &str, reason: String| Error::Config {
+            file: source.to_string(),
+            key: key.to_string(),
+            reason,
+        };
+        if self.r == 0 {
+            return Err(bad("r", "the rank must be at least 1".into()));
+        }
+        if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| *r == 0) {
+            return Err(bad(
+                &format!("rank_pattern.{k}"),
+                "the rank must be at least 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(bad(
+                "lora_dropout",
+                format!("{} is not in [0, 1)", self.dropout),
+            ));
+        }
+        if !self.alpha.is_finite() {
+            return Err(bad(
+                "lora_alpha",
+                format!("{} is not a finite number", self.alpha),
+            ));
+        }
+        match &self.targets {
+            TargetModules::Names(n) if n.is_empty() => {
+                return Err(bad("target_modules", "names no module".into()));
+            }
+            TargetModules::Regex(re) => {
+                regex::Regex::new(re)
+                    .map_err(|e| bad("target_modules", format!("invalid regex: {e}")))?;
+                if self.layers.is_some() {
+                    return Err(bad(
+                        "layers_to_transform",
+                        "needs target_modules as a list of names, not a regex (as in PEFT)".into(),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        let patterns = self.rank_pattern.iter().map(|p| &p.0);
+        for key in patterns.chain(self.alpha_pattern.iter().map(|p| &p.0)) {
+            regex::Regex::new(key).map_err(|e| bad(key, format!("invalid pattern: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+/// Why an adapter could not be built, loaded or saved. Each variant names
+/// the file, key, module or tensor at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{file}: key `{key}`: {reason}")]
+    Config {
+        file: String,
+        key: String,
+        reason: String,
+    },
+    #[error("target `{target}` matches no module; the model's linear modules are: {available}")]
+    NoMatch { target: String, available: String },
+    #[error("{file}: tensor `{tensor}`: {reason}")]
+    Tensor {
+        file: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+    #[error("module `{module}`: {reason}")]
+    Module { module: String, reason: String },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |error| Error::Io { path, error }
+    }
+}

@@ -1,0 +1,26 @@
+//! Parameter-efficient adapters for linear layers.
+//!
+//! [`Linear`] is the layer every adaptable projection of a keel model is
+//! made of: a frozen base weight plus any number of named [`Adapter`]s,
+//! computed as `base(x) + Σ delta_i(x)` and never through a dense merged
+//! weight unless asked to [`Linear::merge`]. [`AdapterConfig`] says which
+//! modules get which adapter (PEFT's semantics: leaf names or a regex,
+//! `layers_to_transform`, `rank_pattern` / `alpha_pattern`); [`peft`] reads
+//! and writes HF PEFT's on-disk format.
+
+mod config;
+mod error;
+pub mod host;
+mod init;
+mod linear;
+mod lora;
+pub mod peft;
+pub mod rng;
+mod target;
+
+pub use config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
+pub use error::Error;
+pub use init::init_adapter;
+pub use linear::Linear;
+pub use lora::Adapter;
+pub use target::{ModuleSpec, resolve_targets};

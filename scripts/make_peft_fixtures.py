@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Generate HF PEFT LoRA / DoRA adapter fixtures for keel's adapter tests.
+
+Writes into tests/fixtures/peft/<case>/ (relative to the repo root):
+
+  lora-all/       tiny-llama, r=4, alpha=8, all 7 projections
+  lora-patterns/  tiny-llama, q/v/down, r=4, alpha=8, rank_pattern {down_proj: 8},
+                  alpha_pattern {v_proj: 32}, layers_to_transform [0, 2] (layers_pattern null)
+  rslora/         tiny-llama, use_rslora, r=8, alpha=16, target_modules as a regex string
+  dora/           tiny-llama, use_dora, r=4, alpha=8, all 7 projections
+  lora-qwen2/     tiny-qwen2 (q/k/v bias, f16 weights upcast to f32), r=4, alpha=8, all 7 projections
+
+Each folder holds what `PeftModel.save_pretrained` wrote (adapter_config.json,
+adapter_model.safetensors; the README.md model card is removed) and logits.json, computed by
+reloading the base (float32, eager) + `PeftModel.from_pretrained(base, dir)` from disk.
+
+PEFT's default init makes lora_B zero (a no-op), so after get_peft_model every lora_A / lora_B
+weight is overwritten with seeded N(0, std) values (std per case, chosen so that the adapter moves
+the logits clearly); DoRA magnitudes are multiplied by N(1, 0.1).
+
+Two things are normalized after save_pretrained so that re-running gives byte-identical files:
+`base_model_name_or_path` is set to the base folder name (not an absolute path), and list-valued
+`target_modules` is sorted (PEFT keeps it as a set and writes it in hash order). The file is
+re-written in PEFT's own format (json.dumps(indent=2, sort_keys=True)).
+
+Usage:
+  python3 scripts/make_peft_fixtures.py [--only lora-all,dora,...] [--fixtures DIR] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_FIXTURES = REPO / "tests" / "fixtures"
+SIG_DIGITS = 7
+ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# std of the N(0, std) values written into every lora_A / lora_B weight. The tiny bases (weights
+# ~N(0, 0.5), hidden 64) are very sensitive: 0.03 already moves the logits by 2-5 (like a real LoRA
+# moves SmolLM2's by ~2) and flips a few argmaxes. DoRA's N(1, 0.1) magnitude alone moves them by ~17;
+# its larger std 0.06 keeps the direction part visible (a DoRA norm taken from W alone instead of
+# W + scale*B@A changes the logits by 1.1, one without `scale` by 0.58).
+CASES = {
+    "lora-all": dict(
+        base="tiny-llama", seed=2001, std=0.03,
+        config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0),
+    ),
+    "lora-patterns": dict(
+        base="tiny-llama", seed=2002, std=0.04,
+        # layers_pattern is left None: PEFT then finds the layer index with the regex
+        # r".*?\.[^.]*\.(?P<idx>\d+)\." (first "<name>.<digits>." segment, here "layers.N.").
+        config=dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0,
+                    rank_pattern={"down_proj": 8}, alpha_pattern={"v_proj": 32}, layers_to_transform=[0, 2]),
+    ),
+    "rslora": dict(
+        base="tiny-llama", seed=2003, std=0.03,
+        config=dict(r=8, lora_alpha=16, use_rslora=True, target_modules=r".*\.(q_proj|o_proj|up_proj)",
+                    lora_dropout=0.0),
+    ),
+    "dora": dict(
+        base="tiny-llama", seed=2009, std=0.06, magnitude_std=0.1,
+        config=dict(r=4, lora_alpha=8, use_dora=True, target_modules=ALL7, lora_dropout=0.0),
+    ),
+    "lora-qwen2": dict(
+        base="tiny-qwen2", seed=2055, std=0.03,
+        config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers (same conventions as make_fixtures.py)
+# ----------------------------------------------------------------------------------------------
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def rnd(x: float) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"non-finite value {x}")
+    return float(f"{x:.{SIG_DIGITS}g}")
+
+
+def rnd_list(a) -> list:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 0:
+        return rnd(a)
+    return [rnd_list(v) for v in a] if a.ndim > 1 else [rnd(v) for v in a]
+
+
+def dumps_compact(v) -> str:
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+
+def write_json(path: Path, obj: dict, row_keys: tuple[str, ...] = ()):
+    """Top-level keys one per line; `row_keys` values written one innermost row per line."""
+    lines = ["{"]
+    items = list(obj.items())
+    for i, (k, v) in enumerate(items):
+        comma = "," if i + 1 < len(items) else ""
+        if k in row_keys and v and all(isinstance(r, list) and (not r or not isinstance(r[0], list)) for r in v):
+            lines.append(f"{json.dumps(k)}: [\n " + ",\n ".join(dumps_compact(r) for r in v) + f"\n ]{comma}")
+        elif k in row_keys:
+            outer = []
+            for per_prompt in v:
+                rows = ",\n   ".join(dumps_compact(r) for r in per_prompt)
+                outer.append("  [\n   " + rows + "\n  ]")
+            lines.append(f"{json.dumps(k)}: [\n" + ",\n".join(outer) + f"\n ]{comma}")
+        elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            body = ",\n ".join(f"{json.dumps(kk, ensure_ascii=False)}: {dumps_compact(vv)}" for kk, vv in v.items())
+            lines.append(f"{json.dumps(k)}: {{\n {body}\n}}{comma}")
+        else:
+            lines.append(f"{json.dumps(k)}: {dumps_compact(v)}{comma}")
+    lines.append("}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def folder_size(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def load_base(path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def forward_all(model, prompts) -> list[np.ndarray]:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            out.append(model(torch.tensor([p])).logits[0].float().numpy().astype(np.float64))
+    return out
+
+
+def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def normalize_adapter_config(path: Path, base_name: str):
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = base_name
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    # exactly PeftConfig.save_pretrained's format
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def lora_modules_info(peft_model) -> dict:
+    """{module path (as in the base model): {r, lora_alpha, scaling, dora}} read back from the
+    loaded PEFT model: the ground truth of how PEFT resolved target_modules / patterns."""
+    from peft.tuners.lora import LoraLayer
+
+    info = {}
+    for name, m in peft_model.base_model.model.named_modules():
+        if isinstance(m, LoraLayer) and "default" in m.r:
+            info[name] = dict(r=int(m.r["default"]), lora_alpha=float(m.lora_alpha["default"]),
+                              scaling=rnd(m.scaling["default"]),
+                              dora=bool(m.use_dora.get("default", False)))
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+
+def make_case(name: str, spec: dict, fixtures: Path) -> dict:
+    import peft
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base_dir = fixtures / spec["base"]
+    base_ref = json.loads((base_dir / "logits.json").read_text())
+    prompts = base_ref["prompts"]
+    d = fixtures / "peft" / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+
+    # ---- build: base (f32, eager) + get_peft_model, then non-trivial seeded weights
+    torch.manual_seed(spec["seed"])
+    base = load_base(base_dir)
+    config = LoraConfig(task_type="CAUSAL_LM", **spec["config"])
+    model = get_peft_model(base, config)
+    g = torch.Generator().manual_seed(spec["seed"])
+    n_ab = n_mag = 0
+    with torch.no_grad():
+        for pname, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if ".lora_A." in pname or ".lora_B." in pname:
+                p.copy_(spec["std"] * torch.randn(p.shape, generator=g, dtype=torch.float32))
+                n_ab += 1
+            elif "lora_magnitude_vector" in pname:
+                p.mul_(1.0 + spec.get("magnitude_std", 0.1) * torch.randn(p.shape, generator=g, dtype=torch.float32))
+                n_mag += 1
+    assert n_ab > 0 and (n_mag > 0) == bool(spec["config"].get("use_dora")), (n_ab, n_mag)
+    model.save_pretrained(d)
+    (d / "README.md").unlink(missing_ok=True)
+    normalize_adapter_config(d / "adapter_config.json", spec["base"])
+    del model, base
+
+    # ---- reference: reload base + adapter from disk, exactly as a user would
+    base_logits = forward_all(load_base(base_dir), prompts)
+    # sanity: the base reproduces its own fixture (7 significant digits)
+    base_fix = [np.asarray(l, dtype=np.float64) for l in base_ref["logits"]]
+    assert max_abs_diff(base_logits, base_fix) < 1e-4, f"{name}: base does not reproduce {spec['base']}/logits.json"
+
+    base = load_base(base_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = PeftModel.from_pretrained(base, str(d)).eval()
+    bad = [w for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not bad, f"{name}: PeftModel.from_pretrained warned: {[str(w.message) for w in bad]}"
+    modules = lora_modules_info(pm)
+    logits = forward_all(pm, prompts)
+    merged = pm.merge_and_unload()
+    merged_logits = forward_all(merged, prompts)
+
+    change = max_abs_diff(logits, base_logits)
+    merged_diff = max_abs_diff(logits, merged_logits)
+    absmax = max(float(np.abs(l).max()) for l in logits)
+    assert change > 0.5, f"{name}: adapter moves logits by only {change}"
+    assert absmax < 100, f"{name}: logits absmax {absmax}"
+    assert merged_diff < 1e-3, f"{name}: merge_and_unload differs by {merged_diff}"
+
+    gaps = [np.sort(l, axis=-1) for l in logits]
+    min_gap = min(float((g[:, -1] - g[:, -2]).min()) for g in gaps)
+    argmax_changed = sum(int((a.argmax(-1) != b.argmax(-1)).sum()) for a, b in zip(logits, base_logits))
+    n_pos = sum(len(p) for p in prompts)
+    write_json(d / "logits.json", {
+        "case": name,
+        "base": spec["base"],
+        "peft_version": peft.__version__,
+        "compute_dtype": "float32",
+        "attn_implementation": "eager",
+        "sig_digits": SIG_DIGITS,
+        "init": {"lora_A_B": f"N(0, {spec['std']}) seed {spec['seed']}",
+                 "magnitude": "PEFT init * N(1, 0.1)" if n_mag else None},
+        "modules": modules,
+        "max_change_vs_base": rnd(change),
+        "merged_logits_max_diff": rnd(merged_diff),
+        "argmax_changed_positions": [argmax_changed, n_pos],
+        "logits_absmax": rnd(absmax),
+        "min_top2_gap": rnd(min_gap),
+        "prompts": prompts,
+        "logits": [rnd_list(l) for l in logits],
+    }, row_keys=("prompts", "logits"))
+    for f in d.iterdir():
+        f.chmod(0o644)
+    size = folder_size(d)
+    log(f"  {name}: {len(modules)} adapted modules, max change vs base {change:.4f}, merged diff "
+        f"{merged_diff:.3g}, logits absmax {absmax:.2f}, argmax changed {argmax_changed}/{n_pos}, {size} bytes")
+    return dict(size=size, change=change, merged_diff=merged_diff)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fixtures", default=str(DEFAULT_FIXTURES),
+                    help="fixtures root holding tiny-llama/ and tiny-qwen2/; output goes to <root>/peft/")
+    ap.add_argument("--only", default=",".join(CASES), help="comma list of cases: " + ", ".join(CASES))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+
+    fixtures = Path(args.fixtures)
+    only = [c for c in args.only.split(",") if c]
+    unknown = set(only) - set(CASES)
+    if unknown:
+        ap.error(f"unknown case(s): {sorted(unknown)}")
+    total = 0
+    for name in only:
+        t = time.time()
+        info = make_case(name, CASES[name], fixtures)
+        total += info["size"]
+        log(f"    ({time.time() - t:.1f}s)")
+    log(f"total {total} bytes")
+    assert total < 3_000_000
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+//! Adapters against HF PEFT 0.21 (fixtures from `scripts/make_peft_fixtures.py`):
+//! adapters PEFT saved load in keel and give PEFT's logits; keel's adapters
+//! export in PEFT's format, and PEFT itself loads them with keel's logits
+//! (`scripts/check_peft_adapter.py`); merge and unmerge; bad adapters are refused.
+
+mod common;
+
+use burn::module::Param;
+use burn::tensor::{Device, Distribution, Tensor};
+use common::{fixture, load_tiny, logits, max_abs_diff, reference_logits};
+use keel_adapters::peft::{self, AdapterFile};
+use keel_adapters::rng::SplitMix64;
+use keel_adapters::{AdapterConfig, Init, Variant, init_adapter, resolve_targets};
+use keel_model::Llama;
+
+/// (adapter fixture, base fixture)
+const CASES: [(&str, &str); 5] = [
+    ("lora-all", "tiny-llama"),
+    ("lora-patterns", "tiny-llama"),
+    ("rslora", "tiny-llama"),
+    ("dora", "tiny-llama"),
+    ("lora-qwen2", "tiny-qwen2"),
+];
+/// PEFT's own merged and unmerged forwards of these adapters differ by up to
+/// 1.4e-4 (f32 rounding through large logits); keel against PEFT measured
+/// at most 1.5e-4 (lora-all).
+const TOLERANCE: f32 = 2e-4;
+
+fn with_adapter(case: &str, base: &str, device: &Device) -> Llama {
+    let mut model = load_tiny(base, device);
+    let file = AdapterFile::read(&fixture(&format!("peft/{case}"))).unwrap();
+    let fp = model.fingerprint();
+    file.attach("default", &mut model.linears_mut(), &fp)
+        .unwrap();
+    model
+}
+
+fn max_diff_over_prompts(
+    model: &Llama,
+    reference: &[(Vec<u32>, Vec<f32>)],
+    device: &Device,
+) -> f32 {
+    reference
+        .iter()
+        .map(|(ids, want)| max_abs_diff(&logits(model, ids, device), want).0)
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn peft_saved_adapters_give_peft_logits() {
+    let device = Device::flex();
+    for (case, base) in CASES {
+        let model = with_adapter(case, base, &device);
+        let reference = reference_logits(&fixture(&format!("peft/{case}/logits.json")));
+        let diff = max_diff_over_prompts(&model, &reference, &device);
+        assert!(diff <= TOLERANCE, "{case}: max |keel - PEFT| = {diff}");
+        // The adapter must matter, or this test could not fail.
+        let bare = load_tiny(base, &device);
+        let moved = max_diff_over_prompts(&bare, &reference, &device);
+        assert!(
+            moved > 0.5,
+            "{case}: the adapter moves logits by only {moved}"
+        );
+        eprintln!("{case}: max |keel - PEFT| = {diff:.2e}, adapter effect {moved:.2}");
+    }
+}
+
+#[test]
+fn merge_then_unmerge_restores_the_base() {
+    let device = Device::flex();
+    for (case, base) in [("lora-all", "tiny-llama"), ("dora", "tiny-llama")] {
+        let mut model = with_adapter(case, base, &device);
+        let reference = reference_logits(&fixture(&format!("peft/{case}/logits.json")));
+        let before: Vec<Vec<f32>> = model
+            .linears()
+            .iter()
+            .map(|(_, l)| l.weight.val().try_into_vec_as::<f32>().unwrap())
+            .collect();
+        for (_, l) in model.linears_mut() {
+            if l.adapter("default").is_some() {
+                l.merge("default").unwrap();
+            }
+        }
+        let merged = max_diff_over_prompts(&model, &reference, &device);
+        assert!(
+            merged <= TOLERANCE,
+            "{case}: merged model differs from PEFT by {merged}"
+        );
+        for (_, l) in model.linears_mut() {
+            if l.adapter("default").is_some() {
+                l.unmerge("default").unwrap();
+            }
+        }
+        for ((name, l), w0) in model.linears().iter().zip(&before) {
+            let (d, _) = max_abs_diff(&l.weight.val().try_into_vec_as::<f32>().unwrap(), w0);
+            assert!(
+                d < 1e-5,
+                "{case}: {name} differs by {d} after merge + unmerge"
+            );
+        }
+        let unmerged = max_diff_over_prompts(&model, &reference, &device);
+        assert!(
+            unmerged <= TOLERANCE,
+            "{case}: unmerged model differs from PEFT by {unmerged}"
+        );
+    }
+}
+
+/// Writes `model`'s logits on `reference`'s prompts in the fixture schema,
+/// for the Python judge.
+fn write_logits(
+    model: &Llama,
+    reference: &[(Vec<u32>, Vec<f32>)],
+    device: &Device,
+    path: &std::path::Path,
+) {
+    let vocab = reference[0].1.len() / reference[0].0.len();
+    let prompts: Vec<&Vec<u32>> = reference.iter().map(|(ids, _)| ids).collect();
+    let all: Vec<Vec<Vec<f32>>> = reference
+        .iter()
+        .map(|(ids, _)| {
+            logits(model, ids, device)
+                .chunks(vocab)
+                .map(<[f32]>::to_vec)
+                .collect()
+        })
+        .collect();
+    std::fs::write(
+        path,
+        serde_json::json!({"prompts": prompts, "logits": all}).to_string(),
+    )
+    .unwrap();
+}
+
+fn python_judge(base: &str, adapter_dir: &std::path::Path, logits_json: &std::path::Path) {
+    if !common::required("KEEL_TEST_PYTHON", "PEFT loading keel's exported adapter") {
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(fixture("../../scripts/check_peft_adapter.py"))
+        .arg(fixture(base))
+        .arg(adapter_dir)
+        .arg(logits_json)
+        .args(["--tolerance", &TOLERANCE.to_string()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "PEFT rejected keel's adapter in {}: {text}",
+        adapter_dir.display()
+    );
+    eprintln!("{text}");
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn exported_adapters_load_in_peft_with_keels_logits() {
+    let device = Device::flex();
+    for (case, base) in CASES {
+        let model = with_adapter(case, base, &device);
+        let file = AdapterFile::read(&fixture(&format!("peft/{case}"))).unwrap();
+        let dir = temp_dir(&format!("export-{case}"));
+        let n = peft::write(
+            &dir,
+            "default",
+            &file.config,
+            &model.linears(),
+            base,
+            &model.fingerprint(),
+        )
+        .unwrap();
+        assert_eq!(
+            n,
+            file.modules.len()
+                * if file.config.variant == Variant::Dora {
+                    3
+                } else {
+                    2
+                }
+        );
+        // keel reads back exactly what it wrote.
+        let back = AdapterFile::read(&dir).unwrap();
+        assert_eq!(back.config, file.config, "{case}");
+        for (name, w) in &file.modules {
+            assert_eq!(back.modules[name].a, w.a, "{case} {name} A");
+            assert_eq!(back.modules[name].b, w.b, "{case} {name} B");
+        }
+        let reference = reference_logits(&fixture(&format!("peft/{case}/logits.json")));
+        write_logits(&model, &reference, &device, &dir.join("keel_logits.json"));
+        python_judge(base, &dir, &dir.join("keel_logits.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// An adapter keel created itself (seeded init, then trained-looking B and
+/// magnitudes) loads in PEFT with keel's logits: LoRA, rsLoRA with rank
+/// patterns on chosen layers, and DoRA.
+#[test]
+fn keel_made_adapters_load_in_peft() {
+    let device = Device::flex();
+    let reference = reference_logits(&fixture("tiny-llama/logits.json"));
+    let mut configs = vec![AdapterConfig::lora(
+        4,
+        8.0,
+        &["q_proj", "v_proj", "gate_proj", "down_proj"],
+    )];
+    let mut rs = AdapterConfig::lora(8, 16.0, &["k_proj", "o_proj", "up_proj"]);
+    rs.scaling = keel_adapters::Scaling::Rs;
+    rs.layers = Some(vec![1, 2]);
+    rs.rank_pattern = vec![("up_proj".into(), 2)];
+    rs.init = Init::Gaussian;
+    configs.push(rs);
+    let mut dora = AdapterConfig::lora(4, 8.0, &["q_proj", "k_proj", "v_proj", "o_proj"]);
+    dora.variant = Variant::Dora;
+    configs.push(dora);
+    for (i, cfg) in configs.iter().enumerate() {
+        let mut model = load_tiny("tiny-llama", &device);
+        let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
+        let specs = resolve_targets(&names, cfg).unwrap();
+        let mut rng = SplitMix64(i as u64);
+        for (name, layer) in model.linears_mut() {
+            if let Some(spec) = specs.iter().find(|s| s.name == name) {
+                init_adapter(layer, "default", spec, cfg, &mut rng).unwrap();
+                // Stand in for training: B (and m) away from their no-op start.
+                let a = layer.adapters.last_mut().unwrap();
+                a.b = Param::from_tensor(Tensor::random(
+                    a.b.dims(),
+                    Distribution::Normal(0.0, 0.05),
+                    &device,
+                ));
+                if let Some(m) = &a.magnitude {
+                    a.magnitude = Some(Param::from_tensor(m.val().mul_scalar(1.1)));
+                }
+            }
+        }
+        let dir = temp_dir(&format!("made-{i}"));
+        peft::write(
+            &dir,
+            "default",
+            cfg,
+            &model.linears(),
+            "tiny-llama",
+            &model.fingerprint(),
+        )
+        .unwrap();
+        write_logits(&model, &reference, &device, &dir.join("keel_logits.json"));
+        python_judge("tiny-llama", &dir, &dir.join("keel_logits.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn adapter_for_another_base_is_refused() {
+    let device = Device::flex();
+    let model = with_adapter("lora-all", "tiny-llama", &device);
+    let dir = temp_dir("other-base");
+    peft::write(
+        &dir,
+        "default",
+        &AdapterFile::read(&fixture("peft/lora-all")).unwrap().config,
+        &model.linears(),
+        "tiny-llama",
+        &model.fingerprint(),
+    )
+    .unwrap();
+    // tiny-mistral has the same layer shapes: only the fingerprint tells.
+    let mut other = load_tiny("tiny-mistral", &device);
+    let fp = other.fingerprint();
+    let err = AdapterFile::read(&dir)
+        .unwrap()
+        .attach("default", &mut other.linears_mut(), &fp)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another base model"), "{err}");
+    assert!(
+        other.linears().iter().all(|(_, l)| l.adapters.is_empty()),
+        "nothing may be attached"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn truncated_adapter_file_is_an_error_naming_it() {
+    let dir = temp_dir("truncated");
+    let src = fixture("peft/lora-all");
+    std::fs::copy(src.join(peft::CONFIG_FILE), dir.join(peft::CONFIG_FILE)).unwrap();
+    let bytes = std::fs::read(src.join(peft::WEIGHTS_FILE)).unwrap();
+    std::fs::write(dir.join(peft::WEIGHTS_FILE), &bytes[..bytes.len() / 2]).unwrap();
+    let err = AdapterFile::read(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("adapter_model.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
