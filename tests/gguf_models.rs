@@ -1,0 +1,81 @@
+//! Models and tokenizers read from GGUF files that llama.cpp's own
+//! `convert_hf_to_gguf.py` wrote, against HF transformers loading the same
+//! files: a Qwen2 (no q/k permutation, biases, byte-level BPE with the
+//! `qwen2` split) and a Llama with a SentencePiece vocabulary (permuted q/k,
+//! scores instead of merges, byte fallback, BOS added).
+
+mod common;
+
+use burn::tensor::Device;
+use common::{fixture, logits, max_abs_diff, read_json, reference_logits, u32s};
+use keel_model::{LoadedModel, ModelSource};
+
+/// Same tolerance as the HF-folder fixtures: f32 on both sides.
+const TOLERANCE: f32 = 1e-4;
+
+fn check_logits(gguf: &str, reference: &str) {
+    let device = Device::flex();
+    let model = LoadedModel::open(&fixture(gguf), &device).unwrap();
+    for (p, (ids, want)) in reference_logits(&fixture(reference)).iter().enumerate() {
+        let (diff, at) = max_abs_diff(&logits(&model.model, ids, &device), want);
+        assert!(
+            diff <= TOLERANCE,
+            "{gguf}, prompt {p}: max |keel - transformers| = {diff} at {at}"
+        );
+    }
+}
+
+#[test]
+fn qwen2_gguf_logits_match_transformers() {
+    check_logits(
+        "tiny-qwen2-gguf/tiny-qwen2.gguf",
+        "tiny-qwen2-gguf/logits.json",
+    );
+}
+
+#[test]
+fn sentencepiece_llama_gguf_logits_match_transformers() {
+    check_logits("gguf-spm/vocab.gguf", "gguf-spm/logits.json");
+}
+
+fn check_tokenizer(gguf: &str, reference: &str) {
+    let source = ModelSource::open(&fixture(gguf)).unwrap();
+    let reference = read_json(&fixture(reference));
+    let cases = reference["tokenizer_cases"].as_array().unwrap();
+    assert!(cases.len() >= 10, "{gguf}: too few cases");
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let tok = &source.tokenizer;
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            u32s(&case["ids"]),
+            "{gguf}: {text:?}"
+        );
+        if let Some(with) = case.get("ids_with_special").filter(|v| !v.is_null()) {
+            assert_eq!(
+                tok.encode(text, true).unwrap(),
+                u32s(with),
+                "{gguf}: {text:?} with special tokens"
+            );
+        }
+        let ids = u32s(&case["ids"]);
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "{gguf}: decode {text:?}"
+        );
+    }
+}
+
+#[test]
+fn sentencepiece_tokenizer_rebuilt_from_gguf_encodes_as_transformers() {
+    check_tokenizer("gguf-spm/vocab.gguf", "gguf-spm/reference.json");
+}
+
+#[test]
+fn qwen2_tokenizer_rebuilt_from_gguf_encodes_as_transformers() {
+    check_tokenizer(
+        "tiny-qwen2-gguf/tiny-qwen2.gguf",
+        "tiny-qwen2-gguf/reference.json",
+    );
+}
