@@ -22,7 +22,7 @@ fn main() -> Result<()> {
         .as_ref()
         .context("the model has no chat template")?;
     let prompt = template.render(&[Message::new("user", &question)], true)?;
-    let ids = model.tokenizer.encode(&prompt, false)?;
+    let ids = model.tokenizer()?.encode(&prompt, false)?;
 
     let answer = keel_model::generate(
         &model.model,
@@ -32,6 +32,6 @@ fn main() -> Result<()> {
         &model.config.eos_token_ids,
         |_| {},
     );
-    println!("{}", model.tokenizer.decode(&answer, true)?);
+    println!("{}", model.tokenizer()?.decode(&answer, true)?);
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use keel_adapters::peft::AdapterFile;
 use keel_model::{DeviceChoice, LoadedModel, ModelSource, Sampling};
 use keel_text::Message;
 
@@ -54,9 +55,50 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Export an adapter for a server: PEFT folder, GGUF LoRA, or merged model.
+    Export {
+        /// The base model the adapter was made for (HF folder or .gguf).
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT-format adapter folder (keel's own adapters are in this format).
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+        /// Tensor type of a GGUF adapter.
+        #[arg(long, value_enum, default_value = "f32")]
+        gguf_dtype: GgufDtypeArg,
+    },
+    /// Adapter tools.
+    #[command(subcommand)]
+    Adapter(AdapterCommand),
     /// Benchmarks (not tests): print figures as JSON.
     #[command(subcommand)]
     Bench(Bench),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// HF PEFT folder (HF PEFT, vLLM, TGI, LoRAX).
+    Peft,
+    /// GGUF LoRA adapter (llama.cpp `--lora`, Ollama `ADAPTER`).
+    Gguf,
+    /// The adapter merged into the base, as an HF folder.
+    Merged,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GgufDtypeArg {
+    F32,
+    F16,
+}
+
+#[derive(Subcommand)]
+enum AdapterCommand {
+    /// Kind, targets, ranks, trainable parameters, size and base model of an adapter folder.
+    Info { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +140,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let loaded = load(&model, device)?;
             let ids = prompt_ids(&loaded, &prompt, chat)?;
+            let tokenizer = loaded.tokenizer()?;
             let sampling = Sampling {
                 temperature,
                 top_p,
@@ -116,7 +159,7 @@ fn run(cli: Cli) -> Result<()> {
                     // Decode the whole answer each time so multi-byte characters
                     // split across tokens print whole.
                     all.push(t);
-                    if let Ok(text) = loaded.tokenizer.decode(&all, true) {
+                    if let Ok(text) = tokenizer.decode(&all, true) {
                         let _ = write!(stdout, "{}", &text[shown.len().min(text.len())..]);
                         let _ = stdout.flush();
                         shown = text;
@@ -133,6 +176,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        Command::Export {
+            model,
+            adapter,
+            format,
+            out,
+            gguf_dtype,
+        } => export(&model, &adapter, format, &out, gguf_dtype),
+        Command::Adapter(AdapterCommand::Info { dir }) => adapter_info(&dir),
         Command::Bench(Bench::Generate {
             model,
             device,
@@ -159,7 +210,7 @@ fn prompt_ids(loaded: &LoadedModel, prompt: &str, chat: bool) -> Result<Vec<u32>
     } else {
         prompt.to_string()
     };
-    Ok(loaded.tokenizer.encode(&text, !chat)?)
+    Ok(loaded.tokenizer()?.encode(&text, !chat)?)
 }
 
 /// The configured EOS ids, plus the chat template's end-of-turn token.
@@ -168,7 +219,7 @@ fn stop_ids(loaded: &LoadedModel) -> Vec<u32> {
     if let Some(eos) = loaded
         .chat_template
         .as_ref()
-        .and_then(|t| loaded.tokenizer.token_to_id(&t.eos_token))
+        .and_then(|t| loaded.tokenizer.as_ref()?.token_to_id(&t.eos_token))
     {
         ids.push(eos);
     }
@@ -234,6 +285,117 @@ fn scaling_name(s: &keel_model::RopeScaling) -> &'static str {
         keel_model::RopeScaling::Llama3 { .. } => "llama3",
         keel_model::RopeScaling::Factors(_) => "frequency factors",
     }
+}
+
+/// The adapter name keel gives an adapter loaded from a folder.
+const ADAPTER: &str = "default";
+
+fn export(
+    model: &Path,
+    adapter: &Path,
+    format: ExportFormat,
+    out: &Path,
+    dtype: GgufDtypeArg,
+) -> Result<()> {
+    let mut loaded = load(model, DeviceChoice::Flex)?;
+    let file = AdapterFile::read(adapter)
+        .with_context(|| format!("reading adapter {}", adapter.display()))?;
+    let fingerprint = loaded.model.fingerprint();
+    file.attach(ADAPTER, &mut loaded.model.linears_mut(), &fingerprint)
+        .with_context(|| format!("attaching {} to {}", adapter.display(), model.display()))?;
+    let base_name = file
+        .base_model
+        .clone()
+        .unwrap_or_else(|| model.display().to_string());
+    let warnings = match format {
+        ExportFormat::Peft => {
+            keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &base_name, out)?
+        }
+        ExportFormat::Gguf => {
+            let dtype = match dtype {
+                GgufDtypeArg::F32 => keel_export::GgufDtype::F32,
+                GgufDtypeArg::F16 => keel_export::GgufDtype::F16,
+            };
+            let mut notes = keel_export::export_gguf_lora(
+                &loaded.model,
+                &loaded.config,
+                ADAPTER,
+                &file.config,
+                out,
+                dtype,
+            )?;
+            notes.extend(keel_export::servers::check(&file.config, &loaded.model));
+            notes
+        }
+        ExportFormat::Merged => {
+            keel_export::export_merged(&mut loaded, ADAPTER, out)?;
+            Vec::new()
+        }
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn adapter_info(dir: &Path) -> Result<()> {
+    let file =
+        AdapterFile::read(dir).with_context(|| format!("reading adapter {}", dir.display()))?;
+    let c = &file.config;
+    let params: usize = file
+        .modules
+        .values()
+        .map(|m| m.a.1.len() + m.b.1.len() + m.magnitude.as_ref().map_or(0, Vec::len))
+        .sum();
+    let bytes = std::fs::metadata(dir.join(keel_adapters::peft::WEIGHTS_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let mut ranks: Vec<usize> = file.modules.values().map(|m| m.a.0[1]).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    let mut leaves: Vec<&str> = file
+        .modules
+        .keys()
+        .filter_map(|n| n.rsplit('.').next())
+        .collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    let kind = match (c.variant, c.scaling) {
+        (keel_adapters::Variant::Dora, _) => "DoRA",
+        (_, keel_adapters::Scaling::Rs) => "LoRA (rsLoRA scaling)",
+        _ => "LoRA",
+    };
+    let lines = [
+        format!("adapter:       {}", dir.display()),
+        format!("kind:          {kind}"),
+        format!(
+            "modules:       {} ({})",
+            file.modules.len(),
+            leaves.join(", ")
+        ),
+        format!(
+            "layers:        {}",
+            c.layers
+                .as_ref()
+                .map_or("all".to_string(), |l| format!("{l:?}"))
+        ),
+        format!(
+            "ranks:         {ranks:?} (r = {}, alpha = {})",
+            c.r, c.alpha
+        ),
+        format!("parameters:    {params} trainable"),
+        format!("size:          {bytes} bytes"),
+        format!(
+            "base model:    {}",
+            file.base_model.as_deref().unwrap_or("(not recorded)")
+        ),
+        format!(
+            "fingerprint:   {}",
+            file.base_fingerprint.as_deref().unwrap_or("(not recorded)")
+        ),
+    ];
+    print_out(&(lines.join("\n") + "\n"))
 }
 
 /// Prints to stdout; a closed pipe (`keel inspect M | head`) is not an error.

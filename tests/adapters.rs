@@ -5,12 +5,10 @@
 
 mod common;
 
-use burn::module::Param;
-use burn::tensor::{Device, Distribution, Tensor};
-use common::{fixture, load_tiny, logits, max_abs_diff, reference_logits};
+use burn::tensor::Device;
+use common::{fixture, load_tiny, logits, make_adapter, max_abs_diff, reference_logits, temp_dir};
 use keel_adapters::peft::{self, AdapterFile};
-use keel_adapters::rng::SplitMix64;
-use keel_adapters::{AdapterConfig, Init, Variant, init_adapter, resolve_targets};
+use keel_adapters::{AdapterConfig, Init, Variant};
 use keel_model::Llama;
 
 /// (adapter fixture, base fixture)
@@ -21,10 +19,11 @@ const CASES: [(&str, &str); 5] = [
     ("dora", "tiny-llama"),
     ("lora-qwen2", "tiny-qwen2"),
 ];
-/// PEFT's own merged and unmerged forwards of these adapters differ by up to
-/// 1.4e-4 (f32 rounding through large logits); keel against PEFT measured
-/// at most 1.5e-4 (lora-all).
-const TOLERANCE: f32 = 2e-4;
+/// PEFT's own merged and unmerged forwards of the same adapter differ by up
+/// to 1.4e-4 here, and by 2.1e-4 for another seed: f32 rounding amplified
+/// by these tiny models' large logits (|logit| up to 18). keel against PEFT
+/// measured at most 1.5e-4 on PEFT's adapters and 2.0e-4 on a DoRA of keel's.
+const TOLERANCE: f32 = 3e-4;
 
 fn with_adapter(case: &str, base: &str, device: &Device) -> Llama {
     let mut model = load_tiny(base, device);
@@ -106,59 +105,33 @@ fn merge_then_unmerge_restores_the_base() {
     }
 }
 
-/// Writes `model`'s logits on `reference`'s prompts in the fixture schema,
-/// for the Python judge.
-fn write_logits(
+/// PEFT itself loads the adapter in `dir` onto `base` and compares its
+/// logits with keel's, written there by the test.
+fn peft_judge(
+    base: &str,
+    dir: &std::path::Path,
     model: &Llama,
     reference: &[(Vec<u32>, Vec<f32>)],
     device: &Device,
-    path: &std::path::Path,
 ) {
-    let vocab = reference[0].1.len() / reference[0].0.len();
-    let prompts: Vec<&Vec<u32>> = reference.iter().map(|(ids, _)| ids).collect();
-    let all: Vec<Vec<Vec<f32>>> = reference
-        .iter()
-        .map(|(ids, _)| {
-            logits(model, ids, device)
-                .chunks(vocab)
-                .map(<[f32]>::to_vec)
-                .collect()
-        })
-        .collect();
+    let json = dir.join("keel_logits.json");
+    let prompts: Vec<Vec<u32>> = reference.iter().map(|(ids, _)| ids.clone()).collect();
     std::fs::write(
-        path,
-        serde_json::json!({"prompts": prompts, "logits": all}).to_string(),
+        &json,
+        common::logits_json(model, &prompts, device).to_string(),
     )
     .unwrap();
-}
-
-fn python_judge(base: &str, adapter_dir: &std::path::Path, logits_json: &std::path::Path) {
-    if !common::required("KEEL_TEST_PYTHON", "PEFT loading keel's exported adapter") {
-        return;
-    }
-    let out = std::process::Command::new("python3")
-        .arg(fixture("../../scripts/check_peft_adapter.py"))
-        .arg(fixture(base))
-        .arg(adapter_dir)
-        .arg(logits_json)
-        .args(["--tolerance", &TOLERANCE.to_string()])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "PEFT rejected keel's adapter in {}: {text}",
-        adapter_dir.display()
+    let (base, tolerance) = (fixture(base), TOLERANCE.to_string());
+    common::python_judge(
+        "check_peft_adapter.py",
+        &[
+            base.as_os_str(),
+            dir.as_os_str(),
+            json.as_os_str(),
+            "--tolerance".as_ref(),
+            tolerance.as_ref(),
+        ],
     );
-    eprintln!("{text}");
-}
-
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("keel-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -194,8 +167,7 @@ fn exported_adapters_load_in_peft_with_keels_logits() {
             assert_eq!(back.modules[name].b, w.b, "{case} {name} B");
         }
         let reference = reference_logits(&fixture(&format!("peft/{case}/logits.json")));
-        write_logits(&model, &reference, &device, &dir.join("keel_logits.json"));
-        python_judge(base, &dir, &dir.join("keel_logits.json"));
+        peft_judge(base, &dir, &model, &reference, &device);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -223,24 +195,7 @@ fn keel_made_adapters_load_in_peft() {
     configs.push(dora);
     for (i, cfg) in configs.iter().enumerate() {
         let mut model = load_tiny("tiny-llama", &device);
-        let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
-        let specs = resolve_targets(&names, cfg).unwrap();
-        let mut rng = SplitMix64(i as u64);
-        for (name, layer) in model.linears_mut() {
-            if let Some(spec) = specs.iter().find(|s| s.name == name) {
-                init_adapter(layer, "default", spec, cfg, &mut rng).unwrap();
-                // Stand in for training: B (and m) away from their no-op start.
-                let a = layer.adapters.last_mut().unwrap();
-                a.b = Param::from_tensor(Tensor::random(
-                    a.b.dims(),
-                    Distribution::Normal(0.0, 0.05),
-                    &device,
-                ));
-                if let Some(m) = &a.magnitude {
-                    a.magnitude = Some(Param::from_tensor(m.val().mul_scalar(1.1)));
-                }
-            }
-        }
+        make_adapter(&mut model, cfg, i as u64, 0.05);
         let dir = temp_dir(&format!("made-{i}"));
         peft::write(
             &dir,
@@ -251,8 +206,7 @@ fn keel_made_adapters_load_in_peft() {
             &model.fingerprint(),
         )
         .unwrap();
-        write_logits(&model, &reference, &device, &dir.join("keel_logits.json"));
-        python_judge("tiny-llama", &dir, &dir.join("keel_logits.json"));
+        peft_judge("tiny-llama", &dir, &model, &reference, &device);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -45,7 +45,7 @@ fn check_tokenizer(gguf: &str, reference: &str) {
     assert!(cases.len() >= 10, "{gguf}: too few cases");
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let tok = &source.tokenizer;
+        let tok = source.tokenizer().unwrap();
         assert_eq!(
             tok.encode(text, false).unwrap(),
             u32s(&case["ids"]),

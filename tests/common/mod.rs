@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use keel_adapters::rng::SplitMix64;
+use keel_adapters::{AdapterConfig, init_adapter, resolve_targets};
 use keel_model::{DeviceChoice, HfConfig, Llama, WeightSource, build_model};
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -124,4 +127,65 @@ pub fn reference_logits(path: &Path) -> Vec<(Vec<u32>, Vec<f32>)> {
             (u32s(prompt), logits)
         })
         .collect()
+}
+
+/// Adds adapter "default" to `model` as `cfg` says, then moves B (and DoRA's
+/// magnitude) away from their no-op start, standing in for training.
+pub fn make_adapter(model: &mut Llama, cfg: &AdapterConfig, seed: u64, b_std: f64) {
+    let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
+    let specs = resolve_targets(&names, cfg).unwrap();
+    let mut rng = SplitMix64(seed);
+    for (name, layer) in model.linears_mut() {
+        if let Some(spec) = specs.iter().find(|s| s.name == name) {
+            init_adapter(layer, "default", spec, cfg, &mut rng).unwrap();
+            let a = layer.adapters.last_mut().unwrap();
+            let device = a.b.val().device();
+            let b: Vec<f32> = (0..a.b.dims().iter().product::<usize>())
+                .map(|_| (rng.normal() * b_std) as f32)
+                .collect();
+            a.b = Param::from_tensor(Tensor::from_data(TensorData::new(b, a.b.dims()), &device));
+            if let Some(m) = &a.magnitude {
+                a.magnitude = Some(Param::from_tensor(m.val().mul_scalar(1.1)));
+            }
+        }
+    }
+}
+
+/// A fresh, empty temporary folder.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `{"prompts": [...], "logits": [[[vocab] per position] per prompt]}`: the
+/// fixture schema the Python judges read.
+pub fn logits_json(model: &Llama, prompts: &[Vec<u32>], device: &Device) -> serde_json::Value {
+    let all: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|ids| {
+            let flat = logits(model, ids, device);
+            let vocab = flat.len() / ids.len();
+            flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+        })
+        .collect();
+    serde_json::json!({"prompts": prompts, "logits": all})
+}
+
+/// Runs `scripts/<script>` with `args` when `KEEL_TEST_PYTHON` is set; it
+/// must exit 0. Its one-line verdict is echoed.
+pub fn python_judge(script: &str, args: &[&std::ffi::OsStr]) {
+    if !required("KEEL_TEST_PYTHON", script) {
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(fixture("../../scripts").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed: {text}");
+    eprintln!("{}", text.trim());
 }

@@ -14,9 +14,11 @@ mod error;
 mod ggml_type;
 mod reader;
 mod value;
+mod writer;
 
 pub use dequant::dequantize;
 pub use error::{Error, ErrorKind};
 pub use ggml_type::GgmlType;
 pub use reader::{GgufFile, TensorInfo};
 pub use value::{Metadata, Value};
+pub use writer::GgufWriter;

@@ -145,7 +145,9 @@ fn write_into(model: &LoadedModel, dir: &Path) -> Result<(), Error> {
         reason: e.to_string(),
     })?;
 
-    write("tokenizer.json", model.tokenizer.to_json()?)?;
+    if let Some(tokenizer) = &model.tokenizer {
+        write("tokenizer.json", tokenizer.to_json()?)?;
+    }
     let mut tok_config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model.config.max_position_embeddings,

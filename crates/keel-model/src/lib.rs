@@ -18,4 +18,4 @@ pub use hf_export::{hf_tensors, save_hf_dir};
 pub use keel_adapters::Linear;
 pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};
 pub use load::{LoadedModel, ModelSource, build_model};
-pub use weights::{HostTensor, WeightSource, gguf_name};
+pub use weights::{HostTensor, QkLayout, WeightSource, gguf_name, reorder_qk_rows};

@@ -20,7 +20,8 @@ pub struct LoadedModel {
     pub path: PathBuf,
     pub config: Config,
     pub model: Llama,
-    pub tokenizer: Tokenizer,
+    /// `None` for a weights-only HF folder (no `tokenizer.json`).
+    pub tokenizer: Option<Tokenizer>,
     pub chat_template: Option<ChatTemplate>,
 }
 
@@ -29,7 +30,8 @@ pub struct ModelSource {
     pub path: PathBuf,
     pub config: Config,
     pub weights: WeightSource,
-    pub tokenizer: Tokenizer,
+    /// `None` for a weights-only HF folder (no `tokenizer.json`).
+    pub tokenizer: Option<Tokenizer>,
     pub chat_template: Option<ChatTemplate>,
 }
 
@@ -47,7 +49,11 @@ impl ModelSource {
         let config_path = dir.join("config.json");
         let config = HfConfig::from_file(&config_path)?.into_config(&config_path)?;
         let weights = WeightSource::open_hf_dir(dir)?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = match tokenizer_path.exists() {
+            true => Some(Tokenizer::from_file(&tokenizer_path)?),
+            false => None,
+        };
         let chat_template = read_chat_template(&dir.join("tokenizer_config.json"))?;
         Ok(ModelSource {
             path: dir.to_path_buf(),
@@ -63,10 +69,11 @@ impl ModelSource {
         let config = Config::from_gguf(&gguf)?;
         let json = keel_text::tokenizer_json_from_gguf(&gguf.metadata)?;
         let tokenizer = Tokenizer::from_json(&json.to_string())?;
+        let tokenizer_ref = &tokenizer;
         let md = &gguf.metadata;
         let token_text = |key: &str| -> Result<String, Error> {
             Ok(match md.get(key) {
-                Some(_) => tokenizer
+                Some(_) => tokenizer_ref
                     .id_to_token(md.usize(key)? as u32)
                     .unwrap_or_default(),
                 None => String::new(),
@@ -84,7 +91,7 @@ impl ModelSource {
             path: path.to_path_buf(),
             config,
             weights: WeightSource::Gguf(gguf),
-            tokenizer,
+            tokenizer: Some(tokenizer),
             chat_template,
         })
     }
@@ -106,6 +113,23 @@ impl LoadedModel {
     pub fn open(path: &Path, device: &Device) -> Result<Self, Error> {
         ModelSource::open(path)?.load(device)
     }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer, Error> {
+        require_tokenizer(&self.tokenizer, &self.path)
+    }
+}
+
+impl ModelSource {
+    pub fn tokenizer(&self) -> Result<&Tokenizer, Error> {
+        require_tokenizer(&self.tokenizer, &self.path)
+    }
+}
+
+fn require_tokenizer<'a>(t: &'a Option<Tokenizer>, path: &Path) -> Result<&'a Tokenizer, Error> {
+    t.as_ref().ok_or_else(|| Error::BadFile {
+        path: path.to_path_buf(),
+        reason: "has no tokenizer.json: it holds weights only".into(),
+    })
 }
 
 /// `tokenizer_config.json`'s chat template and the special tokens it uses.

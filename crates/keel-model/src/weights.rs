@@ -225,29 +225,56 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     })
 }
 
-/// Inverts llama.cpp's `permute`: within each head, GGUF row `2j + t` is HF
+/// Which way to reorder q/k rows between HF's rotate-half layout and
+/// llama.cpp's interleaved one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkLayout {
+    /// GGUF rows to HF rows (loading).
+    ToHf,
+    /// HF rows to GGUF rows (exporting), llama.cpp's `permute`.
+    ToGguf,
+}
+
+/// llama.cpp's converter interleaves the rows of q/k projections (and of
+/// LoRA B for them) for its RoPE: within each head, GGUF row `2j + t` is HF
 /// row `t * head_dim/2 + j`.
-fn unpermute_rows(t: HostTensor, n_heads: usize, name: &str) -> Result<HostTensor, String> {
-    let rows = t.shape[0];
-    let cols: usize = t.shape[1..].iter().product();
+pub fn reorder_qk_rows(
+    rows: usize,
+    cols: usize,
+    data: &[f32],
+    n_heads: usize,
+    to: QkLayout,
+) -> Result<Vec<f32>, String> {
     if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(format!(
-            "{rows} rows do not split into {n_heads} heads of pairs ({name})"
+            "{rows} rows do not split into {n_heads} heads of pairs"
         ));
     }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
-    let mut data = vec![0.0; t.data.len()];
+    let mut out = vec![0.0; data.len()];
     for h in 0..n_heads {
         for j in 0..half {
-            for tt in 0..2 {
-                let src = h * head_dim + 2 * j + tt;
-                let dst = h * head_dim + tt * half + j;
-                data[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
+            for t in 0..2 {
+                let gguf = h * head_dim + 2 * j + t;
+                let hf = h * head_dim + t * half + j;
+                let (src, dst) = match to {
+                    QkLayout::ToHf => (gguf, hf),
+                    QkLayout::ToGguf => (hf, gguf),
+                };
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
+    Ok(out)
+}
+
+fn unpermute_rows(t: HostTensor, n_heads: usize, name: &str) -> Result<HostTensor, String> {
+    let rows = t.shape[0];
+    let cols: usize = t.shape[1..].iter().product();
+    let data = reorder_qk_rows(rows, cols, &t.data, n_heads, QkLayout::ToHf)
+        .map_err(|e| format!("{e} ({name})"))?;
     Ok(HostTensor {
         shape: t.shape,
         data,
@@ -290,6 +317,10 @@ mod tests {
                 }
             }
         }
+        assert_eq!(
+            reorder_qk_rows(rows, cols, &hf, n_heads, QkLayout::ToGguf).unwrap(),
+            gguf
+        );
         let back = unpermute_rows(
             HostTensor {
                 shape: vec![rows, cols],

@@ -1,0 +1,59 @@
+//! Getting an adapter out of keel and into the servers people deploy to.
+//!
+//! - [`export_peft`]: an HF PEFT folder (HF PEFT, vLLM, TGI, LoRAX load it);
+//! - [`export_gguf_lora`]: a GGUF LoRA adapter as llama.cpp's
+//!   `convert_lora_to_gguf.py` writes it (`llama-cli --lora`, Ollama `ADAPTER`);
+//! - [`export_merged`]: the adapter folded into the base, as an HF folder.
+//!
+//! Each export reports, as warnings, which servers would refuse the
+//! adapter and why ([`servers`]).
+
+mod error;
+mod gguf_lora;
+pub mod servers;
+
+use std::path::Path;
+
+use keel_adapters::AdapterConfig;
+use keel_model::{Llama, LoadedModel};
+
+pub use error::Error;
+pub use gguf_lora::{GgufDtype, export_gguf_lora};
+
+/// Writes adapter `name` of `model` as a PEFT folder at `out` (created if
+/// needed) and returns the servers' warnings.
+pub fn export_peft(
+    model: &Llama,
+    name: &str,
+    cfg: &AdapterConfig,
+    base_model: &str,
+    out: &Path,
+) -> Result<Vec<String>, Error> {
+    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    keel_adapters::peft::write(
+        out,
+        name,
+        cfg,
+        &model.linears(),
+        base_model,
+        &model.fingerprint(),
+    )?;
+    Ok(servers::check(cfg, model))
+}
+
+/// Merges adapter `name` into the base and writes the result as an HF
+/// folder at `out` (which must not exist or be empty).
+pub fn export_merged(model: &mut LoadedModel, name: &str, out: &Path) -> Result<(), Error> {
+    let mut found = false;
+    for (_, layer) in model.model.linears_mut() {
+        if layer.adapter(name).is_some() {
+            layer.merge(name)?;
+            found = true;
+        }
+    }
+    if !found {
+        return Err(Error::NoAdapter(name.to_string()));
+    }
+    keel_model::save_hf_dir(model, out)?;
+    Ok(())
+}

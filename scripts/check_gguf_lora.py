@@ -1,0 +1,58 @@
+"""The llama.cpp judge for GGUF LoRA adapters keel exports: llama.cpp
+(through llama-cpp-python, which builds it from source) applies the adapter
+to the f32 base GGUF, and its logits and greedy tokens must equal keel's on
+the merged model; the adapter must visibly move llama.cpp's logits.
+
+usage: python3 scripts/check_gguf_lora.py BASE.gguf LORA.gguf KEEL.json [--tolerance 1e-3]
+KEEL.json: {"prompts": [[ids]], "logits": [[[vocab] per position]], "greedy": {"prompt": [ids], "tokens": [ids]}}
+"""
+import argparse
+import json
+
+import numpy as np
+from llama_cpp import Llama
+
+ap = argparse.ArgumentParser()
+ap.add_argument("base")
+ap.add_argument("lora")
+ap.add_argument("keel_json")
+ap.add_argument("--tolerance", type=float, default=1e-3)
+args = ap.parse_args()
+ref = json.load(open(args.keel_json))
+
+
+def load(lora):
+    # f32 KV cache (type 0): the default f16 cache adds ~1e-2 of noise.
+    kw = dict(model_path=args.base, logits_all=True, n_ctx=256, type_k=0, type_v=0, verbose=False, n_threads=1, seed=0)
+    if lora:
+        kw["lora_path"] = lora
+    return Llama(**kw)
+
+
+def logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+adapted, base = load(args.lora), load(None)
+worst, moved = 0.0, 0.0
+for ids, want in zip(ref["prompts"], ref["logits"]):
+    got = logits(adapted, ids)
+    want = np.array(want, dtype=np.float32)
+    worst = max(worst, float(np.abs(got - want).max()))
+    moved = max(moved, float(np.abs(logits(base, ids) - got).max()))
+    assert (got.argmax(-1) == want.argmax(-1)).all(), "argmax differs from keel"
+
+g = ref["greedy"]
+adapted.reset()
+adapted.eval(g["prompt"])
+tokens = []
+for _ in range(len(g["tokens"])):
+    t = int(np.argmax(adapted.scores[adapted.n_tokens - 1]))
+    tokens.append(t)
+    adapted.eval([t])
+
+ok = worst <= args.tolerance and moved > 10 * args.tolerance and tokens == g["tokens"]
+print(f"llama.cpp with the GGUF LoRA: max |diff| {worst:.2e} (tolerance {args.tolerance}), adapter moves logits by {moved:.2f}, greedy equal: {tokens == g['tokens']} (llama.cpp {tokens}, keel {g['tokens']})")
+raise SystemExit(0 if ok else 1)
