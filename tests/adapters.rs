@@ -255,3 +255,107 @@ fn truncated_adapter_file_is_an_error_naming_it() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Two adapters on one base, switched without reloading it.
+#[test]
+fn several_adapters_switch_on_one_base() {
+    let device = Device::flex();
+    let mut model = load_tiny("tiny-llama", &device);
+    let fp = model.fingerprint();
+    for case in ["lora-all", "rslora"] {
+        let file = AdapterFile::read(&fixture(&format!("peft/{case}"))).unwrap();
+        file.attach(case, &mut model.linears_mut(), &fp).unwrap();
+    }
+    let bare = reference_logits(&fixture("tiny-llama/logits.json"));
+    for active in ["lora-all", "rslora", "lora-all"] {
+        model.activate_adapters(&[active]);
+        let reference = reference_logits(&fixture(&format!("peft/{active}/logits.json")));
+        let diff = max_diff_over_prompts(&model, &reference, &device);
+        assert!(
+            diff <= TOLERANCE,
+            "{active} active: max |keel - PEFT| = {diff}"
+        );
+    }
+    model.activate_adapters(&[]);
+    let diff = max_diff_over_prompts(&model, &bare, &device);
+    assert!(
+        diff <= 1e-4,
+        "no adapter active: differs from the base by {diff}"
+    );
+}
+
+/// PiSSA and OLoRA start from factors of W and take them out of the base:
+/// the model's output is unchanged, the adapter holds the principal
+/// (PiSSA) or orthonormal (OLoRA) part, and export refuses the modified base.
+#[test]
+fn pissa_and_olora_leave_the_output_unchanged() {
+    let device = Device::flex();
+    // keel's own output before the init is the reference: only the init's
+    // rounding (W split into residual + s·A·B in f32) may move it.
+    let base = load_tiny("tiny-llama", &device);
+    let bare: Vec<(Vec<u32>, Vec<f32>)> = reference_logits(&fixture("tiny-llama/logits.json"))
+        .into_iter()
+        .map(|(ids, _)| {
+            let l = logits(&base, &ids, &device);
+            (ids, l)
+        })
+        .collect();
+    for init in [Init::Pissa { niter: 8 }, Init::Olora] {
+        let mut cfg = AdapterConfig::lora(4, 8.0, &["q_proj", "up_proj"]);
+        cfg.init = init;
+        let mut model = load_tiny("tiny-llama", &device);
+        let before: Vec<f32> = model.linears()[0].1.weight.val().try_into_vec_as().unwrap();
+        let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
+        let specs = keel_adapters::resolve_targets(&names, &cfg).unwrap();
+        let mut rng = keel_adapters::rng::SplitMix64(5);
+        for (name, layer) in model.linears_mut() {
+            if let Some(spec) = specs.iter().find(|s| s.name == name) {
+                keel_adapters::init_adapter(layer, "default", spec, &cfg, &mut rng).unwrap();
+            }
+        }
+        let diff = max_diff_over_prompts(&model, &bare, &device);
+        // OLoRA takes s·Q·R out of W (s = 2 here), so the residual is larger
+        // than W and its f32 rounding shows at 1.4e-4 on these logits.
+        assert!(diff <= 3e-4, "{init:?}: output moved by {diff}");
+        let (_, q) = &model.linears()[0];
+        let residual: Vec<f32> = q.weight.val().try_into_vec_as().unwrap();
+        let update: Vec<f32> = q
+            .adapter("default")
+            .unwrap()
+            .delta_weight()
+            .try_into_vec_as()
+            .unwrap();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let moved: f64 = norm(
+            &residual
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            moved > 0.1 * norm(&before),
+            "{init:?}: the base weight was not changed"
+        );
+        if let Init::Pissa { .. } = init {
+            // The top-4 singular directions carry more energy than the rest
+            // of a random 64x64 matrix would on average (4/64 of it).
+            assert!(
+                norm(&update) > 0.3 * norm(&before),
+                "{init:?}: update holds too little of W"
+            );
+        }
+        let dir = temp_dir("pissa-export");
+        let err = peft::write(
+            &dir,
+            "default",
+            &cfg,
+            &model.linears(),
+            "tiny-llama",
+            &model.fingerprint(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("merged"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

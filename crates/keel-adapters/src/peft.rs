@@ -446,9 +446,6 @@ pub fn config_json(cfg: &AdapterConfig, base_model: &str) -> Value {
         .iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    // PiSSA and OLoRA adapters are deltas from a modified base; exported
-    // weights are plain LoRA on the original base, so PEFT must not re-run
-    // those initialisations.
     let init = match cfg.init {
         Init::Gaussian => json!("gaussian"),
         _ => json!(true),
@@ -487,6 +484,16 @@ pub fn write(
     base_model: &str,
     base_fingerprint: &str,
 ) -> Result<usize, Error> {
+    if let Init::Pissa { .. } | Init::Olora = cfg.init {
+        // Their A and B are relative to a base with the initial update
+        // taken out; PEFT converts them to a rank-2r delta on the original
+        // base, which keel does not do yet.
+        return Err(Error::Config {
+            file: dir.display().to_string(),
+            key: "init_lora_weights".into(),
+            reason: "PiSSA and OLoRA adapters modify the base weights: export them merged (keel export --format merged)".into(),
+        });
+    }
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (module, layer) in linears {
         let Some(adapter) = layer.adapter(name) else {

@@ -315,6 +315,15 @@ impl Llama {
         out
     }
 
+    /// Makes exactly the named adapters active in every layer: several
+    /// adapters stay loaded on one base and are switched without reloading
+    /// it; an empty list runs the bare base model.
+    pub fn activate_adapters(&mut self, names: &[&str]) {
+        for (_, layer) in self.linears_mut() {
+            layer.set_active(names);
+        }
+    }
+
     /// [`Llama::linears`], mutable: where adapters are attached and merged.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
