@@ -18,7 +18,25 @@ python3 -m pip install --quiet --disable-pip-version-check -r scripts/requiremen
 
 scripts/fetch_smollm2.sh >/dev/null
 
+# llama.cpp, through llama-cpp-python, which builds it from source (15-25
+# minutes cold; pip caches the wheel). It builds while cargo does.
+llama_log="$(mktemp)"
+if ! python3 -c "import llama_cpp" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check cmake ninja
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    CMAKE_BUILD_PARALLEL_LEVEL=2 \
+    python3 -m pip install --quiet --disable-pip-version-check "llama-cpp-python==0.3.36" >"$llama_log" 2>&1 &
+  llama_pid=$!
+fi
+
 # Keep the build outside the clone so reruns stay warm.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
-export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1
+cargo test --workspace --no-run "$@"
+if [ -n "${llama_pid:-}" ] && ! wait "$llama_pid"; then
+  cat "$llama_log" >&2
+  echo "installing llama-cpp-python failed" >&2
+  exit 1
+fi
+
+export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1 KEEL_TEST_LLAMA_CPP=1
 cargo test --workspace "$@"
