@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -79,57 +78,9 @@ CASES = {
 }
 
 
-# ----------------------------------------------------------------------------------------------
-# helpers (same conventions as make_fixtures.py)
-# ----------------------------------------------------------------------------------------------
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
-
-
-def rnd(x: float) -> float:
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"non-finite value {x}")
-    return float(f"{x:.{SIG_DIGITS}g}")
-
-
-def rnd_list(a) -> list:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 0:
-        return rnd(a)
-    return [rnd_list(v) for v in a] if a.ndim > 1 else [rnd(v) for v in a]
-
-
-def dumps_compact(v) -> str:
-    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
-
-
-def write_json(path: Path, obj: dict, row_keys: tuple[str, ...] = ()):
-    """Top-level keys one per line; `row_keys` values written one innermost row per line."""
-    lines = ["{"]
-    items = list(obj.items())
-    for i, (k, v) in enumerate(items):
-        comma = "," if i + 1 < len(items) else ""
-        if k in row_keys and v and all(isinstance(r, list) and (not r or not isinstance(r[0], list)) for r in v):
-            lines.append(f"{json.dumps(k)}: [\n " + ",\n ".join(dumps_compact(r) for r in v) + f"\n ]{comma}")
-        elif k in row_keys:
-            outer = []
-            for per_prompt in v:
-                rows = ",\n   ".join(dumps_compact(r) for r in per_prompt)
-                outer.append("  [\n   " + rows + "\n  ]")
-            lines.append(f"{json.dumps(k)}: [\n" + ",\n".join(outer) + f"\n ]{comma}")
-        elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
-            body = ",\n ".join(f"{json.dumps(kk, ensure_ascii=False)}: {dumps_compact(vv)}" for kk, vv in v.items())
-            lines.append(f"{json.dumps(k)}: {{\n {body}\n}}{comma}")
-        else:
-            lines.append(f"{json.dumps(k)}: {dumps_compact(v)}{comma}")
-    lines.append("}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def folder_size(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+# The JSON conventions (7 significant digits, one row per line) are make_fixtures.py's own.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import folder_size, log, rnd, rnd_list, write_json  # noqa: E402
 
 
 def load_base(path: Path):
