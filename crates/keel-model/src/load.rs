@@ -54,7 +54,7 @@ impl ModelSource {
             true => Some(Tokenizer::from_file(&tokenizer_path)?),
             false => None,
         };
-        let chat_template = read_chat_template(&dir.join("tokenizer_config.json"))?;
+        let chat_template = read_chat_template(dir)?;
         Ok(ModelSource {
             path: dir.to_path_buf(),
             config,
@@ -132,9 +132,12 @@ fn require_tokenizer<'a>(t: &'a Option<Tokenizer>, path: &Path) -> Result<&'a To
     })
 }
 
-/// `tokenizer_config.json`'s chat template and the special tokens it uses.
-/// A missing file or template is not an error: base models have none.
-fn read_chat_template(path: &Path) -> Result<Option<ChatTemplate>, Error> {
+/// The chat template of an HF folder, from `tokenizer_config.json` or, as
+/// transformers 5 saves it, `chat_template.jinja`, with the special tokens it
+/// uses. No template is not an error: base models have none.
+fn read_chat_template(dir: &Path) -> Result<Option<ChatTemplate>, Error> {
+    let path = &dir.join("tokenizer_config.json");
+    let jinja = dir.join("chat_template.jinja");
     if !path.exists() {
         return Ok(None);
     }
@@ -156,6 +159,9 @@ fn read_chat_template(path: &Path) -> Result<Option<ChatTemplate>, Error> {
         }
     };
     let source = match json.get("chat_template") {
+        None | Some(serde_json::Value::Null) if jinja.exists() => {
+            std::fs::read_to_string(&jinja).map_err(Error::io(&jinja))?
+        }
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::String(s)) => s.clone(),
         // A list of named templates: use the one named "default".
@@ -305,4 +311,28 @@ pub fn build_model(cfg: &Config, w: &WeightSource, device: &Device) -> Result<Ll
         lm_head,
         rope: Rope::new(cfg),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers 5 saves the template beside `tokenizer_config.json`.
+    #[test]
+    fn chat_template_from_a_jinja_file() {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/hf-tokenizer");
+        let t = read_chat_template(&dir).unwrap().expect("a template");
+        assert_eq!(
+            (t.bos_token.as_str(), t.eos_token.as_str()),
+            ("<|im_start|>", "<|im_end|>")
+        );
+        let text = t
+            .render(&[keel_text::Message::new("user", "hi")], true)
+            .unwrap();
+        assert!(
+            text.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+            "{text}"
+        );
+    }
 }
