@@ -1,0 +1,500 @@
+//! The recipe schema, section by section. Every section refuses unknown
+//! keys; optional keys say their default here and in the README.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Problem};
+
+/// `[model]`: what to adapt, where.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// An HF folder or a `.gguf` file.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub device: Device,
+    /// Storage type of the frozen base weights.
+    #[serde(default)]
+    pub base_dtype: Dtype,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Flex,
+    Wgpu,
+    Ndarray,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+/// `[adapter]`: which modules get which adapter.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Adapter {
+    #[serde(default)]
+    pub kind: AdapterKind,
+    pub r: usize,
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default)]
+    pub scaling: Scaling,
+    #[serde(default)]
+    pub init: Init,
+    /// Subspace iterations for `init = "pissa"`.
+    #[serde(default = "default_pissa_niter")]
+    pub pissa_niter: usize,
+    /// HF leaf names (`q_proj`) or dotted suffixes; or use `target_regex`.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// One regex that must match whole module names.
+    pub target_regex: Option<String>,
+    /// Only these decoder layers.
+    pub layers: Option<Vec<usize>>,
+    /// Per-module rank, by pattern (PEFT's `rank_pattern`).
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
+}
+
+fn default_pissa_niter() -> usize {
+    8
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterKind {
+    #[default]
+    Lora,
+    Dora,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scaling {
+    /// alpha / r
+    #[default]
+    Standard,
+    /// alpha / sqrt(r) (rsLoRA)
+    Rs,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    #[default]
+    Kaiming,
+    Gaussian,
+    Pissa,
+    Olora,
+}
+
+/// `[data]`: the training set and how it becomes token sequences.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    /// JSONL file.
+    pub train: PathBuf,
+    pub format: DataFormat,
+    /// A separate eval JSONL file; or hold out `eval_fraction` of `train`.
+    pub eval: Option<PathBuf>,
+    pub eval_fraction: Option<f64>,
+    /// Longest sequence in tokens; longer examples are truncated.
+    pub max_length: usize,
+    /// Concatenate short examples into full-length sequences.
+    #[serde(default)]
+    pub packing: bool,
+    /// Also train on prompt tokens (by default only on answers).
+    #[serde(default)]
+    pub train_on_prompt: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// `{"text": ...}`: loss on every token.
+    Text,
+    /// `{"prompt": ..., "completion": ...}`
+    PromptCompletion,
+    /// `{"instruction": ..., "input": ..., "output": ...}`
+    Alpaca,
+    /// `{"messages": [{"role": ..., "content": ...}, ...]}` through the model's chat template.
+    Chat,
+}
+
+/// `[optim]`: the optimisation.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Optim {
+    pub lr: f64,
+    /// LoRA+: B's learning rate is `lr * lora_plus_ratio` (1 = plain LoRA).
+    #[serde(default = "one")]
+    pub lora_plus_ratio: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Passes over the training set; or give `steps`.
+    pub epochs: Option<f64>,
+    pub steps: Option<usize>,
+    pub batch_size: usize,
+    #[serde(default = "one_usize")]
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this.
+    pub max_grad_norm: Option<f64>,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    #[default]
+    Cosine,
+}
+
+/// `[eval]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Eval {
+    /// Evaluate every N optimizer steps (and at the end); none: only at the end.
+    pub every: Option<usize>,
+}
+
+/// `[output]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub dir: PathBuf,
+    /// Write a checkpoint every N optimizer steps (and at the end).
+    pub save_every: Option<usize>,
+}
+
+/// `[alignment]`: alignment preservation, filled in by the alignment work.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Alignment {}
+
+/// A checked recipe, paths resolved against the recipe's folder.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub model: Model,
+    pub adapter: Adapter,
+    pub data: Data,
+    pub optim: Optim,
+    #[serde(default)]
+    pub eval: Eval,
+    pub output: Output,
+    #[serde(default)]
+    pub alignment: Alignment,
+}
+
+/// Edit distance, for did-you-mean suggestions.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + (ca != *cb) as usize).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Adds a did-you-mean to serde's "unknown field `x`, expected one of ..."
+/// and "unknown variant" messages.
+fn with_suggestion(message: &str) -> String {
+    let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    match ticked.split_first() {
+        Some((unknown, expected)) if message.starts_with("unknown") && !expected.is_empty() => {
+            let best = expected.iter().min_by_key(|e| distance(unknown, e)).expect("non-empty");
+            if distance(unknown, best) <= (best.len() / 2).max(2) {
+                format!("{message}; did you mean `{best}`?")
+            } else {
+                message.to_string()
+            }
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// The dotted key written at 1-based `line` (`section.key`, or the
+/// section name for a `[section]` header).
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (i, l) in text.lines().enumerate().take(line) {
+        let t = l.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if i + 1 == line {
+                return Some(section);
+            }
+        } else if i + 1 == line {
+            let key = t.split('=').next()?.trim();
+            return Some(if section.is_empty() { key.to_string() } else { format!("{section}.{key}") });
+        }
+    }
+    None
+}
+
+/// The line where `section.key` is written, if it is.
+fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.split_once('.')?;
+    let mut in_section = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_section = t.trim_matches(|c| c == '[' || c == ']').trim() == section;
+        } else if in_section && t.split('=').next().map(str::trim) == Some(key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// Parses an override value as TOML, or as a bare string when it is not
+/// TOML (`--set model.path=runs/x`).
+fn override_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("just parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl Recipe {
+    /// Reads, overrides (`section.key=value`), checks and resolves a recipe.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
+        let fail = |problems: Vec<Problem>| Error { file: path.to_path_buf(), problems };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(vec![Problem { line: None, key: "-".into(), message: e.to_string() }]))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// As [`Recipe::load`], from text; `path` names the file and anchors relative paths.
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
+        let fail = |problems: Vec<Problem>| Error { file: path.to_path_buf(), problems };
+        // Parsed from the text first, so errors carry lines.
+        let parsed: Result<Recipe, toml::de::Error> = toml::from_str(text);
+        let mut recipe = match (parsed, overrides.is_empty()) {
+            (Err(e), _) => {
+                let line = e.span().map(|s| line_of(text, s.start));
+                let key = line.and_then(|l| key_at_line(text, l)).unwrap_or_else(|| "-".into());
+                return Err(fail(vec![Problem { line, key, message: with_suggestion(e.message().trim()) }]));
+            }
+            (Ok(r), true) => r,
+            (Ok(_), false) => {
+                let mut table: toml::Table = toml::from_str(text).expect("parsed above");
+                for o in overrides {
+                    let problem = |message: String| Problem { line: None, key: format!("--set {o}"), message };
+                    let (key, value) = o.split_once('=').ok_or_else(|| fail(vec![problem("expected section.key=value".into())]))?;
+                    let parts: Vec<&str> = key.trim().split('.').collect();
+                    let (last, sections) = parts.split_last().expect("split gives one part");
+                    let mut t = &mut table;
+                    for s in sections {
+                        t = t
+                            .entry(s.to_string())
+                            .or_insert_with(|| toml::Value::Table(Default::default()))
+                            .as_table_mut()
+                            .ok_or_else(|| fail(vec![problem(format!("`{s}` is not a section"))]))?;
+                    }
+                    t.insert(last.to_string(), override_value(value.trim()));
+                }
+                Recipe::deserialize(table).map_err(|e| {
+                    let key = format!("--set {}", overrides.join(" --set "));
+                    fail(vec![Problem { line: None, key, message: with_suggestion(e.message().trim()) }])
+                })?
+            }
+        };
+        let problems = recipe.problems();
+        if !problems.is_empty() {
+            let problems = problems
+                .into_iter()
+                .map(|(key, message)| Problem { line: line_of_key(text, &key), key, message })
+                .collect();
+            return Err(fail(problems));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut recipe.model.path, &mut recipe.data.train, &mut recipe.output.dir] {
+            *p = dir.join(&*p);
+        }
+        if let Some(eval) = &mut recipe.data.eval {
+            *eval = dir.join(&*eval);
+        }
+        Ok(recipe)
+    }
+
+    /// Every impossible value, as (dotted key, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut check = |ok: bool, key: &str, message: String| {
+            if !ok {
+                out.push((key.to_string(), message));
+            }
+        };
+        let a = &self.adapter;
+        check(a.r >= 1, "adapter.r", "the rank must be at least 1".into());
+        check(a.alpha.is_finite() && a.alpha > 0.0, "adapter.alpha", format!("{} must be a positive number", a.alpha));
+        check((0.0..1.0).contains(&a.dropout), "adapter.dropout", format!("{} is not in [0, 1)", a.dropout));
+        check(
+            a.targets.is_empty() != a.target_regex.is_none(),
+            "adapter.targets",
+            "give either `targets` (module names) or `target_regex`, not both and not neither".into(),
+        );
+        check(a.target_regex.is_none() || a.layers.is_none(), "adapter.layers", "needs `targets`, not `target_regex` (as in PEFT)".into());
+        for (k, r) in &a.rank_pattern {
+            check(*r >= 1, "adapter.rank_pattern", format!("`{k}` = {r}: the rank must be at least 1"));
+        }
+        check(a.pissa_niter >= 1, "adapter.pissa_niter", "must be at least 1".into());
+        let d = &self.data;
+        check(d.max_length >= 2, "data.max_length", format!("{} is too short to train on (at least 2)", d.max_length));
+        check(!(d.eval.is_some() && d.eval_fraction.is_some()), "data.eval_fraction", "give `eval` or `eval_fraction`, not both".into());
+        if let Some(f) = d.eval_fraction {
+            check(f > 0.0 && f < 1.0, "data.eval_fraction", format!("{f} is not in (0, 1)"));
+        }
+        let o = &self.optim;
+        check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", format!("{} must be a positive number", o.lr));
+        check(o.lora_plus_ratio.is_finite() && o.lora_plus_ratio > 0.0, "optim.lora_plus_ratio", format!("{} must be positive", o.lora_plus_ratio));
+        check(o.epochs.is_some() != o.steps.is_some(), "optim.epochs", "give either `epochs` or `steps`".into());
+        if let Some(e) = o.epochs {
+            check(e.is_finite() && e > 0.0, "optim.epochs", format!("{e} must be positive"));
+        }
+        check(o.steps != Some(0), "optim.steps", "must be at least 1".into());
+        check(o.batch_size >= 1, "optim.batch_size", "must be at least 1".into());
+        check(o.grad_accum >= 1, "optim.grad_accum", "must be at least 1".into());
+        if let Some(n) = o.max_grad_norm {
+            check(n.is_finite() && n > 0.0, "optim.max_grad_norm", format!("{n} must be positive"));
+        }
+        check(o.weight_decay >= 0.0, "optim.weight_decay", format!("{} must not be negative", o.weight_decay));
+        check((0.0..1.0).contains(&o.beta1), "optim.beta1", format!("{} is not in [0, 1)", o.beta1));
+        check((0.0..1.0).contains(&o.beta2), "optim.beta2", format!("{} is not in [0, 1)", o.beta2));
+        check(o.eps > 0.0, "optim.eps", format!("{} must be positive", o.eps));
+        check(self.eval.every != Some(0), "eval.every", "must be at least 1".into());
+        check(self.output.save_every != Some(0), "output.save_every", "must be at least 1".into());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[model]
+path = "model.gguf"
+
+[adapter]
+r = 8
+alpha = 16
+targets = ["q_proj", "v_proj"]
+
+[data]
+train = "train.jsonl"
+format = "chat"
+max_length = 256
+
+[optim]
+lr = 2e-4
+epochs = 2
+batch_size = 4
+
+[output]
+dir = "runs/x"
+"#;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Recipe::parse(text, Path::new("recipes/r.toml"), &o).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_recipe_resolves_paths_and_defaults() {
+        let r = Recipe::parse(GOOD, Path::new("recipes/r.toml"), &[]).unwrap();
+        assert_eq!(r.model.path, Path::new("recipes/model.gguf"));
+        assert_eq!(r.optim.schedule, Schedule::Cosine);
+        assert_eq!((r.optim.grad_accum, r.optim.eps), (1, 1e-8));
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_suggestion() {
+        let text = GOOD.replace("lr = 2e-4", "lrr = 2e-4");
+        let e = err(&text, &[]);
+        assert!(e.contains("recipes/r.toml:16") && e.contains("did you mean `lr`?"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_and_line() {
+        let e = err(&GOOD.replace("r = 8", "r = \"eight\""), &[]);
+        assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
+    }
+
+    #[test]
+    fn unknown_variant_is_suggested() {
+        let e = err(&GOOD.replace("format = \"chat\"", "format = \"chta\""), &[]);
+        assert!(e.contains("did you mean `chat`?"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_all_reported_with_lines() {
+        let e = err(&GOOD.replace("r = 8", "r = 0").replace("lr = 2e-4", "lr = -1.0"), &[]);
+        assert!(e.contains(":6: adapter.r: the rank must be at least 1"), "{e}");
+        assert!(e.contains(":16: optim.lr:"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_checked() {
+        let o = vec!["optim.lr=1e-4".to_string(), "output.dir=runs/y".to_string()];
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &o).unwrap();
+        assert_eq!((r.optim.lr, r.output.dir.as_path()), (1e-4, Path::new("runs/y")));
+        let e = err(GOOD, &["optim.lrr=1"]);
+        assert!(e.contains("--set") && e.contains("did you mean `lr`?"), "{e}");
+    }
+}
