@@ -25,7 +25,13 @@ impl fmt::Display for Error {
                 writeln!(f)?;
             }
             match p.line {
-                Some(line) => write!(f, "{}:{line}: {}: {}", self.file.display(), p.key, p.message)?,
+                Some(line) => write!(
+                    f,
+                    "{}:{line}: {}: {}",
+                    self.file.display(),
+                    p.key,
+                    p.message
+                )?,
                 None => write!(f, "{}: {}: {}", self.file.display(), p.key, p.message)?,
             }
         }

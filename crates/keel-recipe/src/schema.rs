@@ -251,7 +251,10 @@ fn with_suggestion(message: &str) -> String {
     let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
     match ticked.split_first() {
         Some((unknown, expected)) if message.starts_with("unknown") && !expected.is_empty() => {
-            let best = expected.iter().min_by_key(|e| distance(unknown, e)).expect("non-empty");
+            let best = expected
+                .iter()
+                .min_by_key(|e| distance(unknown, e))
+                .expect("non-empty");
             if distance(unknown, best) <= (best.len() / 2).max(2) {
                 format!("{message}; did you mean `{best}`?")
             } else {
@@ -280,7 +283,11 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
             }
         } else if i + 1 == line {
             let key = t.split('=').next()?.trim();
-            return Some(if section.is_empty() { key.to_string() } else { format!("{section}.{key}") });
+            return Some(if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            });
         }
     }
     None
@@ -313,29 +320,52 @@ fn override_value(raw: &str) -> toml::Value {
 impl Recipe {
     /// Reads, overrides (`section.key=value`), checks and resolves a recipe.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
-        let fail = |problems: Vec<Problem>| Error { file: path.to_path_buf(), problems };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(vec![Problem { line: None, key: "-".into(), message: e.to_string() }]))?;
+        let fail = |problems: Vec<Problem>| Error {
+            file: path.to_path_buf(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![Problem {
+                line: None,
+                key: "-".into(),
+                message: e.to_string(),
+            }])
+        })?;
         Self::parse(&text, path, overrides)
     }
 
     /// As [`Recipe::load`], from text; `path` names the file and anchors relative paths.
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
-        let fail = |problems: Vec<Problem>| Error { file: path.to_path_buf(), problems };
+        let fail = |problems: Vec<Problem>| Error {
+            file: path.to_path_buf(),
+            problems,
+        };
         // Parsed from the text first, so errors carry lines.
         let parsed: Result<Recipe, toml::de::Error> = toml::from_str(text);
         let mut recipe = match (parsed, overrides.is_empty()) {
             (Err(e), _) => {
                 let line = e.span().map(|s| line_of(text, s.start));
-                let key = line.and_then(|l| key_at_line(text, l)).unwrap_or_else(|| "-".into());
-                return Err(fail(vec![Problem { line, key, message: with_suggestion(e.message().trim()) }]));
+                let key = line
+                    .and_then(|l| key_at_line(text, l))
+                    .unwrap_or_else(|| "-".into());
+                return Err(fail(vec![Problem {
+                    line,
+                    key,
+                    message: with_suggestion(e.message().trim()),
+                }]));
             }
             (Ok(r), true) => r,
             (Ok(_), false) => {
                 let mut table: toml::Table = toml::from_str(text).expect("parsed above");
                 for o in overrides {
-                    let problem = |message: String| Problem { line: None, key: format!("--set {o}"), message };
-                    let (key, value) = o.split_once('=').ok_or_else(|| fail(vec![problem("expected section.key=value".into())]))?;
+                    let problem = |message: String| Problem {
+                        line: None,
+                        key: format!("--set {o}"),
+                        message,
+                    };
+                    let (key, value) = o
+                        .split_once('=')
+                        .ok_or_else(|| fail(vec![problem("expected section.key=value".into())]))?;
                     let parts: Vec<&str> = key.trim().split('.').collect();
                     let (last, sections) = parts.split_last().expect("split gives one part");
                     let mut t = &mut table;
@@ -344,13 +374,19 @@ impl Recipe {
                             .entry(s.to_string())
                             .or_insert_with(|| toml::Value::Table(Default::default()))
                             .as_table_mut()
-                            .ok_or_else(|| fail(vec![problem(format!("`{s}` is not a section"))]))?;
+                            .ok_or_else(|| {
+                                fail(vec![problem(format!("`{s}` is not a section"))])
+                            })?;
                     }
                     t.insert(last.to_string(), override_value(value.trim()));
                 }
                 Recipe::deserialize(table).map_err(|e| {
                     let key = format!("--set {}", overrides.join(" --set "));
-                    fail(vec![Problem { line: None, key, message: with_suggestion(e.message().trim()) }])
+                    fail(vec![Problem {
+                        line: None,
+                        key,
+                        message: with_suggestion(e.message().trim()),
+                    }])
                 })?
             }
         };
@@ -358,12 +394,20 @@ impl Recipe {
         if !problems.is_empty() {
             let problems = problems
                 .into_iter()
-                .map(|(key, message)| Problem { line: line_of_key(text, &key), key, message })
+                .map(|(key, message)| Problem {
+                    line: line_of_key(text, &key),
+                    key,
+                    message,
+                })
                 .collect();
             return Err(fail(problems));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut recipe.model.path, &mut recipe.data.train, &mut recipe.output.dir] {
+        for p in [
+            &mut recipe.model.path,
+            &mut recipe.data.train,
+            &mut recipe.output.dir,
+        ] {
             *p = dir.join(&*p);
         }
         if let Some(eval) = &mut recipe.data.eval {
@@ -382,43 +426,132 @@ impl Recipe {
         };
         let a = &self.adapter;
         check(a.r >= 1, "adapter.r", "the rank must be at least 1".into());
-        check(a.alpha.is_finite() && a.alpha > 0.0, "adapter.alpha", format!("{} must be a positive number", a.alpha));
-        check((0.0..1.0).contains(&a.dropout), "adapter.dropout", format!("{} is not in [0, 1)", a.dropout));
+        check(
+            a.alpha.is_finite() && a.alpha > 0.0,
+            "adapter.alpha",
+            format!("{} must be a positive number", a.alpha),
+        );
+        check(
+            (0.0..1.0).contains(&a.dropout),
+            "adapter.dropout",
+            format!("{} is not in [0, 1)", a.dropout),
+        );
         check(
             a.targets.is_empty() != a.target_regex.is_none(),
             "adapter.targets",
-            "give either `targets` (module names) or `target_regex`, not both and not neither".into(),
+            "give either `targets` (module names) or `target_regex`, not both and not neither"
+                .into(),
         );
-        check(a.target_regex.is_none() || a.layers.is_none(), "adapter.layers", "needs `targets`, not `target_regex` (as in PEFT)".into());
+        check(
+            a.target_regex.is_none() || a.layers.is_none(),
+            "adapter.layers",
+            "needs `targets`, not `target_regex` (as in PEFT)".into(),
+        );
         for (k, r) in &a.rank_pattern {
-            check(*r >= 1, "adapter.rank_pattern", format!("`{k}` = {r}: the rank must be at least 1"));
+            check(
+                *r >= 1,
+                "adapter.rank_pattern",
+                format!("`{k}` = {r}: the rank must be at least 1"),
+            );
         }
-        check(a.pissa_niter >= 1, "adapter.pissa_niter", "must be at least 1".into());
+        check(
+            a.pissa_niter >= 1,
+            "adapter.pissa_niter",
+            "must be at least 1".into(),
+        );
         let d = &self.data;
-        check(d.max_length >= 2, "data.max_length", format!("{} is too short to train on (at least 2)", d.max_length));
-        check(!(d.eval.is_some() && d.eval_fraction.is_some()), "data.eval_fraction", "give `eval` or `eval_fraction`, not both".into());
+        check(
+            d.max_length >= 2,
+            "data.max_length",
+            format!("{} is too short to train on (at least 2)", d.max_length),
+        );
+        check(
+            !(d.eval.is_some() && d.eval_fraction.is_some()),
+            "data.eval_fraction",
+            "give `eval` or `eval_fraction`, not both".into(),
+        );
         if let Some(f) = d.eval_fraction {
-            check(f > 0.0 && f < 1.0, "data.eval_fraction", format!("{f} is not in (0, 1)"));
+            check(
+                f > 0.0 && f < 1.0,
+                "data.eval_fraction",
+                format!("{f} is not in (0, 1)"),
+            );
         }
         let o = &self.optim;
-        check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", format!("{} must be a positive number", o.lr));
-        check(o.lora_plus_ratio.is_finite() && o.lora_plus_ratio > 0.0, "optim.lora_plus_ratio", format!("{} must be positive", o.lora_plus_ratio));
-        check(o.epochs.is_some() != o.steps.is_some(), "optim.epochs", "give either `epochs` or `steps`".into());
+        check(
+            o.lr.is_finite() && o.lr > 0.0,
+            "optim.lr",
+            format!("{} must be a positive number", o.lr),
+        );
+        check(
+            o.lora_plus_ratio.is_finite() && o.lora_plus_ratio > 0.0,
+            "optim.lora_plus_ratio",
+            format!("{} must be positive", o.lora_plus_ratio),
+        );
+        check(
+            o.epochs.is_some() != o.steps.is_some(),
+            "optim.epochs",
+            "give either `epochs` or `steps`".into(),
+        );
         if let Some(e) = o.epochs {
-            check(e.is_finite() && e > 0.0, "optim.epochs", format!("{e} must be positive"));
+            check(
+                e.is_finite() && e > 0.0,
+                "optim.epochs",
+                format!("{e} must be positive"),
+            );
         }
-        check(o.steps != Some(0), "optim.steps", "must be at least 1".into());
-        check(o.batch_size >= 1, "optim.batch_size", "must be at least 1".into());
-        check(o.grad_accum >= 1, "optim.grad_accum", "must be at least 1".into());
+        check(
+            o.steps != Some(0),
+            "optim.steps",
+            "must be at least 1".into(),
+        );
+        check(
+            o.batch_size >= 1,
+            "optim.batch_size",
+            "must be at least 1".into(),
+        );
+        check(
+            o.grad_accum >= 1,
+            "optim.grad_accum",
+            "must be at least 1".into(),
+        );
         if let Some(n) = o.max_grad_norm {
-            check(n.is_finite() && n > 0.0, "optim.max_grad_norm", format!("{n} must be positive"));
+            check(
+                n.is_finite() && n > 0.0,
+                "optim.max_grad_norm",
+                format!("{n} must be positive"),
+            );
         }
-        check(o.weight_decay >= 0.0, "optim.weight_decay", format!("{} must not be negative", o.weight_decay));
-        check((0.0..1.0).contains(&o.beta1), "optim.beta1", format!("{} is not in [0, 1)", o.beta1));
-        check((0.0..1.0).contains(&o.beta2), "optim.beta2", format!("{} is not in [0, 1)", o.beta2));
-        check(o.eps > 0.0, "optim.eps", format!("{} must be positive", o.eps));
-        check(self.eval.every != Some(0), "eval.every", "must be at least 1".into());
-        check(self.output.save_every != Some(0), "output.save_every", "must be at least 1".into());
+        check(
+            o.weight_decay >= 0.0,
+            "optim.weight_decay",
+            format!("{} must not be negative", o.weight_decay),
+        );
+        check(
+            (0.0..1.0).contains(&o.beta1),
+            "optim.beta1",
+            format!("{} is not in [0, 1)", o.beta1),
+        );
+        check(
+            (0.0..1.0).contains(&o.beta2),
+            "optim.beta2",
+            format!("{} is not in [0, 1)", o.beta2),
+        );
+        check(
+            o.eps > 0.0,
+            "optim.eps",
+            format!("{} must be positive", o.eps),
+        );
+        check(
+            self.eval.every != Some(0),
+            "eval.every",
+            "must be at least 1".into(),
+        );
+        check(
+            self.output.save_every != Some(0),
+            "output.save_every",
+            "must be at least 1".into(),
+        );
         out
     }
 }
@@ -452,7 +585,9 @@ dir = "runs/x"
 
     fn err(text: &str, overrides: &[&str]) -> String {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        Recipe::parse(text, Path::new("recipes/r.toml"), &o).unwrap_err().to_string()
+        Recipe::parse(text, Path::new("recipes/r.toml"), &o)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -467,7 +602,10 @@ dir = "runs/x"
     fn unknown_key_has_line_and_suggestion() {
         let text = GOOD.replace("lr = 2e-4", "lrr = 2e-4");
         let e = err(&text, &[]);
-        assert!(e.contains("recipes/r.toml:16") && e.contains("did you mean `lr`?"), "{e}");
+        assert!(
+            e.contains("recipes/r.toml:16") && e.contains("did you mean `lr`?"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -484,8 +622,16 @@ dir = "runs/x"
 
     #[test]
     fn impossible_values_are_all_reported_with_lines() {
-        let e = err(&GOOD.replace("r = 8", "r = 0").replace("lr = 2e-4", "lr = -1.0"), &[]);
-        assert!(e.contains(":6: adapter.r: the rank must be at least 1"), "{e}");
+        let e = err(
+            &GOOD
+                .replace("r = 8", "r = 0")
+                .replace("lr = 2e-4", "lr = -1.0"),
+            &[],
+        );
+        assert!(
+            e.contains(":6: adapter.r: the rank must be at least 1"),
+            "{e}"
+        );
         assert!(e.contains(":16: optim.lr:"), "{e}");
     }
 
@@ -493,8 +639,14 @@ dir = "runs/x"
     fn overrides_apply_and_are_checked() {
         let o = vec!["optim.lr=1e-4".to_string(), "output.dir=runs/y".to_string()];
         let r = Recipe::parse(GOOD, Path::new("r.toml"), &o).unwrap();
-        assert_eq!((r.optim.lr, r.output.dir.as_path()), (1e-4, Path::new("runs/y")));
+        assert_eq!(
+            (r.optim.lr, r.output.dir.as_path()),
+            (1e-4, Path::new("runs/y"))
+        );
         let e = err(GOOD, &["optim.lrr=1"]);
-        assert!(e.contains("--set") && e.contains("did you mean `lr`?"), "{e}");
+        assert!(
+            e.contains("--set") && e.contains("did you mean `lr`?"),
+            "{e}"
+        );
     }
 }

@@ -43,6 +43,24 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// Like [`Tokenizer::encode`], with each token's byte range in `text`.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<(u32, (usize, usize))>, Error> {
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc
+            .get_ids()
+            .iter()
+            .copied()
+            .zip(enc.get_offsets().iter().copied())
+            .collect())
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, Error> {
         self.inner
             .decode(ids, skip_special)
