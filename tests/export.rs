@@ -135,14 +135,15 @@ fn gguf_lora_export_is_applied_by_llama_cpp_as_keel_computes_it() {
         std::fs::write(&keel_json, json.to_string()).unwrap();
         if common::required("KEEL_TEST_LLAMA_CPP", "llama.cpp applying keel's GGUF LoRA") {
             let base_path = fixture(base);
-            common::python_judge(
-                "check_gguf_lora.py",
-                &[
-                    base_path.as_os_str(),
-                    lora.as_os_str(),
-                    keel_json.as_os_str(),
-                ],
-            );
+            // Measured: 1.2e-5 (llama), 7.1e-5 (qwen2, rsLoRA folded into B).
+            let args = [
+                base_path.as_os_str(),
+                lora.as_os_str(),
+                keel_json.as_os_str(),
+                "--tolerance".as_ref(),
+                "3e-4".as_ref(),
+            ];
+            common::python_judge("check_gguf_lora.py", &args);
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
