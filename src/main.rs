@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use keel_adapters::peft::AdapterFile;
 use keel_model::{DeviceChoice, LoadedModel, ModelSource, Sampling};
+use keel_recipe::Recipe;
 use keel_text::Message;
+use keel_train::RunOptions;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +26,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train an adapter from a recipe file.
+    Train {
+        recipe: PathBuf,
+        /// Override a recipe key, e.g. --set optim.lr=1e-4 (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue the run in the output folder from its latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Replace a previous run in the output folder.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Recipe tools.
+    #[command(subcommand)]
+    Recipe(RecipeCommand),
     /// Generate text from a prompt.
     Generate {
         /// HF folder or .gguf file.
@@ -96,6 +114,16 @@ enum GgufDtypeArg {
 }
 
 #[derive(Subcommand)]
+enum RecipeCommand {
+    /// Validate a recipe: unknown keys, wrong types and impossible values, with file, line and key.
+    Check {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdapterCommand {
     /// Kind, targets, ranks, trainable parameters, size and base model of an adapter folder.
     Info { dir: PathBuf },
@@ -125,6 +153,29 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train {
+            recipe,
+            set,
+            resume,
+            overwrite,
+        } => {
+            let recipe = Recipe::load(&recipe, &set)?;
+            let opts = RunOptions {
+                resume,
+                overwrite,
+                progress: true,
+                stop_at: None,
+            };
+            let report = keel_train::train(&recipe, &opts)?;
+            println!("{}", report.table());
+            println!("adapter: {}", recipe.output.dir.join("adapter").display());
+            Ok(())
+        }
+        Command::Recipe(RecipeCommand::Check { recipe, set }) => {
+            Recipe::load(&recipe, &set)?;
+            println!("{}: ok", recipe.display());
+            Ok(())
+        }
         Command::Generate {
             model,
             prompt,

@@ -274,7 +274,7 @@ pub fn init_adapter(
             Some(w.square().sum_dim(0).sqrt().reshape([d_out]))
         }
     };
-    let adapter = Adapter::new(name, a, b, magnitude, spec.scale, cfg.dropout);
+    let adapter = Adapter::new(&spec.name, name, a, b, magnitude, spec.scale, cfg.dropout);
     layer.add_adapter(adapter).map_err(|e| match e {
         Error::Module { reason, .. } => Error::Module {
             module: spec.name.clone(),

@@ -5,7 +5,7 @@
 //! `lora_B` `[out, r]`). The update is always computed from A and B, never
 //! from a dense `A·B`, except for DoRA's weight norm and an explicit merge.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::Tensor;
 use burn::tensor::module::linear;
@@ -31,8 +31,21 @@ pub struct Adapter {
     pub merged: Option<Option<Tensor<2>>>,
 }
 
+/// FNV-1a over the parts: the same id in every process and on every platform.
+fn stable_id(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.join("\u{1f}").bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 impl Adapter {
+    /// A trainable adapter `name` on `module`. Its parameter ids derive from
+    /// both names, so optimizer state saved in a checkpoint finds its
+    /// parameters again when the run resumes in another process.
     pub fn new(
+        module: &str,
         name: &str,
         a: Tensor<2>,
         b: Tensor<2>,
@@ -40,11 +53,13 @@ impl Adapter {
         scale: f64,
         dropout: f64,
     ) -> Self {
+        let id = |part: &str| ParamId::from(stable_id(&[module, name, part]));
         Adapter {
             name: name.to_string(),
-            a: Param::from_tensor(a),
-            b: Param::from_tensor(b),
-            magnitude: magnitude.map(Param::from_tensor),
+            a: Param::initialized(id("lora_A"), a).set_require_grad(true),
+            b: Param::initialized(id("lora_B"), b).set_require_grad(true),
+            magnitude: magnitude
+                .map(|m| Param::initialized(id("magnitude"), m).set_require_grad(true)),
             dropout: DropoutConfig::new(dropout).init(),
             scale,
             active: true,

@@ -404,6 +404,7 @@ impl AdapterFile {
                 .as_ref()
                 .map(|m| Tensor::<1>::from_data(TensorData::new(m.clone(), [m.len()]), &device));
             built.push(Adapter::new(
+                &spec.name,
                 name,
                 tensor2(&w.a, &device),
                 tensor2(&w.b, &device),

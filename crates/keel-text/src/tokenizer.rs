@@ -2,6 +2,9 @@ use std::path::Path;
 
 use crate::error::Error;
 
+/// A token's byte range in the encoded text.
+pub type Span = (usize, usize);
+
 /// A tokenizer with the model's special-token ids resolved.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -48,7 +51,7 @@ impl Tokenizer {
         &self,
         text: &str,
         add_special: bool,
-    ) -> Result<Vec<(u32, (usize, usize))>, Error> {
+    ) -> Result<Vec<(u32, Span)>, Error> {
         let enc = self
             .inner
             .encode(text, add_special)

@@ -1,0 +1,89 @@
+//! The run report: what a run cost, in the figures a small team budgets by.
+
+use serde::Serialize;
+
+/// Watts assumed per busy core when no energy counter is readable: a
+/// typical server core under load (stated in the report).
+pub const WATTS_PER_CORE: f64 = 10.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub steps: usize,
+    pub wall_s: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub trainable_params: usize,
+    pub adapter_bytes: u64,
+    pub final_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    pub eval_perplexity: Option<f64>,
+    pub energy_joules: Option<f64>,
+    /// How the energy was measured: "rapl" or "cpu-time x W per core".
+    pub energy_source: String,
+    pub stopped_early: bool,
+}
+
+impl RunReport {
+    /// A short table for the terminal.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.4}{unit}"));
+        [
+            format!("steps            {}", self.steps),
+            format!("wall time        {:.1} s", self.wall_s),
+            format!("tokens/s         {:.1}", self.tokens_per_s),
+            format!(
+                "peak RSS         {}",
+                self.peak_rss_bytes
+                    .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+            ),
+            format!("trainable params {}", self.trainable_params),
+            format!("adapter size     {} bytes", self.adapter_bytes),
+            format!("final loss       {}", opt(self.final_loss, "")),
+            format!(
+                "eval loss / ppl  {} / {}",
+                opt(self.eval_loss, ""),
+                opt(self.eval_perplexity, "")
+            ),
+            format!(
+                "energy           {} ({})",
+                opt(self.energy_joules.map(|j| j / 3600.0), " Wh"),
+                self.energy_source
+            ),
+        ]
+        .join("\n")
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU seconds this process has used (user + system).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The package energy counter (Intel RAPL), in joules, when readable.
+pub fn rapl_joules() -> Option<f64> {
+    let uj: f64 = std::fs::read_to_string("/sys/class/powercap/intel-rapl:0/energy_uj")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(uj / 1e6)
+}

@@ -1,0 +1,570 @@
+//! The training loop.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::{Module, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use keel_adapters::peft::{self, AdapterFile};
+use keel_adapters::rng::SplitMix64;
+use keel_adapters::{
+    AdapterConfig, Init, Scaling, TargetModules, Variant, init_adapter, resolve_targets,
+};
+use keel_data::{Batch, Batcher, Example, load_examples, pack, split_eval};
+use keel_model::{DeviceChoice, Llama, LoadedModel};
+use keel_recipe::Recipe;
+
+use crate::checkpoint::{self, TrainState};
+use crate::error::Error;
+use crate::loss::weighted_nll;
+use crate::report::{self, RunReport};
+use crate::schedule::lr_at;
+
+/// The adapter's name inside the model while it trains.
+const ADAPTER: &str = "default";
+/// Set by Ctrl-C / SIGTERM; the loop checkpoints and returns at the next step.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// How to run a recipe.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the output folder's latest checkpoint.
+    pub resume: bool,
+    /// Replace a previous run in the output folder.
+    pub overwrite: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop after this many optimizer steps in total, as an interruption
+    /// would (a checkpoint is written): for tests of resume.
+    pub stop_at: Option<usize>,
+}
+
+/// The recipe's adapter section as an [`AdapterConfig`].
+pub fn adapter_config(r: &Recipe) -> AdapterConfig {
+    let a = &r.adapter;
+    AdapterConfig {
+        variant: match a.kind {
+            keel_recipe::AdapterKind::Lora => Variant::Lora,
+            keel_recipe::AdapterKind::Dora => Variant::Dora,
+        },
+        r: a.r,
+        alpha: a.alpha,
+        dropout: a.dropout,
+        scaling: match a.scaling {
+            keel_recipe::Scaling::Standard => Scaling::Standard,
+            keel_recipe::Scaling::Rs => Scaling::Rs,
+        },
+        init: match a.init {
+            keel_recipe::Init::Kaiming => Init::Kaiming,
+            keel_recipe::Init::Gaussian => Init::Gaussian,
+            keel_recipe::Init::Pissa => Init::Pissa {
+                niter: a.pissa_niter,
+            },
+            keel_recipe::Init::Olora => Init::Olora,
+        },
+        targets: match &a.target_regex {
+            Some(re) => TargetModules::Regex(re.clone()),
+            None => TargetModules::Names(a.targets.clone()),
+        },
+        layers: a.layers.clone(),
+        rank_pattern: a
+            .rank_pattern
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        alpha_pattern: a
+            .alpha_pattern
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    }
+}
+
+/// Trainable parameters: (id, is a 2-D matrix, is LoRA's B).
+fn trainable(model: &Llama) -> Vec<(ParamId, bool, bool)> {
+    let mut out = Vec::new();
+    for (_, l) in model.linears() {
+        for a in l.adapters.iter().filter(|a| a.name == ADAPTER) {
+            out.push((a.a.id, true, false));
+            out.push((a.b.id, true, true));
+            if let Some(m) = &a.magnitude {
+                out.push((m.id, false, false));
+            }
+        }
+    }
+    out
+}
+
+/// Adds `from` into `acc`, parameter by parameter.
+fn accumulate(
+    acc: &mut GradientsParams,
+    mut from: GradientsParams,
+    params: &[(ParamId, bool, bool)],
+) {
+    for &(id, matrix, _) in params {
+        if matrix {
+            if let Some(g) = from.remove::<2>(id) {
+                let sum = match acc.remove::<2>(id) {
+                    Some(a) => a + g,
+                    None => g,
+                };
+                acc.register(id, sum);
+            }
+        } else if let Some(g) = from.remove::<1>(id) {
+            let sum = match acc.remove::<1>(id) {
+                Some(a) => a + g,
+                None => g,
+            };
+            acc.register(id, sum);
+        }
+    }
+}
+
+/// The global L2 norm of the gradients (read to the host: it also guards
+/// against non-finite gradients).
+fn grad_norm(grads: &GradientsParams, params: &[(ParamId, bool, bool)]) -> f64 {
+    let mut sq = 0.0f64;
+    for &(id, matrix, _) in params {
+        let s = if matrix {
+            grads
+                .get::<2>(id)
+                .map(|g| g.square().sum().into_scalar::<f32>())
+        } else {
+            grads
+                .get::<1>(id)
+                .map(|g| g.square().sum().into_scalar::<f32>())
+        };
+        sq += s.unwrap_or(0.0) as f64;
+    }
+    sq.sqrt()
+}
+
+/// Multiplies every gradient by `factor`; splits off B's (LoRA+).
+fn scale_and_split(
+    mut grads: GradientsParams,
+    params: &[(ParamId, bool, bool)],
+    factor: f64,
+) -> (GradientsParams, GradientsParams) {
+    let (mut rest, mut b) = (GradientsParams::new(), GradientsParams::new());
+    for &(id, matrix, is_b) in params {
+        let dest = if is_b { &mut b } else { &mut rest };
+        if matrix {
+            if let Some(g) = grads.remove::<2>(id) {
+                dest.register(id, g.mul_scalar(factor));
+            }
+        } else if let Some(g) = grads.remove::<1>(id) {
+            dest.register(id, g.mul_scalar(factor));
+        }
+    }
+    (rest, b)
+}
+
+fn batch_tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+    let shape = [batch.batch, batch.seq];
+    (
+        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.weights.clone(), shape), device),
+    )
+}
+
+/// Mean loss over `examples`, without updating anything: a validation copy
+/// of the model, off the autodiff graph and with dropout off.
+fn evaluate(
+    model: &Llama,
+    examples: &[Example],
+    batch_size: usize,
+    pad: u32,
+    device: &Device,
+) -> f64 {
+    let model = model.valid();
+    let device = &device.clone().without_autodiff();
+    let (mut total, mut count) = (0.0, 0usize);
+    for chunk in examples.chunks(batch_size) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let batch = Batch::collate(&refs, pad);
+        let (inputs, targets, weights) = batch_tensors(&batch, device);
+        let nll = weighted_nll(model.forward(inputs), targets, weights).detach();
+        total += nll.into_scalar::<f32>() as f64;
+        count += batch.target_tokens();
+    }
+    total / count.max(1) as f64
+}
+
+/// Refuses to mix two runs in one folder, and clears it for `--overwrite`.
+fn prepare_output(out: &Path, opts: &RunOptions) -> Result<(), Error> {
+    let has_run = out.join("metrics.jsonl").exists() || out.join("latest").exists();
+    if has_run && !opts.resume && !opts.overwrite {
+        return Err(Error::Output {
+            path: out.to_path_buf(),
+            reason:
+                "already holds a run: pass --resume to continue it or --overwrite to replace it"
+                    .into(),
+        });
+    }
+    if opts.overwrite && !opts.resume {
+        for name in ["checkpoints", "adapter"] {
+            let p = out.join(name);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(Error::io(&p))?;
+            }
+        }
+        for name in ["metrics.jsonl", "latest", "report.json"] {
+            let p = out.join(name);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(Error::io(&p))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(out).map_err(Error::io(out))
+}
+
+/// Keeps the metrics lines up to `step`, so a resumed run neither repeats
+/// nor loses steps.
+fn trim_metrics(path: &Path, step: usize) -> Result<(), Error> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    checkpoint::write_atomic(path, kept.as_bytes())
+}
+
+struct Optimizers {
+    a: ModuleOptimizer,
+    b: ModuleOptimizer,
+}
+
+impl Optimizers {
+    fn new(r: &Recipe) -> Self {
+        let o = &r.optim;
+        let config = AdamWConfig::new()
+            .with_beta_1(o.beta1 as f32)
+            .with_beta_2(o.beta2 as f32)
+            .with_epsilon(o.eps as f32)
+            .with_weight_decay(o.weight_decay as f32);
+        Optimizers {
+            a: config.init(),
+            b: config.init(),
+        }
+    }
+}
+
+/// Runs `recipe`: trains, evaluates, checkpoints, and writes the adapter to
+/// `<output>/adapter` and the report to `<output>/report.json`.
+pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
+    let out = recipe.output.dir.clone();
+    prepare_output(&out, opts)?;
+    let started = Instant::now();
+    let (cpu0, rapl0) = (report::cpu_seconds(), report::rapl_joules());
+    // A second registration (several runs in one process) keeps the first.
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    STOP.store(false, Ordering::SeqCst);
+
+    let choice = match recipe.model.device {
+        keel_recipe::Device::Flex => DeviceChoice::Flex,
+        keel_recipe::Device::Wgpu => DeviceChoice::Wgpu,
+        keel_recipe::Device::Ndarray => DeviceChoice::Ndarray,
+    };
+    let device = choice.device()?.autodiff();
+    let loaded = LoadedModel::open(&recipe.model.path, &device)?;
+    let tokenizer = loaded.tokenizer()?.clone();
+    let template = loaded.chat_template.clone();
+    let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
+    let mut model = loaded.model;
+    let fingerprint = model.fingerprint();
+    let base_name = recipe.model.path.display().to_string();
+    let cfg = adapter_config(recipe);
+
+    // Data.
+    let d = &recipe.data;
+    let load = |p: &Path| {
+        load_examples(
+            p,
+            d.format,
+            &tokenizer,
+            template.as_ref(),
+            d.max_length,
+            d.train_on_prompt,
+        )
+    };
+    let mut train_set = load(&d.train)?.examples;
+    let mut eval_set = match &d.eval {
+        Some(p) => load(p)?.examples,
+        None => Vec::new(),
+    };
+    if let Some(f) = d.eval_fraction {
+        (train_set, eval_set) = split_eval(train_set, f, recipe.optim.seed);
+    }
+    if d.packing {
+        train_set = pack(train_set, d.max_length);
+    }
+    let o = &recipe.optim;
+    let mut batcher = Batcher::new(train_set.len(), o.batch_size, o.seed);
+    let total_steps = match (o.steps, o.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => ((e * batcher.batches_per_epoch() as f64) / o.grad_accum as f64)
+            .ceil()
+            .max(1.0) as usize,
+        (None, None) => unreachable!("the recipe check requires steps or epochs"),
+    };
+
+    // Adapter and optimizer state: fresh, or from the latest checkpoint.
+    let mut optims = Optimizers::new(recipe);
+    let mut state = TrainState {
+        step: 0,
+        epoch: 0,
+        pos: 0,
+        tokens: 0,
+        elapsed_s: 0.0,
+    };
+    let resumed = if opts.resume {
+        checkpoint::latest(&out)?
+    } else {
+        None
+    };
+    match &resumed {
+        Some(dir) => {
+            state = checkpoint::read_state(dir)?;
+            AdapterFile::read(dir)?.attach(ADAPTER, &mut model.linears_mut(), &fingerprint)?;
+            let bad = |reason: String| Error::Checkpoint {
+                path: dir.clone(),
+                reason,
+            };
+            optims.a = optims
+                .a
+                .load(dir.join(checkpoint::OPTIM_A))
+                .map_err(|e| bad(format!("{e:?}")))?;
+            optims.b = optims
+                .b
+                .load(dir.join(checkpoint::OPTIM_B))
+                .map_err(|e| bad(format!("{e:?}")))?;
+            batcher = Batcher::resume(
+                train_set.len(),
+                o.batch_size,
+                o.seed,
+                state.epoch,
+                state.pos,
+            );
+        }
+        None => {
+            let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
+            let specs = resolve_targets(&names, &cfg)?;
+            let mut rng = SplitMix64(o.seed);
+            for (name, layer) in model.linears_mut() {
+                if let Some(spec) = specs.iter().find(|s| s.name == name) {
+                    init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
+                }
+            }
+        }
+    }
+    let params = trainable(&model);
+    let trainable_params: usize = model
+        .linears()
+        .iter()
+        .flat_map(|(_, l)| l.adapters.iter())
+        .map(|a| {
+            a.a.num_params() + a.b.num_params() + a.magnitude.as_ref().map_or(0, |m| m.num_params())
+        })
+        .sum();
+    let metrics_path = out.join("metrics.jsonl");
+    trim_metrics(&metrics_path, state.step)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(Error::io(&metrics_path))?;
+    let mut log = |v: serde_json::Value| -> Result<(), Error> {
+        writeln!(metrics, "{v}")
+            .and_then(|()| metrics.flush())
+            .map_err(Error::io(&metrics_path))
+    };
+
+    let save = |model: &Llama, optims: &Optimizers, state: &TrainState| -> Result<PathBuf, Error> {
+        checkpoint::save(&out, state, |dir| {
+            peft::write(
+                dir,
+                ADAPTER,
+                &cfg,
+                &model.linears(),
+                &base_name,
+                &fingerprint,
+            )?;
+            let bytes = |o: &ModuleOptimizer, name: &str| -> Result<(), Error> {
+                let b = o.into_bytes().map_err(|e| Error::Checkpoint {
+                    path: dir.join(name),
+                    reason: format!("{e:?}"),
+                })?;
+                checkpoint::write_atomic(&dir.join(name), &b)
+            };
+            bytes(&optims.a, checkpoint::OPTIM_A)?;
+            bytes(&optims.b, checkpoint::OPTIM_B)
+        })
+    };
+
+    let bar = opts.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps | {msg} | ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(state.step as u64);
+        bar
+    });
+    let mut last_good = resumed.clone();
+    let (mut last_loss, mut eval_loss) = (None, None);
+    let run_start_tokens = state.tokens;
+    let stop_at = opts.stop_at.unwrap_or(usize::MAX).min(total_steps);
+    let mut stopped_early = false;
+
+    while state.step < stop_at {
+        let step_start = Instant::now();
+        // Reseeding per step makes dropout masks a function of the step:
+        // a resumed run draws the same ones.
+        device.seed(o.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let micro: Vec<Batch> = (0..o.grad_accum)
+            .map(|_| {
+                let idx = batcher.next_indices();
+                let refs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
+                Batch::collate(&refs, pad)
+            })
+            .collect();
+        let targets_total: usize = micro.iter().map(Batch::target_tokens).sum::<usize>().max(1);
+        let mut grads = GradientsParams::new();
+        let mut loss_sum = 0.0f64;
+        for batch in &micro {
+            let (inputs, targets, weights) = batch_tensors(batch, &device);
+            let nll = weighted_nll(model.forward(inputs), targets, weights)
+                .div_scalar(targets_total as f64);
+            let g = GradientsParams::from_grads(nll.backward(), &model);
+            loss_sum += nll.into_scalar::<f32>() as f64;
+            accumulate(&mut grads, g, &params);
+        }
+        let norm = grad_norm(&grads, &params);
+        for (what, value) in [("loss", loss_sum), ("gradient norm", norm)] {
+            if !value.is_finite() {
+                return Err(Error::NotFinite {
+                    step: state.step + 1,
+                    what: what.into(),
+                    value,
+                    kept: last_good,
+                });
+            }
+        }
+        let clip = match o.max_grad_norm {
+            Some(max) if norm > max => max / norm,
+            _ => 1.0,
+        };
+        let (rest, b) = scale_and_split(grads, &params, clip);
+        let lr = lr_at(state.step, total_steps, o.warmup_steps, o.lr, o.schedule);
+        model = optims.a.step(lr, model, rest);
+        model = optims.b.step(lr * o.lora_plus_ratio, model, b);
+
+        state.step += 1;
+        state.tokens += micro.iter().map(|b| (b.batch * b.seq) as u64).sum::<u64>();
+        state.epoch = batcher.epoch;
+        state.pos = batcher.pos;
+        state.elapsed_s += step_start.elapsed().as_secs_f64();
+        let tok_s =
+            (state.tokens - run_start_tokens) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        last_loss = Some(loss_sum);
+        log(
+            serde_json::json!({"step": state.step, "loss": loss_sum, "lr": lr, "grad_norm": norm,
+            "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch}),
+        )?;
+        if let Some(bar) = &bar {
+            bar.set_message(format!(
+                "loss {loss_sum:.4} | lr {lr:.2e} | {tok_s:.0} tok/s"
+            ));
+            bar.set_position(state.step as u64);
+        }
+        let eval_due = recipe
+            .eval
+            .every
+            .is_some_and(|n| state.step.is_multiple_of(n))
+            || state.step == total_steps;
+        if eval_due && !eval_set.is_empty() {
+            let l = evaluate(&model, &eval_set, o.batch_size, pad, &device);
+            eval_loss = Some(l);
+            log(
+                serde_json::json!({"step": state.step, "eval_loss": l, "eval_perplexity": l.exp()}),
+            )?;
+        }
+        let interrupted = STOP.load(Ordering::SeqCst);
+        let save_due = recipe
+            .output
+            .save_every
+            .is_some_and(|n| state.step.is_multiple_of(n))
+            || state.step == stop_at
+            || interrupted;
+        if save_due {
+            last_good = Some(save(&model, &optims, &state)?);
+        }
+        if interrupted {
+            stopped_early = true;
+            break;
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
+    stopped_early |= state.step < total_steps;
+
+    let adapter_dir = out.join("adapter");
+    std::fs::create_dir_all(&adapter_dir).map_err(Error::io(&adapter_dir))?;
+    peft::write(
+        &adapter_dir,
+        ADAPTER,
+        &cfg,
+        &model.linears(),
+        &base_name,
+        &fingerprint,
+    )?;
+    let adapter_bytes = std::fs::metadata(adapter_dir.join(peft::WEIGHTS_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let wall = started.elapsed().as_secs_f64();
+    let (energy, source) = match (rapl0, report::rapl_joules()) {
+        (Some(a), Some(b)) if b >= a => (Some(b - a), "rapl".to_string()),
+        _ => (
+            cpu0.zip(report::cpu_seconds())
+                .map(|(a, b)| (b - a) * report::WATTS_PER_CORE),
+            format!("cpu-time x {} W per core", report::WATTS_PER_CORE),
+        ),
+    };
+    let run_tokens = state.tokens - run_start_tokens;
+    let report = RunReport {
+        steps: state.step,
+        wall_s: wall,
+        tokens: state.tokens,
+        tokens_per_s: run_tokens as f64 / wall.max(1e-9),
+        peak_rss_bytes: report::peak_rss_bytes(),
+        trainable_params,
+        adapter_bytes,
+        final_loss: last_loss,
+        eval_loss,
+        eval_perplexity: eval_loss.map(f64::exp),
+        energy_joules: energy,
+        energy_source: source,
+        stopped_early,
+    };
+    checkpoint::write_atomic(
+        &out.join("report.json"),
+        &serde_json::to_vec_pretty(&report).expect("JSON"),
+    )?;
+    Ok(report)
+}

@@ -1,0 +1,184 @@
+//! `keel train` on the tiny recipe: the loss falls on a memorisable set, a
+//! resumed run follows the uninterrupted one exactly, non-finite losses stop
+//! the run keeping the last good checkpoint, the output folder is guarded,
+//! and wgpu trains as flex does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fixture, temp_dir};
+use keel_adapters::peft::AdapterFile;
+use keel_recipe::Recipe;
+use keel_train::RunOptions;
+
+fn recipe(out: &Path, extra: &[&str]) -> Recipe {
+    let mut set = vec![format!("output.dir={}", out.display())];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    Recipe::load(&fixture("../../recipes/tiny.toml"), &set).unwrap()
+}
+
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn opts() -> RunOptions {
+    RunOptions::default()
+}
+
+/// Burn's CPU random generator is one per process: runs in parallel test
+/// threads would reseed each other's dropout. One run at a time.
+static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_run() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RUN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn loss_falls_on_a_memorisable_set() {
+    let _run = one_run();
+    let dir = temp_dir("train-falls");
+    let report = keel_train::train(&recipe(&dir, &[]), &opts()).unwrap();
+    let l = losses(&dir);
+    assert_eq!(l.len(), 200);
+    assert!(
+        l[0].1 > 5.0 && report.final_loss.unwrap() < 0.2,
+        "loss {} -> {:?}",
+        l[0].1,
+        report.final_loss
+    );
+    // The adapter written at the end is a PEFT folder of the recipe's shape.
+    let adapter = AdapterFile::read(&dir.join("adapter")).unwrap();
+    assert_eq!(adapter.modules.len(), 7 * 3);
+    assert!(report.trainable_params > 0 && report.tokens_per_s > 0.0 && report.adapter_bytes > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resume_follows_the_uninterrupted_run() {
+    let _run = one_run();
+    let steps = [
+        "optim.steps=40",
+        "output.save_every=10",
+        "adapter.dropout=0.1",
+    ];
+    let whole = temp_dir("train-whole");
+    keel_train::train(&recipe(&whole, &steps), &opts()).unwrap();
+
+    let parts = temp_dir("train-parts");
+    let r = recipe(&parts, &steps);
+    let first = keel_train::train(
+        &r,
+        &RunOptions {
+            stop_at: Some(17),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(first.stopped_early && first.steps == 17);
+    keel_train::train(
+        &r,
+        &RunOptions {
+            resume: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+
+    let (a, b) = (losses(&whole), losses(&parts));
+    assert_eq!(
+        b.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<_>>(),
+        "steps missing or repeated"
+    );
+    assert_eq!(a, b, "the resumed loss curve differs");
+    let (wa, wb) = (
+        AdapterFile::read(&whole.join("adapter")).unwrap(),
+        AdapterFile::read(&parts.join("adapter")).unwrap(),
+    );
+    for (name, m) in &wa.modules {
+        assert_eq!(m.b, wb.modules[name].b, "{name}: final adapters differ");
+    }
+    for d in [whole, parts] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let _run = one_run();
+    let dir = temp_dir("train-nan");
+    let r = recipe(
+        &dir,
+        &[
+            "optim.lr=1e30",
+            "optim.warmup_steps=0",
+            "optim.schedule=\"constant\"",
+            "output.save_every=1",
+            "optim.max_grad_norm=1e30",
+        ],
+    );
+    let err = keel_train::train(&r, &opts()).unwrap_err().to_string();
+    assert!(err.contains("not finite") && err.contains("step-"), "{err}");
+    let kept: PathBuf = keel_train::checkpoint::latest(&dir)
+        .unwrap()
+        .expect("a checkpoint");
+    AdapterFile::read(&kept).expect("the kept checkpoint loads");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_folder_with_a_run_is_not_overwritten_by_accident() {
+    let _run = one_run();
+    let dir = temp_dir("train-guard");
+    let r = recipe(&dir, &["optim.steps=2"]);
+    keel_train::train(&r, &opts()).unwrap();
+    let err = keel_train::train(&r, &opts()).unwrap_err().to_string();
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    keel_train::train(
+        &r,
+        &RunOptions {
+            overwrite: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_shipped_recipe_checks() {
+    for entry in std::fs::read_dir(fixture("../../recipes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+#[test]
+fn wgpu_trains_as_flex_does() {
+    let _run = one_run();
+    if !common::required("KEEL_TEST_WGPU", "wgpu training") {
+        return;
+    }
+    let steps = ["optim.steps=5"];
+    let (f, w) = (temp_dir("train-flex"), temp_dir("train-wgpu"));
+    keel_train::train(&recipe(&f, &steps), &opts()).unwrap();
+    keel_train::train(&recipe(&w, &[steps[0], "model.device=\"wgpu\""]), &opts()).unwrap();
+    for ((s, a), (_, b)) in losses(&f).iter().zip(&losses(&w)) {
+        assert!((a - b).abs() < 1e-3, "step {s}: flex {a}, wgpu {b}");
+    }
+    for d in [f, w] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
