@@ -43,28 +43,7 @@ enum Command {
     #[command(subcommand)]
     Recipe(RecipeCommand),
     /// Generate text from a prompt.
-    Generate {
-        /// HF folder or .gguf file.
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        prompt: String,
-        /// Wrap the prompt as a user message in the model's chat template.
-        #[arg(long)]
-        chat: bool,
-        #[arg(long, default_value_t = 128)]
-        max_new_tokens: usize,
-        /// 0 is greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// flex (CPU), wgpu (GPU) or ndarray (CPU, opt-in feature).
-        #[arg(long, default_value = "flex")]
-        device: DeviceChoice,
-    },
+    Generate(GenerateArgs),
     /// Print a model's architecture, parameter count, dtypes and linear modules.
     Inspect { path: PathBuf },
     /// Convert a GGUF model into an HF folder that transformers loads.
@@ -95,6 +74,39 @@ enum Command {
     /// Benchmarks (not tests): print figures as JSON.
     #[command(subcommand)]
     Bench(Bench),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// HF folder or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// A PEFT-format adapter to apply (keel's trained adapters are in this format).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The prompt; or use --prompts.
+    #[arg(long, required_unless_present = "prompts")]
+    prompt: Option<String>,
+    /// A JSONL file of {"prompt": ...} rows: answers go to --out as JSONL.
+    #[arg(long, requires = "out", conflicts_with = "prompt")]
+    prompts: Option<PathBuf>,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// flex (CPU), wgpu (GPU) or ndarray (CPU, opt-in feature).
+    #[arg(long, default_value = "flex")]
+    device: DeviceChoice,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -176,50 +188,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}: ok", recipe.display());
             Ok(())
         }
-        Command::Generate {
-            model,
-            prompt,
-            chat,
-            max_new_tokens,
-            temperature,
-            top_p,
-            seed,
-            device,
-        } => {
-            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
-                bail!("--top-p must be in (0, 1], got {top_p}");
-            }
-            let loaded = load(&model, device)?;
-            let ids = prompt_ids(&loaded, &prompt, chat)?;
-            let tokenizer = loaded.tokenizer()?;
-            let sampling = Sampling {
-                temperature,
-                top_p,
-                seed,
-            };
-            let mut stdout = std::io::stdout();
-            let mut shown = String::new();
-            let mut all = Vec::new();
-            keel_model::generate(
-                &loaded.model,
-                &ids,
-                max_new_tokens,
-                &sampling,
-                &stop_ids(&loaded),
-                |t| {
-                    // Decode the whole answer each time so multi-byte characters
-                    // split across tokens print whole.
-                    all.push(t);
-                    if let Ok(text) = tokenizer.decode(&all, true) {
-                        let _ = write!(stdout, "{}", &text[shown.len().min(text.len())..]);
-                        let _ = stdout.flush();
-                        shown = text;
-                    }
-                },
-            );
-            println!();
-            Ok(())
-        }
+        Command::Generate(args) => generate(&args),
         Command::Inspect { path } => inspect(&path),
         Command::Convert { model, out } => {
             let loaded = load(&model, DeviceChoice::Flex)?;
@@ -336,6 +305,78 @@ fn scaling_name(s: &keel_model::RopeScaling) -> &'static str {
         keel_model::RopeScaling::Llama3 { .. } => "llama3",
         keel_model::RopeScaling::Factors(_) => "frequency factors",
     }
+}
+
+fn generate(args: &GenerateArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.top_p) || args.top_p == 0.0 {
+        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    let mut loaded = load(&args.model, args.device)?;
+    if let Some(dir) = &args.adapter {
+        let file =
+            AdapterFile::read(dir).with_context(|| format!("reading adapter {}", dir.display()))?;
+        let fingerprint = loaded.model.fingerprint();
+        file.attach(ADAPTER, &mut loaded.model.linears_mut(), &fingerprint)?;
+    }
+    let tokenizer = loaded.tokenizer()?;
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let stop = stop_ids(&loaded);
+    let answer = |prompt: &str, on_token: &mut dyn FnMut(u32)| -> Result<Vec<u32>> {
+        let ids = prompt_ids(&loaded, prompt, args.chat)?;
+        Ok(keel_model::generate(
+            &loaded.model,
+            &ids,
+            args.max_new_tokens,
+            &sampling,
+            &stop,
+            on_token,
+        ))
+    };
+    if let (Some(prompts), Some(out)) = (&args.prompts, &args.out) {
+        let text = std::fs::read_to_string(prompts)
+            .with_context(|| format!("reading {}", prompts.display()))?;
+        let mut rows = String::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let row: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}", prompts.display(), i + 1))?;
+            let prompt = row["prompt"].as_str().with_context(|| {
+                format!("{}:{}: no \"prompt\" string", prompts.display(), i + 1)
+            })?;
+            let ids = answer(prompt, &mut |_| {})?;
+            let text = tokenizer.decode(&ids, true)?;
+            rows.push_str(
+                &serde_json::json!({"prompt": prompt, "answer": text.trim()}).to_string(),
+            );
+            rows.push('\n');
+            eprint!("\r{} answered", i + 1);
+        }
+        eprintln!();
+        std::fs::write(out, rows).with_context(|| format!("writing {}", out.display()))?;
+        println!("wrote {}", out.display());
+        return Ok(());
+    }
+    let mut stdout = std::io::stdout();
+    let (mut shown, mut all) = (String::new(), Vec::new());
+    answer(args.prompt.as_deref().unwrap_or_default(), &mut |t| {
+        // Decode the whole answer each time so multi-byte characters split
+        // across tokens print whole.
+        all.push(t);
+        if let Ok(text) = tokenizer.decode(&all, true) {
+            let _ = write!(stdout, "{}", &text[shown.len().min(text.len())..]);
+            let _ = stdout.flush();
+            shown = text;
+        }
+    })?;
+    println!();
+    Ok(())
 }
 
 /// The adapter name keel gives an adapter loaded from a folder.
