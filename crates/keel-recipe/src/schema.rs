@@ -317,6 +317,15 @@ fn override_value(raw: &str) -> toml::Value {
     }
 }
 
+/// A recipe path: `~/` is the home folder, a relative path is relative to
+/// the recipe's folder.
+fn resolve(recipe_dir: &Path, p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => recipe_dir.join(p),
+    }
+}
+
 impl Recipe {
     /// Reads, overrides (`section.key=value`), checks and resolves a recipe.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
@@ -408,10 +417,10 @@ impl Recipe {
             &mut recipe.data.train,
             &mut recipe.output.dir,
         ] {
-            *p = dir.join(&*p);
+            *p = resolve(dir, p);
         }
         if let Some(eval) = &mut recipe.data.eval {
-            *eval = dir.join(&*eval);
+            *eval = resolve(dir, eval);
         }
         Ok(recipe)
     }
