@@ -392,16 +392,19 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             .map_err(Error::io(&metrics_path))
     };
 
+    let write_adapter = |dir: &Path, model: &Llama| -> Result<usize, Error> {
+        Ok(peft::write(
+            dir,
+            ADAPTER,
+            &cfg,
+            &model.linears(),
+            &base_name,
+            &fingerprint,
+        )?)
+    };
     let save = |model: &Llama, optims: &Optimizers, state: &TrainState| -> Result<PathBuf, Error> {
         checkpoint::save(&out, state, |dir| {
-            peft::write(
-                dir,
-                ADAPTER,
-                &cfg,
-                &model.linears(),
-                &base_name,
-                &fingerprint,
-            )?;
+            write_adapter(dir, model)?;
             let bytes = |o: &ModuleOptimizer, name: &str| -> Result<(), Error> {
                 let b = o.into_bytes().map_err(|e| Error::Checkpoint {
                     path: dir.join(name),
@@ -526,14 +529,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
 
     let adapter_dir = out.join("adapter");
     std::fs::create_dir_all(&adapter_dir).map_err(Error::io(&adapter_dir))?;
-    peft::write(
-        &adapter_dir,
-        ADAPTER,
-        &cfg,
-        &model.linears(),
-        &base_name,
-        &fingerprint,
-    )?;
+    write_adapter(&adapter_dir, &model)?;
     let adapter_bytes = std::fs::metadata(adapter_dir.join(peft::WEIGHTS_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
