@@ -89,3 +89,26 @@ fn greedy_generation_with_kv_cache_matches_transformers_on_wgpu() {
         check_greedy(&device);
     }
 }
+
+/// A base stored in bf16 computes as its f32 upcast: tiny-llama3's weights
+/// are bf16 on disk, so storing them in bf16 loses nothing and the logits
+/// must be bit-identical to the f32-stored model's.
+#[test]
+fn bf16_stored_base_computes_like_f32() {
+    let device = Device::flex();
+    let source = || keel_model::ModelSource::open(&fixture("tiny-llama3")).unwrap();
+    let half = source()
+        .load_as(&device, burn::tensor::DType::BF16)
+        .unwrap();
+    let full = source().load(&device).unwrap();
+    assert_eq!(
+        half.model.linears()[0].1.weight.val().dtype(),
+        burn::tensor::DType::BF16
+    );
+    for (ids, _) in reference_logits(&fixture("tiny-llama3/logits.json")) {
+        assert_eq!(
+            logits(&half.model, &ids, &device),
+            logits(&full.model, &ids, &device)
+        );
+    }
+}

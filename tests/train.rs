@@ -182,3 +182,12 @@ fn wgpu_trains_as_flex_does() {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+#[test]
+fn trains_on_a_bf16_base() {
+    let _run = one_run();
+    let dir = temp_dir("train-bf16");
+    let report = keel_train::train(&recipe(&dir, &["model.base_dtype=\"bf16\""]), &opts()).unwrap();
+    assert!(report.final_loss.unwrap() < 0.5, "{:?}", report.final_loss);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -99,7 +99,7 @@ pub fn load_tiny(name: &str, device: &Device) -> Llama {
         .into_config(&config_path)
         .unwrap();
     let weights = WeightSource::open_hf_dir(&dir).unwrap();
-    build_model(&config, &weights, device).unwrap()
+    build_model(&config, &weights, device, burn::tensor::DType::F32).unwrap()
 }
 
 /// Full-sequence logits, flattened `[seq * vocab]`.

@@ -4,7 +4,7 @@
 //! The linear algebra is small (rank r) and runs on the host in f64.
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::config::{AdapterConfig, Init, Variant};
 use crate::error::Error;
@@ -264,13 +264,16 @@ pub fn init_adapter(
         }
     }
     if let Some(res) = &residual {
-        layer.weight = Param::from_tensor(to_tensor(res, &device)).set_require_grad(false);
+        let stored = layer.weight.val().dtype();
+        layer.weight =
+            Param::from_tensor(to_tensor(res, &device).cast(stored)).set_require_grad(false);
     }
     let (a, b) = (to_tensor(&a, &device), to_tensor(&b, &device));
     let magnitude = match cfg.variant {
         Variant::Lora => None,
         Variant::Dora => {
-            let w = layer.weight.val() + a.clone().matmul(b.clone()).mul_scalar(spec.scale);
+            let w = layer.weight.val().cast(DType::F32)
+                + a.clone().matmul(b.clone()).mul_scalar(spec.scale);
             Some(w.square().sum_dim(0).sqrt().reshape([d_out]))
         }
     };

@@ -1,8 +1,8 @@
 //! The adaptable linear layer: a frozen base weight plus named adapters.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::module::linear;
+use burn::tensor::{DType, Tensor};
 
 use crate::error::Error;
 use crate::lora::Adapter;
@@ -35,8 +35,14 @@ impl Linear {
         self.weight.dims()[1]
     }
 
+    /// The base weight in `dtype`: a half-precision base is stored in half
+    /// and computed with in the activations' precision.
+    fn weight_as(&self, dtype: DType) -> Tensor<2> {
+        self.weight.val().cast(dtype)
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight.val();
+        let weight = self.weight_as(x.dtype());
         let base = linear(x.clone(), weight.clone(), None);
         let mut out = base.clone();
         for adapter in self
@@ -123,8 +129,9 @@ impl Linear {
         if self.adapters[i].merged.is_some() {
             return Ok(());
         }
-        let (weight, factor) = self.adapters[i].merge_into(self.weight.val());
-        self.weight = Param::from_tensor(weight).set_require_grad(false);
+        let stored = self.weight.val().dtype();
+        let (weight, factor) = self.adapters[i].merge_into(self.weight_as(DType::F32));
+        self.weight = Param::from_tensor(weight.cast(stored)).set_require_grad(false);
         self.adapters[i].merged = Some(factor);
         Ok(())
     }
@@ -135,8 +142,9 @@ impl Linear {
         let Some(factor) = self.adapters[i].merged.take() else {
             return Ok(());
         };
-        let weight = self.adapters[i].unmerge_from(self.weight.val(), factor);
-        self.weight = Param::from_tensor(weight).set_require_grad(false);
+        let stored = self.weight.val().dtype();
+        let weight = self.adapters[i].unmerge_from(self.weight_as(DType::F32), factor);
+        self.weight = Param::from_tensor(weight.cast(stored)).set_require_grad(false);
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use keel_adapters::Linear;
 
@@ -236,7 +236,8 @@ impl Llama {
         let [_, s] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let (cos, sin) = self.rope.tables(start, s, &tokens.device());
-        let mut x = embedding(self.embed_tokens.val(), tokens);
+        // A half-precision base is computed with in f32.
+        let mut x = embedding(self.embed_tokens.val(), tokens).cast(DType::F32);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, (&cos, &sin), slot);
@@ -251,7 +252,13 @@ impl Llama {
             // Unsqueeze before swapping dims: the swapped view goes to the
             // matmul as strides, whereas `transpose().unsqueeze()` copies the
             // whole [vocab, hidden] matrix on every call (10x slower).
-            None => hidden.matmul(self.embed_tokens.val().unsqueeze::<3>().swap_dims(1, 2)),
+            None => hidden.matmul(
+                self.embed_tokens
+                    .val()
+                    .cast(DType::F32)
+                    .unsqueeze::<3>()
+                    .swap_dims(1, 2),
+            ),
         }
     }
 

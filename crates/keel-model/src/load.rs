@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use keel_gguf::GgufFile;
 use keel_text::{ChatTemplate, Tokenizer};
 
@@ -96,9 +96,16 @@ impl ModelSource {
         })
     }
 
-    /// Reads every weight onto `device`.
+    /// Reads every weight onto `device`, in f32.
     pub fn load(self, device: &Device) -> Result<LoadedModel, Error> {
-        let model = build_model(&self.config, &self.weights, device)?;
+        self.load_as(device, DType::F32)
+    }
+
+    /// Reads every weight onto `device`, the large frozen matrices (linear
+    /// weights, embeddings) stored as `base_dtype` to halve their memory;
+    /// they are computed with in f32.
+    pub fn load_as(self, device: &Device, base_dtype: DType) -> Result<LoadedModel, Error> {
+        let model = build_model(&self.config, &self.weights, device, base_dtype)?;
         Ok(LoadedModel {
             path: self.path,
             config: self.config,
@@ -199,15 +206,21 @@ fn tensor2(
     name: &str,
     shape: [usize; 2],
     transpose: bool,
-    device: &Device,
+    (device, dtype): (&Device, DType),
 ) -> Result<Tensor<2>, Error> {
     let HostTensor { data, .. } = w.get(name, &shape, cfg)?;
     let [rows, cols] = shape;
-    if !transpose {
-        return Ok(Tensor::from_data(TensorData::new(data, shape), device));
-    }
-    let t = keel_adapters::host::transpose(rows, cols, &data);
-    Ok(Tensor::from_data(TensorData::new(t, [cols, rows]), device))
+    let (data, shape) = match transpose {
+        true => (
+            keel_adapters::host::transpose(rows, cols, &data),
+            [cols, rows],
+        ),
+        false => (data, shape),
+    };
+    Ok(Tensor::from_data(
+        TensorData::new(data, shape),
+        (device, dtype),
+    ))
 }
 
 /// The base model is never trained: its parameters hold no gradient.
@@ -227,7 +240,12 @@ fn tensor1(
 }
 
 /// Builds the model from `cfg`, reading every weight from `w` onto `device`.
-pub fn build_model(cfg: &Config, w: &WeightSource, device: &Device) -> Result<Llama, Error> {
+pub fn build_model(
+    cfg: &Config,
+    w: &WeightSource,
+    device: &Device,
+    base_dtype: DType,
+) -> Result<Llama, Error> {
     let hidden = cfg.hidden_size;
     let q_dim = cfg.num_attention_heads * cfg.head_dim;
     let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
@@ -238,7 +256,7 @@ pub fn build_model(cfg: &Config, w: &WeightSource, device: &Device) -> Result<Ll
             &format!("{name}.weight"),
             [d_out, d_in],
             true,
-            device,
+            (device, base_dtype),
         )?;
         let bias = match bias {
             true => Some(tensor1(w, cfg, &format!("{name}.bias"), d_out, device)?),
@@ -296,7 +314,7 @@ pub fn build_model(cfg: &Config, w: &WeightSource, device: &Device) -> Result<Ll
         "model.embed_tokens.weight",
         [cfg.vocab_size, hidden],
         false,
-        device,
+        (device, base_dtype),
     )?;
     // Some tied checkpoints still store lm_head.weight; untied ones must.
     let lm_head = if cfg.tie_word_embeddings {

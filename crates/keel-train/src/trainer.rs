@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use keel_adapters::peft::{self, AdapterFile};
 use keel_adapters::rng::SplitMix64;
 use keel_adapters::{
     AdapterConfig, Init, Scaling, TargetModules, Variant, init_adapter, resolve_targets,
 };
 use keel_data::{Batch, Batcher, Example, load_examples, pack, split_eval};
-use keel_model::{DeviceChoice, Llama, LoadedModel};
+use keel_model::{DeviceChoice, Llama, ModelSource};
 use keel_recipe::Recipe;
 
 use crate::checkpoint::{self, TrainState};
@@ -279,7 +279,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         keel_recipe::Device::Ndarray => DeviceChoice::Ndarray,
     };
     let device = choice.device()?.autodiff();
-    let loaded = LoadedModel::open(&recipe.model.path, &device)?;
+    let base_dtype = match recipe.model.base_dtype {
+        keel_recipe::Dtype::F32 => DType::F32,
+        keel_recipe::Dtype::F16 => DType::F16,
+        keel_recipe::Dtype::Bf16 => DType::BF16,
+    };
+    let loaded = ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype)?;
     let tokenizer = loaded.tokenizer()?.clone();
     let template = loaded.chat_template.clone();
     let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
