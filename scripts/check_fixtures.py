@@ -11,7 +11,6 @@
 
 Usage: python3 scripts/check_fixtures.py [fixtures_dir]
 """
-import glob
 import json
 import math
 import sys

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -124,20 +123,17 @@ def main():
             die(f"{adapter_dir} has no {f}")
     prompts, keel = read_keel_logits(Path(args.keel_logits_json))
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_fixtures import quiet_torch
+
+    torch = quiet_torch(args.threads)
     import transformers
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-    torch.set_num_threads(args.threads)
 
     failures: list[str] = []
     name = adapter_dir.name

@@ -437,16 +437,7 @@ def make_quants(out: Path) -> dict:
 
     # Read back with the gguf package's reader and check everything round-trips.
     r = gguf.GGUFReader(str(path))
-    meta = {}
-    for k, f in r.fields.items():
-        if k.startswith("GGUF."):
-            continue
-        t = f.types
-        if t[0] == V.ARRAY:
-            kind = f"array[{_kind_name(t[-1])}]"
-        else:
-            kind = _kind_name(t[0])
-        meta[k] = {"type": kind, "value": _py(f.contents())}
+    meta = gguf_fields(r)
     for key, kind, val in metadata_spec():
         got = meta[key]
         assert got["type"] == kind, (key, got, kind)
@@ -800,13 +791,11 @@ def run_convert_hf_to_gguf(llama_cpp: Path, hf_dir: Path, outfile: Path, pre: st
                 forced_pre="unregistered pre-tokenizer hash" in p.stderr, log=lines)
 
 
-def gguf_dump(path: Path) -> dict:
-    """Every KV pair (GGUF.* header fields excluded) and every tensor's type and ne, as read back
-    by gguf.GGUFReader (the PyPI package, not the converter's copy)."""
-    import gguf
+def gguf_fields(r) -> dict:
+    """Every KV pair of an open gguf.GGUFReader (GGUF.* header fields excluded) as {key: {type,
+    value}}; f32 values are the exact f32 widened to f64."""
     from gguf import GGUFValueType as V
 
-    r = gguf.GGUFReader(str(path))
     meta = {}
     for k, f in r.fields.items():
         if k.startswith("GGUF."):
@@ -817,6 +806,30 @@ def gguf_dump(path: Path) -> dict:
         if kind in ("f32", "array[f32]"):
             v = [float(np.float32(x)) for x in v] if isinstance(v, list) else float(np.float32(v))
         meta[k] = {"type": kind, "value": v}
+    return meta
+
+
+def quiet_torch(threads: int):
+    """Imports torch and transformers offline, silent and on `threads` threads; returns torch."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    return torch
+
+
+def gguf_dump(path: Path) -> dict:
+    """Every KV pair (GGUF.* header fields excluded) and every tensor's type and ne, as read back
+    by gguf.GGUFReader (the PyPI package, not the converter's copy)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    meta = gguf_fields(r)
     tensors = {t.name: {"ggml_type": t.tensor_type.name, "ne": [int(x) for x in t.shape],
                         "nbytes": int(t.n_bytes)} for t in r.tensors}
     return dict(gguf_version=int(r.fields["GGUF.version"].contents()), tensor_count=len(r.tensors),
@@ -1368,16 +1381,10 @@ def main():
     args = ap.parse_args()
 
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
+    torch = quiet_torch(args.threads)
+    torch.use_deterministic_algorithms(True)
     import transformers
 
-    transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
     transformers.logging.set_verbosity_error()
 
     out = Path(args.out)

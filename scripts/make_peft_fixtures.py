@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -80,7 +79,7 @@ CASES = {
 
 # The JSON conventions (7 significant digits, one row per line) are make_fixtures.py's own.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_fixtures import folder_size, log, rnd, rnd_list, write_json  # noqa: E402
+from make_fixtures import folder_size, log, quiet_torch, rnd, rnd_list, write_json  # noqa: E402
 
 
 def load_base(path: Path):
@@ -225,16 +224,10 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
+    torch = quiet_torch(args.threads)
     import transformers
 
-    transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
 
     fixtures = Path(args.fixtures)

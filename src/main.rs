@@ -498,14 +498,6 @@ fn print_out(text: &str) -> Result<()> {
     }
 }
 
-/// Peak resident memory of this process, from `/proc/self/status`.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 fn bench_generate(
     model: &Path,
     device: DeviceChoice,
@@ -541,7 +533,7 @@ fn bench_generate(
         "prefill_tokens_per_s": prompt_tokens as f64 / prefill,
         "decode_tokens": out.len() - 1,
         "decode_tokens_per_s": (out.len() - 1) as f64 / decode,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": keel_train::report::peak_rss_bytes(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
