@@ -2,11 +2,12 @@
 //! safetensors files) or a GGUF file, as `f32` on the host.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use keel_gguf::GgufFile;
 use memmap2::Mmap;
-use safetensors::SafeTensors;
+use safetensors::{Dtype, SafeTensors};
 
 use crate::config::{Architecture, Config};
 use crate::error::Error;
@@ -18,12 +19,21 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// A tensor's place in a memory-mapped safetensors file.
+pub struct Stored {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Range<usize>,
+}
+
 /// Where weights come from.
 pub enum WeightSource {
-    /// Safetensors files, memory-mapped, and which file holds each tensor.
+    /// Safetensors files, memory-mapped, and where each tensor lies in them
+    /// (headers are parsed once, when the files are opened).
     Safetensors {
         files: Vec<(PathBuf, Mmap)>,
-        index: BTreeMap<String, usize>,
+        index: BTreeMap<String, Stored>,
     },
     Gguf(GgufFile),
 }
@@ -56,11 +66,18 @@ impl WeightSource {
                 path: path.clone(),
                 reason: format!("not a valid safetensors file: {e}"),
             })?;
-            for tensor in st.names() {
-                if index.insert(tensor.to_string(), files.len()).is_some() {
+            for (tensor, view) in st.tensors() {
+                let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+                let stored = Stored {
+                    file: files.len(),
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    bytes: start..start + view.data().len(),
+                };
+                if index.insert(tensor.clone(), stored).is_some() {
                     return Err(Error::Tensor {
                         file: path.clone(),
-                        tensor: tensor.to_string(),
+                        tensor,
                         reason: "appears in more than one shard".into(),
                     });
                 }
@@ -75,7 +92,7 @@ impl WeightSource {
         match self {
             WeightSource::Safetensors { files, index } => index
                 .get(name)
-                .map(|&i| files[i].0.clone())
+                .map(|t| files[t.file].0.clone())
                 .unwrap_or_else(|| files[0].0.parent().unwrap_or(Path::new(".")).to_path_buf()),
             WeightSource::Gguf(g) => g.path().to_path_buf(),
         }
@@ -84,18 +101,9 @@ impl WeightSource {
     /// Every stored tensor as (name in the file, dtype, shape).
     pub fn list(&self) -> Vec<(String, String, Vec<usize>)> {
         match self {
-            WeightSource::Safetensors { files, .. } => files
+            WeightSource::Safetensors { index, .. } => index
                 .iter()
-                .flat_map(|(_, map)| {
-                    let st = SafeTensors::deserialize(map).expect("validated when opened");
-                    let mut v: Vec<_> = st
-                        .tensors()
-                        .into_iter()
-                        .map(|(n, t)| (n, format!("{:?}", t.dtype()), t.shape().to_vec()))
-                        .collect();
-                    v.sort();
-                    v
-                })
+                .map(|(n, t)| (n.clone(), format!("{:?}", t.dtype), t.shape.clone()))
                 .collect(),
             WeightSource::Gguf(g) => g
                 .tensors
@@ -126,12 +134,11 @@ impl WeightSource {
         };
         let tensor = match self {
             WeightSource::Safetensors { files, index } => {
-                let &i = index.get(hf_name).ok_or_else(|| err("missing".into()))?;
-                let st = SafeTensors::deserialize(&files[i].1).expect("validated when opened");
-                let view = st.tensor(hf_name).expect("listed in the index");
+                let t = index.get(hf_name).ok_or_else(|| err("missing".into()))?;
+                let bytes = &files[t.file].1[t.bytes.clone()];
                 HostTensor {
-                    shape: view.shape().to_vec(),
-                    data: keel_adapters::host::to_f32(view.dtype(), view.data()).map_err(err)?,
+                    shape: t.shape.clone(),
+                    data: keel_adapters::host::to_f32(t.dtype, bytes).map_err(err)?,
                 }
             }
             WeightSource::Gguf(g) => {
