@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# keel's main job on a fresh machine: fetch SmolLM2-135M-Instruct and ask it
-# a question through the chat template, on the CPU.
+# keel's main job on a fresh machine, on the CPU: fetch SmolLM2-135M-Instruct,
+# make the safety-aligned base from the committed safety adapter, adapt it to
+# PubMedQA with a short LoRA run (recipes/quickstart.toml), and write the
+# alignment drift report of that adapter (runs/quickstart/drift/report.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$(scripts/fetch_smollm2.sh | tail -n 1)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
-cargo run --quiet -- inspect "$model" | head -n 12
-cargo run --quiet -- generate --model "$model" --chat \
-  --prompt "${1:-What is the capital of France?}" --max-new-tokens 64
+cargo build --quiet --bin keel
+keel="$CARGO_TARGET_DIR/debug/keel"
+
+"$keel" export --model "$model" --adapter models/smollm2-safety --format merged --out runs/smollm2-aligned
+"$keel" train recipes/quickstart.toml --overwrite
+# Exit code 3 is the drift gate's verdict (a regression), not a failure of this script.
+status=0
+"$keel" drift --base runs/smollm2-aligned --adapter runs/quickstart/adapter \
+  --out runs/quickstart/drift || status=$?
+[ "$status" -eq 0 ] || [ "$status" -eq 3 ] || exit "$status"
+echo "drift report: runs/quickstart/drift/report.html (gate: $([ "$status" -eq 0 ] && echo pass || echo regression))"

@@ -5,10 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Vulkan on the CPU (Mesa lavapipe), so wgpu tests run without a GPU.
-if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+# Vulkan on the CPU (Mesa lavapipe), so wgpu tests run without a GPU; and
+# Chromium, which renders the drift report's HTML in a test.
+packages=()
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers libvulkan1)
+command -v chromium >/dev/null || packages+=(chromium)
+if [ ${#packages[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/keel-xdg}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
@@ -38,5 +42,5 @@ if [ -n "${llama_pid:-}" ] && ! wait "$llama_pid"; then
   exit 1
 fi
 
-export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1 KEEL_TEST_LLAMA_CPP=1
+export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1 KEEL_TEST_LLAMA_CPP=1 KEEL_TEST_BROWSER=1
 cargo test --workspace "$@"

@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 use keel_adapters::peft::AdapterFile;
 use keel_model::{DeviceChoice, LoadedModel, ModelSource, Sampling};
 use keel_recipe::Recipe;
-use keel_text::Message;
 use keel_train::RunOptions;
+
+mod probe;
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +72,11 @@ enum Command {
     /// Adapter tools.
     #[command(subcommand)]
     Adapter(AdapterCommand),
+    /// Run the alignment probe suite on a model (optionally with an adapter).
+    Probe(probe::ProbeArgs),
+    /// Probe a model before and after adaptation and gate the difference:
+    /// exit code 0 when the gate passes, 3 on a regression.
+    Drift(probe::DriftArgs),
     /// Benchmarks (not tests): print figures as JSON.
     #[command(subcommand)]
     Bench(Bench),
@@ -159,7 +165,9 @@ enum Bench {
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // Documented: CI pipelines tell a failed gate from a failed run.
+        let code = if e.is::<probe::Regression>() { 3 } else { 1 };
+        std::process::exit(code);
     }
 }
 
@@ -204,6 +212,8 @@ fn run(cli: Cli) -> Result<()> {
             gguf_dtype,
         } => export(&model, &adapter, format, &out, gguf_dtype),
         Command::Adapter(AdapterCommand::Info { dir }) => adapter_info(&dir),
+        Command::Probe(args) => probe::probe(&args),
+        Command::Drift(args) => probe::drift(&args),
         Command::Bench(Bench::Generate {
             model,
             device,
@@ -219,31 +229,12 @@ fn load(path: &Path, device: DeviceChoice) -> Result<LoadedModel> {
 }
 
 fn prompt_ids(loaded: &LoadedModel, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-    let text = if chat {
-        let template = loaded.chat_template.as_ref().with_context(|| {
-            format!(
-                "{} has no chat template; drop --chat",
-                loaded.path.display()
-            )
-        })?;
-        template.render(&[Message::new("user", prompt)], true)?
-    } else {
-        prompt.to_string()
-    };
-    Ok(loaded.tokenizer()?.encode(&text, !chat)?)
-}
-
-/// The configured EOS ids, plus the chat template's end-of-turn token.
-fn stop_ids(loaded: &LoadedModel) -> Vec<u32> {
-    let mut ids = loaded.config.eos_token_ids.clone();
-    if let Some(eos) = loaded
-        .chat_template
-        .as_ref()
-        .and_then(|t| loaded.tokenizer.as_ref()?.token_to_id(&t.eos_token))
-    {
-        ids.push(eos);
+    if chat {
+        return loaded
+            .chat_prompt_ids(prompt)
+            .context("drop --chat for a plain prompt");
     }
-    ids
+    Ok(loaded.tokenizer()?.encode(prompt, true)?)
 }
 
 fn inspect(path: &Path) -> Result<()> {
@@ -313,10 +304,9 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     }
     let mut loaded = load(&args.model, args.device)?;
     if let Some(dir) = &args.adapter {
-        let file =
-            AdapterFile::read(dir).with_context(|| format!("reading adapter {}", dir.display()))?;
-        let fingerprint = loaded.model.fingerprint();
-        file.attach(ADAPTER, &mut loaded.model.linears_mut(), &fingerprint)?;
+        loaded
+            .attach_adapter(dir, ADAPTER)
+            .with_context(|| format!("attaching adapter {}", dir.display()))?;
     }
     let tokenizer = loaded.tokenizer()?;
     let sampling = Sampling {
@@ -324,7 +314,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
-    let stop = stop_ids(&loaded);
+    let stop = loaded.stop_ids();
     let answer = |prompt: &str, on_token: &mut dyn FnMut(u32)| -> Result<Vec<u32>> {
         let ids = prompt_ids(&loaded, prompt, args.chat)?;
         Ok(keel_model::generate(
@@ -339,7 +329,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     if let (Some(prompts), Some(out)) = (&args.prompts, &args.out) {
         let text = std::fs::read_to_string(prompts)
             .with_context(|| format!("reading {}", prompts.display()))?;
-        let mut rows = String::new();
+        let mut all = Vec::new();
         for (i, line) in text
             .lines()
             .enumerate()
@@ -350,13 +340,34 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             let prompt = row["prompt"].as_str().with_context(|| {
                 format!("{}:{}: no \"prompt\" string", prompts.display(), i + 1)
             })?;
-            let ids = answer(prompt, &mut |_| {})?;
-            let text = tokenizer.decode(&ids, true)?;
-            rows.push_str(
-                &serde_json::json!({"prompt": prompt, "answer": text.trim()}).to_string(),
+            all.push(prompt.to_string());
+        }
+        let mut rows = String::new();
+        for (c, chunk) in all.chunks(keel_probes::BATCH).enumerate() {
+            let ids = chunk
+                .iter()
+                .map(|p| prompt_ids(&loaded, p, args.chat))
+                .collect::<Result<Vec<_>>>()?;
+            // Prompt j samples with seed + j, however the prompts are batched.
+            let sampling = Sampling {
+                seed: args.seed + (c * keel_probes::BATCH) as u64,
+                ..sampling.clone()
+            };
+            let answers = keel_model::generate_batch(
+                &loaded.model,
+                &ids,
+                args.max_new_tokens,
+                &sampling,
+                &stop,
             );
-            rows.push('\n');
-            eprint!("\r{} answered", i + 1);
+            for (prompt, answer) in chunk.iter().zip(answers) {
+                let text = tokenizer.decode(&answer, true)?;
+                rows.push_str(
+                    &serde_json::json!({"prompt": prompt, "answer": text.trim()}).to_string(),
+                );
+                rows.push('\n');
+            }
+            eprint!("\r{} answered", c * keel_probes::BATCH + chunk.len());
         }
         eprintln!();
         std::fs::write(out, rows).with_context(|| format!("writing {}", out.display()))?;

@@ -28,6 +28,8 @@ pub enum Error {
     Gguf(#[from] keel_gguf::Error),
     #[error(transparent)]
     Text(#[from] keel_text::Error),
+    #[error(transparent)]
+    Adapter(#[from] keel_adapters::Error),
     #[error("device `{0}`: {1}")]
     Device(String, String),
 }

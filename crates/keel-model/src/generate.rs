@@ -5,7 +5,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use keel_adapters::rng::SplitMix64 as Rng;
 
-use crate::llama::Llama;
+use crate::llama::{KvCache, Llama};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,27 +82,138 @@ pub fn generate(
     stop: &[u32],
     mut on_token: impl FnMut(u32),
 ) -> Vec<u32> {
-    let device = model.embed_tokens.val().device();
-    let mut rng = Rng(sampling.seed);
-    let mut cache = model.new_cache();
-    let mut out = Vec::new();
-    let mut input: Vec<u32> = prompt.to_vec();
-    while out.len() < max_new_tokens && !input.is_empty() {
-        let n = input.len();
-        let ids: Vec<i64> = input.iter().map(|&t| t as i64).collect();
-        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
-        let hidden = model.forward_hidden(tokens, Some(&mut cache));
-        let logits = model.logits(hidden.narrow(1, n - 1, 1));
-        let logits: Vec<f32> = logits.try_into_vec_as::<f32>().expect("logits are float");
-        let next = sample(&logits, sampling, &mut rng);
-        out.push(next);
-        on_token(next);
-        if stop.contains(&next) {
-            break;
-        }
-        input = vec![next];
+    let (cache, logits) = prefill(model, &[prompt.to_vec()], |_, _| {});
+    let mut out = decode(
+        model,
+        cache,
+        logits,
+        max_new_tokens,
+        sampling,
+        stop,
+        |_, t| on_token(t),
+    );
+    out.pop().unwrap_or_default()
+}
+
+/// Answers for several prompts at once, left-padded into one batch: the
+/// same tokens as one at a time, several times faster.
+pub fn generate_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    stop: &[u32],
+) -> Vec<Vec<u32>> {
+    let (cache, logits) = prefill(model, prompts, |_, _| {});
+    decode(
+        model,
+        cache,
+        logits,
+        max_new_tokens,
+        sampling,
+        stop,
+        |_, _| {},
+    )
+}
+
+/// Runs `prompts`, left-padded, through the model: the cache and each
+/// row's next-token logits (empty for an empty prompt). `tap` sees the
+/// residual stream after each layer at every row's last prompt position,
+/// `[rows, 1, hidden]`.
+pub fn prefill(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    mut tap: impl FnMut(usize, Tensor<3>),
+) -> (KvCache, Vec<Vec<f32>>) {
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| len - p.len()).collect();
+    let mut cache = KvCache::with_left_padding(model.layers.len(), pads.clone());
+    if len == 0 {
+        return (cache, vec![Vec::new(); prompts.len()]);
     }
-    out
+    // Padding repeats each row's first token; it is masked from attention.
+    let ids: Vec<u32> = prompts
+        .iter()
+        .zip(&pads)
+        .flat_map(|(p, &pad)| {
+            std::iter::repeat_n(p.first().copied().unwrap_or(0), pad).chain(p.iter().copied())
+        })
+        .collect();
+    let hidden = model.forward_hidden_tapped(
+        token_tensor(model, &ids, prompts.len()),
+        Some(&mut cache),
+        |i, x| tap(i, x.clone().narrow(1, len - 1, 1)),
+    );
+    let logits = last_logits(model, hidden);
+    let logits = prompts
+        .iter()
+        .zip(logits)
+        .map(|(p, l)| if p.is_empty() { Vec::new() } else { l })
+        .collect();
+    (cache, logits)
+}
+
+/// Continues every row of a prefilled batch: `logits[i]` are row `i`'s
+/// next-token logits (empty: the row generates nothing). Rows stop after a
+/// token in `stop` or at `max_new_tokens`; `on_token(row, token)` streams.
+/// Row `i` samples with seed `sampling.seed + i`.
+pub fn decode(
+    model: &Llama,
+    mut cache: KvCache,
+    mut logits: Vec<Vec<f32>>,
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    stop: &[u32],
+    mut on_token: impl FnMut(usize, u32),
+) -> Vec<Vec<u32>> {
+    let rows = logits.len();
+    let mut rngs: Vec<Rng> = (0..rows as u64)
+        .map(|i| Rng(sampling.seed.wrapping_add(i)))
+        .collect();
+    let mut out = vec![Vec::new(); rows];
+    let mut done: Vec<bool> = logits.iter().map(Vec::is_empty).collect();
+    if max_new_tokens == 0 {
+        return out;
+    }
+    loop {
+        let mut next = Vec::with_capacity(rows);
+        for i in 0..rows {
+            if done[i] {
+                // A finished row keeps the batch rectangular; its tokens are dropped.
+                next.push(out[i].last().copied().unwrap_or(0));
+                continue;
+            }
+            let t = sample(&logits[i], sampling, &mut rngs[i]);
+            out[i].push(t);
+            on_token(i, t);
+            done[i] = stop.contains(&t) || out[i].len() == max_new_tokens;
+            next.push(t);
+        }
+        if done.iter().all(|&d| d) {
+            return out;
+        }
+        let hidden = model.forward_hidden(token_tensor(model, &next, rows), Some(&mut cache));
+        logits = last_logits(model, hidden);
+    }
+}
+
+/// `ids` as a `[rows, ids.len() / rows]` token batch on the model's device.
+pub fn token_tensor(model: &Llama, ids: &[u32], rows: usize) -> Tensor<2, Int> {
+    let device = model.embed_tokens.val().device();
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let n = ids.len() / rows;
+    Tensor::from_data(TensorData::new(ids, [rows, n]), &device)
+}
+
+/// Each row's logits at the last position of `hidden` `[rows, seq, hidden]`.
+pub fn last_logits(model: &Llama, hidden: Tensor<3>) -> Vec<Vec<f32>> {
+    let [rows, n, _] = hidden.dims();
+    let flat: Vec<f32> = model
+        .logits(hidden.narrow(1, n - 1, 1))
+        .try_into_vec_as::<f32>()
+        .expect("logits are float");
+    let vocab = flat.len() / rows;
+    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 
 #[cfg(test)]

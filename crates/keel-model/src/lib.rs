@@ -13,7 +13,9 @@ mod weights;
 pub use config::{Architecture, Config, HfConfig, RopeScaling};
 pub use device::DeviceChoice;
 pub use error::Error;
-pub use generate::{Sampling, generate};
+pub use generate::{
+    Sampling, decode, generate, generate_batch, last_logits, prefill, token_tensor,
+};
 pub use hf_export::{hf_tensors, save_hf_dir};
 pub use keel_adapters::Linear;
 pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};

@@ -9,7 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use keel_adapters::Linear;
 
@@ -78,16 +78,28 @@ impl Rope {
     }
 }
 
-/// Keys and values of the positions already seen, per layer.
-#[derive(Debug, Default)]
+/// Keys and values of the positions already seen, per layer, and the
+/// left padding of each row of a batch. Cloning is cheap (tensors are
+/// shared) and a clone extends independently.
+#[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    pads: Vec<usize>,
 }
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
+        Self::with_left_padding(n_layers, Vec::new())
+    }
+
+    /// A cache for a batch whose row `i` starts with `pads[i]` padding
+    /// tokens: those key positions are masked from every query. Left
+    /// padding shifts all of a row's positions alike, which RoPE attention
+    /// does not see (it depends on relative positions only).
+    pub fn with_left_padding(n_layers: usize, pads: Vec<usize>) -> Self {
         KvCache {
             layers: (0..n_layers).map(|_| None).collect(),
+            pads,
         }
     }
 
@@ -101,6 +113,46 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A cache holding rows `rows` of this one (repeats allowed), so that
+    /// several continuations of each prompt run as one batch.
+    pub fn select_rows(&self, rows: &[usize]) -> KvCache {
+        let Some(Some((k0, _))) = self.layers.first() else {
+            return self.clone();
+        };
+        let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows.len()]), &k0.device());
+        let pick = |t: &Tensor<4>| t.clone().select(0, index.clone());
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.as_ref().map(|(k, v)| (pick(k), pick(v))))
+                .collect(),
+            pads: match self.pads.is_empty() {
+                true => Vec::new(),
+                false => rows.iter().map(|&r| self.pads[r]).collect(),
+            },
+        }
+    }
+
+    /// `[batch, 1, 1, keys]`, true at padding, for `keys` key positions;
+    /// `None` when no row is padded.
+    fn padding_mask(&self, keys: usize, device: &Device) -> Option<Tensor<4, Bool>> {
+        if self.pads.iter().all(|&p| p == 0) {
+            return None;
+        }
+        let b = self.pads.len();
+        let flags: Vec<bool> = self
+            .pads
+            .iter()
+            .flat_map(|&p| (0..keys).map(move |j| j < p))
+            .collect();
+        Some(Tensor::from_data(
+            TensorData::new(flags, [b, 1, 1, keys]),
+            device,
+        ))
     }
 }
 
@@ -140,6 +192,7 @@ impl Attention {
         x: Tensor<3>,
         rope: (&Tensor<4>, &Tensor<4>),
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        padding: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let q = Rope::apply(
@@ -167,7 +220,9 @@ impl Attention {
             softcap: None,
             is_causal: true,
         };
-        let out = attention(q, self.repeat_kv(k), self.repeat_kv(v), None, None, options);
+        let keys = k.dims()[2];
+        let mask = padding.map(|m| m.clone().expand([b, self.n_heads, s, keys]));
+        let out = attention(q, self.repeat_kv(k), self.repeat_kv(v), mask, None, options);
         self.o_proj.forward(
             out.swap_dims(1, 2)
                 .reshape([b, s, self.n_heads * self.head_dim]),
@@ -204,11 +259,12 @@ impl DecoderLayer {
         x: Tensor<3>,
         rope: (&Tensor<4>, &Tensor<4>),
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        padding: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
+                .forward(self.input_layernorm.forward(x), rope, cache, padding);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -228,19 +284,30 @@ pub struct Llama {
 impl Llama {
     /// Final hidden states `[batch, seq, hidden]` for `tokens` `[batch, seq]`.
     /// With a cache, `tokens` continue the cached positions and are appended.
-    pub fn forward_hidden(
+    pub fn forward_hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.forward_hidden_tapped(tokens, cache, |_, _| {})
+    }
+
+    /// As [`Llama::forward_hidden`], showing `tap(i, x)` the residual stream
+    /// after decoder layer `i` (what probes of internal state read).
+    pub fn forward_hidden_tapped(
         &self,
         tokens: Tensor<2, Int>,
         mut cache: Option<&mut KvCache>,
+        mut tap: impl FnMut(usize, &Tensor<3>),
     ) -> Tensor<3> {
         let [_, s] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let (cos, sin) = self.rope.tables(start, s, &tokens.device());
+        let padding = cache
+            .as_ref()
+            .and_then(|c| c.padding_mask(start + s, &tokens.device()));
         // A half-precision base is computed with in f32.
         let mut x = embedding(self.embed_tokens.val(), tokens).cast(DType::F32);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, (&cos, &sin), slot);
+            x = layer.forward(x, (&cos, &sin), slot, padding.as_ref());
+            tap(i, &x);
         }
         self.norm.forward(x)
     }

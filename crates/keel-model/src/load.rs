@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use keel_adapters::peft::AdapterFile;
 use keel_gguf::GgufFile;
-use keel_text::{ChatTemplate, Tokenizer};
+use keel_text::{ChatTemplate, Message, Tokenizer};
 
 use crate::config::{Config, HfConfig};
 use crate::error::Error;
@@ -123,6 +124,39 @@ impl LoadedModel {
 
     pub fn tokenizer(&self) -> Result<&Tokenizer, Error> {
         require_tokenizer(&self.tokenizer, &self.path)
+    }
+
+    /// Token ids of `prompt` as one user turn through the chat template,
+    /// ready for the assistant's answer.
+    pub fn chat_prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, Error> {
+        let template = self.chat_template.as_ref().ok_or_else(|| Error::BadFile {
+            path: self.path.clone(),
+            reason: "has no chat template".into(),
+        })?;
+        let text = template.render(&[Message::new("user", prompt)], true)?;
+        Ok(self.tokenizer()?.encode(&text, false)?)
+    }
+
+    /// The configured EOS ids, plus the chat template's end-of-turn token:
+    /// where an answer ends.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.config.eos_token_ids.clone();
+        if let Some(eos) = self
+            .chat_template
+            .as_ref()
+            .and_then(|t| self.tokenizer.as_ref()?.token_to_id(&t.eos_token))
+        {
+            ids.push(eos);
+        }
+        ids
+    }
+
+    /// Reads a PEFT adapter folder and attaches it as `name`, refusing one
+    /// made for another base.
+    pub fn attach_adapter(&mut self, dir: &Path, name: &str) -> Result<(), Error> {
+        let fingerprint = self.model.fingerprint();
+        AdapterFile::read(dir)?.attach(name, &mut self.model.linears_mut(), &fingerprint)?;
+        Ok(())
     }
 }
 

@@ -326,6 +326,25 @@ fn resolve(recipe_dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Deserializes TOML `text` (the contents of `path`) into any keel schema,
+/// with recipe-grade errors: line, dotted key, did-you-mean.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, Error> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let key = line
+            .and_then(|l| key_at_line(text, l))
+            .unwrap_or_else(|| "-".into());
+        Error {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                line,
+                key,
+                message: with_suggestion(e.message().trim()),
+            }],
+        }
+    })
+}
+
 impl Recipe {
     /// Reads, overrides (`section.key=value`), checks and resolves a recipe.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
@@ -350,21 +369,10 @@ impl Recipe {
             problems,
         };
         // Parsed from the text first, so errors carry lines.
-        let parsed: Result<Recipe, toml::de::Error> = toml::from_str(text);
-        let mut recipe = match (parsed, overrides.is_empty()) {
-            (Err(e), _) => {
-                let line = e.span().map(|s| line_of(text, s.start));
-                let key = line
-                    .and_then(|l| key_at_line(text, l))
-                    .unwrap_or_else(|| "-".into());
-                return Err(fail(vec![Problem {
-                    line,
-                    key,
-                    message: with_suggestion(e.message().trim()),
-                }]));
-            }
-            (Ok(r), true) => r,
-            (Ok(_), false) => {
+        let parsed: Recipe = parse_toml(text, path)?;
+        let mut recipe = match overrides.is_empty() {
+            true => parsed,
+            false => {
                 let mut table: toml::Table = toml::from_str(text).expect("parsed above");
                 for o in overrides {
                     let problem = |message: String| Problem {

@@ -1,0 +1,199 @@
+//! `keel probe` and `keel drift`: flags in, keel-probes out.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use keel_model::{DeviceChoice, LoadedModel};
+use keel_probes::report::{results_jsonl, write_files};
+use keel_probes::{Suite, html};
+
+/// `keel drift` found a regression: exit code 3.
+#[derive(Debug)]
+pub struct Regression;
+
+impl std::fmt::Display for Regression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "alignment regression: the drift gate failed")
+    }
+}
+
+impl std::error::Error for Regression {}
+
+#[derive(clap::Args)]
+pub struct ProbeArgs {
+    /// HF folder or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// A PEFT-format adapter to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct DriftArgs {
+    /// The model before adaptation (HF folder or .gguf).
+    #[arg(long)]
+    base: PathBuf,
+    /// The adapted model; defaults to --base (with --adapter on top).
+    #[arg(long)]
+    adapted: Option<PathBuf>,
+    /// A PEFT-format adapter applied to the adapted side.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// A suite file (TOML); keel's built-in default suite when absent.
+    #[arg(long)]
+    suite: Option<PathBuf>,
+    /// Skip generation (and the judges that need answers): only the
+    /// log-probability margin and the refusal direction.
+    #[arg(long)]
+    no_generate: bool,
+    /// Probe only the first N prompts of each set.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output folder for the reports.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "flex")]
+    device: DeviceChoice,
+}
+
+impl Common {
+    fn suite(&self) -> Result<Suite> {
+        let mut suite = match &self.suite {
+            Some(path) => Suite::load(path)?,
+            None => Suite::builtin(),
+        };
+        if self.no_generate {
+            suite.generation = None;
+            suite.kl = None;
+            suite
+                .sets
+                .retain(|s| s.expect != keel_probes::Expect::Correct);
+        }
+        if let Some(limit) = self.limit {
+            for s in &mut suite.sets {
+                s.limit = Some(s.limit.map_or(limit, |l| l.min(limit)));
+            }
+        }
+        Ok(suite)
+    }
+}
+
+fn open(path: &Path, adapter: Option<&Path>, device: DeviceChoice) -> Result<LoadedModel> {
+    let dev = device.device()?;
+    let mut loaded =
+        LoadedModel::open(path, &dev).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(dir) = adapter {
+        loaded
+            .attach_adapter(dir, "default")
+            .with_context(|| format!("attaching adapter {}", dir.display()))?;
+    }
+    Ok(loaded)
+}
+
+fn progress(what: &str) -> impl FnMut(usize, usize) + '_ {
+    move |done, total| {
+        eprint!("\r{what}: {done}/{total}");
+        if done == total {
+            eprintln!();
+        }
+    }
+}
+
+fn label(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub fn probe(args: &ProbeArgs) -> Result<()> {
+    let suite = args.common.suite()?;
+    let sets = suite.read_sets()?;
+    let loaded = open(&args.model, args.adapter.as_deref(), args.common.device)?;
+    let start = std::time::Instant::now();
+    let adapter = args.adapter.as_deref().map(label);
+    let side = keel_probes::probe(
+        &loaded,
+        &suite,
+        &sets,
+        (&label(&args.model), adapter.as_deref()),
+        &mut progress("probing"),
+    )?;
+    report_speed(side.results.len(), start);
+    let json = serde_json::to_string_pretty(&side.report)? + "\n";
+    write_files(
+        &args.common.out,
+        &[
+            ("report.json", json),
+            ("report.md", side.report.markdown()),
+            ("results.jsonl", results_jsonl(&side.results, None)),
+        ],
+    )?;
+    print!("{}", side.report.markdown());
+    println!("\nwrote {}", args.common.out.display());
+    Ok(())
+}
+
+fn report_speed(prompts: usize, start: std::time::Instant) {
+    let s = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{prompts} prompts in {s:.1} s ({:.2} prompts/s)",
+        prompts as f64 / s
+    );
+}
+
+pub fn drift(args: &DriftArgs) -> Result<()> {
+    let suite = args.common.suite()?;
+    let sets = suite.read_sets()?;
+    let adapted_path = args.adapted.as_ref().unwrap_or(&args.base);
+    let base = open(&args.base, None, args.common.device)?;
+    let adapted = open(adapted_path, args.adapter.as_deref(), args.common.device)?;
+    let start = std::time::Instant::now();
+    let mut base_side = keel_probes::probe(
+        &base,
+        &suite,
+        &sets,
+        (&label(&args.base), None),
+        &mut progress("probing base"),
+    )?;
+    let adapter = args.adapter.as_deref().map(label);
+    let mut adapted_side = keel_probes::probe(
+        &adapted,
+        &suite,
+        &sets,
+        (&label(adapted_path), adapter.as_deref()),
+        &mut progress("probing adapted"),
+    )?;
+    let report = keel_probes::drift(
+        &suite,
+        &sets,
+        (&base, &mut base_side),
+        (&adapted, &mut adapted_side),
+        &mut progress("KL to base"),
+    );
+    report_speed(2 * base_side.results.len(), start);
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    let results = results_jsonl(&base_side.results, Some("base"))
+        + &results_jsonl(&adapted_side.results, Some("adapted"));
+    write_files(
+        &args.common.out,
+        &[
+            ("report.json", json),
+            ("report.md", report.markdown()),
+            ("report.html", html::drift_page(&report)),
+            ("results.jsonl", results),
+        ],
+    )?;
+    print!("{}", report.markdown());
+    println!("\nwrote {}", args.common.out.display());
+    if report.verdict != "pass" {
+        return Err(Regression.into());
+    }
+    Ok(())
+}
