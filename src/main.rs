@@ -12,6 +12,7 @@ use keel_model::{DeviceChoice, LoadedModel, ModelSource, Sampling};
 use keel_recipe::Recipe;
 use keel_train::RunOptions;
 
+mod align;
 mod probe;
 
 #[derive(Parser)]
@@ -72,6 +73,9 @@ enum Command {
     /// Adapter tools.
     #[command(subcommand)]
     Adapter(AdapterCommand),
+    /// Alignment preservation on a trained adapter (Safe LoRA, similarity).
+    #[command(subcommand)]
+    Align(align::AlignCommand),
     /// Run the alignment probe suite on a model (optionally with an adapter).
     Probe(probe::ProbeArgs),
     /// Probe a model before and after adaptation and gate the difference:
@@ -212,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             gguf_dtype,
         } => export(&model, &adapter, format, &out, gguf_dtype),
         Command::Adapter(AdapterCommand::Info { dir }) => adapter_info(&dir),
+        Command::Align(cmd) => align::run(&cmd),
         Command::Probe(args) => probe::probe(&args),
         Command::Drift(args) => probe::drift(&args),
         Command::Bench(Bench::Generate {

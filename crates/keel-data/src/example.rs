@@ -231,6 +231,24 @@ pub fn split_eval(
     (train, examples)
 }
 
+/// Adds replay examples to `train` so that they make up `fraction` of the
+/// result: a seeded draw from `replay`, cycling through it if it is
+/// smaller than needed. Returns how many were added.
+pub fn mix_replay(
+    train: &mut Vec<Example>,
+    mut replay: Vec<Example>,
+    fraction: f64,
+    seed: u64,
+) -> usize {
+    if replay.is_empty() {
+        return 0;
+    }
+    let n = (fraction / (1.0 - fraction) * train.len() as f64).round() as usize;
+    crate::batch::shuffle(&mut replay, seed ^ 0x4E91_A7C3);
+    train.extend((0..n).map(|i| replay[i % replay.len()].clone()));
+    n
+}
+
 /// Concatenates examples into sequences of at most `max_length` tokens;
 /// an example never straddles two sequences.
 pub fn pack(examples: Vec<Example>, max_length: usize) -> Vec<Example> {

@@ -10,4 +10,4 @@ mod example;
 
 pub use batch::{Batch, Batcher};
 pub use error::Error;
-pub use example::{Example, Tokenized, load_examples, pack, split_eval};
+pub use example::{Example, Tokenized, load_examples, mix_replay, pack, split_eval};

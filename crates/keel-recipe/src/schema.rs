@@ -209,10 +209,36 @@ pub struct Output {
     pub save_every: Option<usize>,
 }
 
-/// `[alignment]`: alignment preservation, filled in by the alignment work.
+/// `[alignment]`: keep the base's safety behaviour while adapting.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
-pub struct Alignment {}
+pub struct Alignment {
+    /// The PEFT adapter whose update aligned the base (base + it = the
+    /// model adapted here): it defines the alignment subspace that Safe
+    /// LoRA and AsFT anchor to.
+    pub reference: Option<PathBuf>,
+    /// Safe LoRA: after training, project the modules whose update has
+    /// cosine similarity to its projection below this.
+    pub safe_lora_threshold: Option<f64>,
+    /// Safe LoRA: after training, project the `k` least similar modules.
+    pub safe_lora_top_k: Option<usize>,
+    /// AsFT: weight of `Σ ‖(I − C)·ΔW‖²` in the training loss.
+    #[serde(default)]
+    pub asft_lambda: f64,
+    /// Safety replay: examples (in `[data]`'s format) mixed into training.
+    pub replay: Option<PathBuf>,
+    /// Share of each epoch's examples drawn from `replay`.
+    pub replay_fraction: Option<f64>,
+}
+
+impl Alignment {
+    /// Whether any method needs the alignment subspace.
+    pub fn needs_reference(&self) -> bool {
+        self.safe_lora_threshold.is_some()
+            || self.safe_lora_top_k.is_some()
+            || self.asft_lambda > 0.0
+    }
+}
 
 /// A checked recipe, paths resolved against the recipe's folder.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -427,8 +453,15 @@ impl Recipe {
         ] {
             *p = resolve(dir, p);
         }
-        if let Some(eval) = &mut recipe.data.eval {
-            *eval = resolve(dir, eval);
+        for p in [
+            &mut recipe.data.eval,
+            &mut recipe.alignment.reference,
+            &mut recipe.alignment.replay,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = resolve(dir, p);
         }
         Ok(recipe)
     }
@@ -568,6 +601,38 @@ impl Recipe {
             self.output.save_every != Some(0),
             "output.save_every",
             "must be at least 1".into(),
+        );
+        let al = &self.alignment;
+        check(
+            al.reference.is_some() || !al.needs_reference(),
+            "alignment.reference",
+            "Safe LoRA and AsFT need the adapter that aligned the base (`reference`)".into(),
+        );
+        check(
+            al.safe_lora_threshold.is_none() || al.safe_lora_top_k.is_none(),
+            "alignment.safe_lora_top_k",
+            "give `safe_lora_threshold` or `safe_lora_top_k`, not both".into(),
+        );
+        check(
+            al.safe_lora_threshold
+                .is_none_or(|t| (-1.0..=1.0).contains(&t)),
+            "alignment.safe_lora_threshold",
+            "a cosine similarity: must be in [-1, 1]".into(),
+        );
+        check(
+            al.asft_lambda.is_finite() && al.asft_lambda >= 0.0,
+            "alignment.asft_lambda",
+            format!("{} must be a number ≥ 0", al.asft_lambda),
+        );
+        check(
+            al.replay.is_some() == al.replay_fraction.is_some(),
+            "alignment.replay_fraction",
+            "`replay` and `replay_fraction` go together".into(),
+        );
+        check(
+            al.replay_fraction.is_none_or(|f| f > 0.0 && f < 1.0),
+            "alignment.replay_fraction",
+            "must be in (0, 1)".into(),
         );
         out
     }

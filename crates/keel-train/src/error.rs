@@ -15,6 +15,8 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] keel_data::Error),
     #[error(transparent)]
+    Align(#[from] keel_align::Error),
+    #[error(transparent)]
     Text(#[from] keel_text::Error),
     #[error("{path}: {reason}")]
     Output { path: PathBuf, reason: String },

@@ -13,7 +13,7 @@ use keel_adapters::rng::SplitMix64;
 use keel_adapters::{
     AdapterConfig, Init, Scaling, TargetModules, Variant, init_adapter, resolve_targets,
 };
-use keel_data::{Batch, Batcher, Example, load_examples, pack, split_eval};
+use keel_data::{Batch, Batcher, Example, load_examples, mix_replay, pack, split_eval};
 use keel_model::{DeviceChoice, Llama, ModelSource};
 use keel_recipe::Recipe;
 
@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::loss::weighted_nll;
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
+use keel_align::{Subspace, asft, safe_lora};
 
 /// The adapter's name inside the model while it trains.
 const ADAPTER: &str = "default";
@@ -313,9 +314,18 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     if let Some(f) = d.eval_fraction {
         (train_set, eval_set) = split_eval(train_set, f, recipe.optim.seed);
     }
+    let al = &recipe.alignment;
+    if let (Some(p), Some(f)) = (&al.replay, al.replay_fraction) {
+        let replay = load(p)?.examples;
+        mix_replay(&mut train_set, replay, f, recipe.optim.seed);
+    }
     if d.packing {
         train_set = pack(train_set, d.max_length);
     }
+    let subspace = match &al.reference {
+        Some(dir) => Some(Subspace::from_adapter(&AdapterFile::read(dir)?, &device)?),
+        None => None,
+    };
     let o = &recipe.optim;
     let mut batcher = Batcher::new(train_set.len(), o.batch_size, o.seed);
     let total_steps = match (o.steps, o.epochs) {
@@ -453,13 +463,23 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             .collect();
         let targets_total: usize = micro.iter().map(Batch::target_tokens).sum::<usize>().max(1);
         let mut grads = GradientsParams::new();
-        let mut loss_sum = 0.0f64;
+        let (mut loss_sum, mut penalty_sum) = (0.0f64, 0.0f64);
         for batch in &micro {
             let (inputs, targets, weights) = batch_tensors(batch, &device);
             let nll = weighted_nll(model.forward(inputs), targets, weights)
                 .div_scalar(targets_total as f64);
-            let g = GradientsParams::from_grads(nll.backward(), &model);
+            let penalty = subspace
+                .as_ref()
+                .filter(|_| al.asft_lambda > 0.0)
+                .and_then(|s| asft::penalty(&model.linears(), ADAPTER, s))
+                .map(|p| p.mul_scalar(al.asft_lambda / o.grad_accum as f64));
+            let loss = match &penalty {
+                Some(p) => nll.clone() + p.clone(),
+                None => nll.clone(),
+            };
+            let g = GradientsParams::from_grads(loss.backward(), &model);
             loss_sum += nll.into_scalar::<f32>() as f64;
+            penalty_sum += penalty.map_or(0.0, |p| p.into_scalar::<f32>() as f64);
             accumulate(&mut grads, g, &params);
         }
         let norm = grad_norm(&grads, &params);
@@ -490,10 +510,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         let tok_s =
             (state.tokens - run_start_tokens) as f64 / started.elapsed().as_secs_f64().max(1e-9);
         last_loss = Some(loss_sum);
-        log(
-            serde_json::json!({"step": state.step, "loss": loss_sum, "lr": lr, "grad_norm": norm,
-            "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch}),
-        )?;
+        let mut row = serde_json::json!({"step": state.step, "loss": loss_sum, "lr": lr,
+            "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch});
+        if al.asft_lambda > 0.0 {
+            row["asft_penalty"] = penalty_sum.into();
+        }
+        log(row)?;
         if let Some(bar) = &bar {
             bar.set_message(format!(
                 "loss {loss_sum:.4} | lr {lr:.2e} | {tok_s:.0} tok/s"
@@ -532,6 +554,33 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     }
     stopped_early |= state.step < total_steps;
 
+    if let Some(subspace) = &subspace {
+        let mode = match (al.safe_lora_threshold, al.safe_lora_top_k) {
+            (Some(t), _) => Some(safe_lora::Mode::Threshold(t)),
+            (None, Some(k)) => Some(safe_lora::Mode::TopK(k)),
+            (None, None) => None,
+        };
+        let modules = match mode {
+            Some(mode) => safe_lora::apply(&mut model.linears_mut(), ADAPTER, subspace, mode),
+            None => safe_lora::report(&model.linears(), ADAPTER, subspace),
+        };
+        let projected = modules.iter().filter(|m| m.projected).count();
+        checkpoint::write_atomic(
+            &out.join("alignment.json"),
+            &serde_json::to_vec_pretty(
+                &serde_json::json!({"safe_lora_projected": projected, "modules": modules}),
+            )
+            .expect("JSON"),
+        )?;
+        if projected > 0 && !eval_set.is_empty() {
+            let l = evaluate(&model, &eval_set, o.batch_size, pad, &device);
+            eval_loss = Some(l);
+            log(
+                serde_json::json!({"step": state.step, "eval_loss": l, "eval_perplexity": l.exp(),
+                "after": "safe_lora"}),
+            )?;
+        }
+    }
     let adapter_dir = out.join("adapter");
     std::fs::create_dir_all(&adapter_dir).map_err(Error::io(&adapter_dir))?;
     write_adapter(&adapter_dir, &model)?;

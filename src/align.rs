@@ -1,0 +1,106 @@
+//! `keel align`: alignment-preservation tools that work on a trained
+//! adapter, after the fact.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use keel_adapters::peft::AdapterFile;
+use keel_align::{Subspace, safe_lora};
+use keel_model::{DeviceChoice, LoadedModel};
+
+#[derive(clap::Subcommand)]
+pub enum AlignCommand {
+    /// Safe LoRA: project the adapter's modules that are far from the
+    /// alignment subspace, writing a new adapter folder.
+    SafeLora {
+        #[command(flatten)]
+        pair: Pair,
+        /// Project modules whose cos(ΔW, C·ΔW) is below this.
+        #[arg(long, conflicts_with = "top_k", required_unless_present = "top_k")]
+        threshold: Option<f64>,
+        /// Project the k least similar modules.
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print each module's similarity to the alignment subspace (JSON).
+    Similarity {
+        #[command(flatten)]
+        pair: Pair,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Pair {
+    /// The aligned base the adapter was trained on.
+    #[arg(long)]
+    model: PathBuf,
+    /// The trained adapter.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The adapter whose update aligned the base: it defines the subspace.
+    #[arg(long)]
+    reference: PathBuf,
+}
+
+const ADAPTER: &str = "default";
+
+fn open(pair: &Pair) -> Result<(LoadedModel, AdapterFile, Subspace)> {
+    let device = DeviceChoice::Flex.device()?;
+    let mut loaded = LoadedModel::open(&pair.model, &device)
+        .with_context(|| format!("loading {}", pair.model.display()))?;
+    let file = AdapterFile::read(&pair.adapter)
+        .with_context(|| format!("reading adapter {}", pair.adapter.display()))?;
+    let fingerprint = loaded.model.fingerprint();
+    file.attach(ADAPTER, &mut loaded.model.linears_mut(), &fingerprint)?;
+    let reference = AdapterFile::read(&pair.reference)
+        .with_context(|| format!("reading reference adapter {}", pair.reference.display()))?;
+    let subspace = Subspace::from_adapter(&reference, &device)?;
+    Ok((loaded, file, subspace))
+}
+
+pub fn run(cmd: &AlignCommand) -> Result<()> {
+    match cmd {
+        AlignCommand::Similarity { pair } => {
+            let (loaded, _, subspace) = open(pair)?;
+            let modules = safe_lora::report(&loaded.model.linears(), ADAPTER, &subspace);
+            println!("{}", serde_json::to_string_pretty(&modules)?);
+        }
+        AlignCommand::SafeLora {
+            pair,
+            threshold,
+            top_k,
+            out,
+        } => {
+            let (mut loaded, file, subspace) = open(pair)?;
+            let mode = match (threshold, top_k) {
+                (Some(t), _) => safe_lora::Mode::Threshold(*t),
+                (None, Some(k)) => safe_lora::Mode::TopK(*k),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let modules =
+                safe_lora::apply(&mut loaded.model.linears_mut(), ADAPTER, &subspace, mode);
+            let base = file
+                .base_model
+                .clone()
+                .unwrap_or_else(|| pair.model.display().to_string());
+            for w in keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &base, out)? {
+                eprintln!("warning: {w}");
+            }
+            let projected = modules.iter().filter(|m| m.projected).count();
+            let report = serde_json::json!({"safe_lora_projected": projected, "modules": modules});
+            std::fs::write(
+                out.join("alignment.json"),
+                serde_json::to_vec_pretty(&report)?,
+            )
+            .with_context(|| format!("writing {}", out.join("alignment.json").display()))?;
+            println!(
+                "projected {projected} of {} modules; wrote {}",
+                modules.len(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Alignment preservation on the tiny recipe, against a stand-in safety
+//! adapter: AsFT keeps the update nearer the alignment subspace; Safe LoRA
+//! in the trainer and in `keel align safe-lora` give the same adapter;
+//! safety replay adds its share of examples; bad `[alignment]` keys are
+//! reported.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use common::{fixture, make_adapter, temp_dir};
+use keel_adapters::AdapterConfig;
+use keel_adapters::peft::AdapterFile;
+use keel_model::LoadedModel;
+use keel_recipe::Recipe;
+use keel_train::RunOptions;
+
+const ALL: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+fn model() -> PathBuf {
+    fixture("tiny-qwen2-gguf/tiny-qwen2.gguf")
+}
+
+/// A rank-4 LoRA on the tiny model standing in for the safety update.
+fn reference(dir: &Path) -> PathBuf {
+    let mut loaded = LoadedModel::open(&model(), &Device::flex()).unwrap();
+    let cfg = AdapterConfig::lora(4, 8.0, &ALL);
+    make_adapter(&mut loaded.model, &cfg, 9, 0.05);
+    let out = dir.join("reference");
+    keel_export::export_peft(&loaded.model, "default", &cfg, "tiny", &out).unwrap();
+    out
+}
+
+fn train(out: &Path, extra: &[String]) -> keel_train::RunReport {
+    let mut set = vec![
+        format!("output.dir={}", out.display()),
+        "optim.steps=40".into(),
+    ];
+    set.extend(extra.iter().cloned());
+    let recipe = Recipe::load(&fixture("../../recipes/tiny.toml"), &set).unwrap();
+    keel_train::train(&recipe, &RunOptions::default()).unwrap()
+}
+
+fn mean_similarity(alignment_json: &Path) -> f64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(alignment_json).unwrap()).unwrap();
+    let m = v["modules"].as_array().unwrap();
+    m.iter()
+        .map(|x| x["similarity"].as_f64().unwrap())
+        .sum::<f64>()
+        / m.len() as f64
+}
+
+fn tensors(dir: &Path) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+    AdapterFile::read(dir)
+        .unwrap()
+        .modules
+        .into_iter()
+        .map(|(n, w)| (n, w.a.1, w.b.1))
+        .collect()
+}
+
+#[test]
+fn alignment_methods_on_the_tiny_recipe() {
+    let dir = temp_dir("align");
+    let reference = reference(&dir);
+    let r = format!("alignment.reference={}", reference.display());
+
+    // Plain training with a reference only reports the similarities.
+    let plain = dir.join("plain");
+    train(&plain, std::slice::from_ref(&r));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plain.join("alignment.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["safe_lora_projected"], 0);
+    assert_eq!(v["modules"].as_array().unwrap().len(), 7 * 3);
+
+    // AsFT: the penalty is logged, and the update ends nearer the subspace.
+    let asft = dir.join("asft");
+    train(&asft, &[r.clone(), "alignment.asft_lambda=10.0".into()]);
+    let metrics = std::fs::read_to_string(asft.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("asft_penalty"));
+    let (s_plain, s_asft) = (
+        mean_similarity(&plain.join("alignment.json")),
+        mean_similarity(&asft.join("alignment.json")),
+    );
+    assert!(
+        s_asft > s_plain + 0.05,
+        "mean similarity: plain {s_plain}, AsFT {s_asft}"
+    );
+
+    // Safe LoRA in the trainer equals `keel align safe-lora` on the plain run.
+    let safe = dir.join("safe");
+    train(&safe, &[r.clone(), "alignment.safe_lora_top_k=5".into()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(safe.join("alignment.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["safe_lora_projected"], 5);
+    let cli = dir.join("cli");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["align", "safe-lora", "--model"])
+        .arg(model())
+        .arg("--adapter")
+        .arg(plain.join("adapter"))
+        .arg("--reference")
+        .arg(&reference)
+        .args(["--top-k", "5", "--out"])
+        .arg(&cli)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (trained, posthoc, before) = (
+        tensors(&safe.join("adapter")),
+        tensors(&cli),
+        tensors(&plain.join("adapter")),
+    );
+    let mut changed = 0;
+    for ((t, p), b) in trained.iter().zip(&posthoc).zip(&before) {
+        assert_eq!(t.0, p.0);
+        assert_eq!(t.1, p.1, "{}: A is never projected", t.0);
+        let diff =
+            t.2.iter()
+                .zip(&p.2)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{}: B differs by {diff}", t.0);
+        changed += (t.2 != b.2) as usize;
+    }
+    assert_eq!(changed, 5, "exactly the projected modules change");
+}
+
+#[test]
+fn replay_adds_its_share_of_examples() {
+    let dir = temp_dir("replay");
+    let one_epoch = |out: &Path, extra: &[&str]| {
+        let mut set = vec![
+            format!("output.dir={}", out.display()),
+            "optim.epochs=1".to_string(),
+            "optim.batch_size=1".to_string(),
+        ];
+        set.extend(extra.iter().map(|s| s.to_string()));
+        // `steps` and `epochs` exclude each other: drop the recipe's steps.
+        let text = std::fs::read_to_string(fixture("../../recipes/tiny.toml"))
+            .unwrap()
+            .replace("steps = 200", "");
+        let path = out.with_extension("toml");
+        std::fs::write(
+            &path,
+            text.replace("../", &format!("{}/", fixture("../..").display())),
+        )
+        .unwrap();
+        keel_train::train(&Recipe::load(&path, &set).unwrap(), &RunOptions::default()).unwrap()
+    };
+    let plain = one_epoch(&dir.join("plain"), &[]);
+    let replay = format!(
+        "alignment.replay={}",
+        fixture("../../datasets/tiny/train.jsonl").display()
+    );
+    let mixed = one_epoch(
+        &dir.join("mixed"),
+        &[&replay, "alignment.replay_fraction=0.25"],
+    );
+    // 21 training rows (3 held out); a quarter replay: 7 more.
+    assert_eq!((plain.steps, mixed.steps), (21, 28));
+}
+
+#[test]
+fn bad_alignment_keys_are_reported() {
+    let err = |set: &[&str]| {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        Recipe::load(&fixture("../../recipes/tiny.toml"), &set)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&["alignment.asft_lambda=1.0"]).contains("alignment.reference"));
+    assert!(
+        err(&[
+            "alignment.reference=x",
+            "alignment.safe_lora_threshold=0.5",
+            "alignment.safe_lora_top_k=3"
+        ])
+        .contains("not both")
+    );
+    assert!(err(&["alignment.replay=x"]).contains("go together"));
+    assert!(err(&["alignment.replay=x", "alignment.replay_fraction=1.5"]).contains("(0, 1)"));
+    assert!(err(&["alignment.asft_lamda=1.0"]).contains("did you mean `asft_lambda`"));
+}
