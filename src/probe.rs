@@ -42,6 +42,10 @@ pub struct DriftArgs {
     /// A PEFT-format adapter applied to the adapted side.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// The adapter whose update aligned the base: the report then shows how
+    /// similar each of --adapter's modules is to that alignment subspace.
+    #[arg(long, requires = "adapter")]
+    reference: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -170,13 +174,28 @@ pub fn drift(args: &DriftArgs) -> Result<()> {
         (&label(adapted_path), adapter.as_deref()),
         &mut progress("probing adapted"),
     )?;
-    let report = keel_probes::drift(
+    let mut report = keel_probes::drift(
         &suite,
         &sets,
         (&base, &mut base_side),
         (&adapted, &mut adapted_side),
         &mut progress("KL to base"),
     );
+    if let Some(dir) = &args.reference {
+        let file = keel_adapters::peft::AdapterFile::read(dir)
+            .with_context(|| format!("reading reference adapter {}", dir.display()))?;
+        let subspace = keel_align::Subspace::from_adapter(&file, &args.common.device.device()?)?;
+        let scores = keel_align::safe_lora::report(&adapted.model.linears(), "default", &subspace);
+        report.alignment_similarity = Some(
+            scores
+                .into_iter()
+                .map(|m| keel_probes::report::ModuleScore {
+                    module: m.module,
+                    score: keel_probes::stats::r6(m.similarity),
+                })
+                .collect(),
+        );
+    }
     report_speed(2 * base_side.results.len(), start);
     let json = serde_json::to_string_pretty(&report)? + "\n";
     let results = results_jsonl(&base_side.results, Some("base"))

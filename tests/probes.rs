@@ -134,6 +134,8 @@ fn drift_gate_fails_with_exit_code_3_when_the_adapter_moves_the_model() {
         path(&model()),
         "--adapter",
         path(&adapter),
+        "--reference",
+        path(&adapter),
         "--suite",
         path(&suite),
         "--out",
@@ -174,8 +176,18 @@ fn drift_gate_fails_with_exit_code_3_when_the_adapter_moves_the_model() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(read(&probed.join("report.json")), report["adapted"]);
 
+    // An update is similar to the alignment subspace it spans itself.
+    let sims = report["alignment_similarity"].as_array().unwrap();
+    assert_eq!(sims.len(), 7 * 3);
+    assert!(
+        sims.iter().all(|m| m["score"].as_f64().unwrap() > 0.5),
+        "{sims:?}"
+    );
+
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("REGRESSION"));
+    assert!(
+        html.contains("<svg") && html.contains("REGRESSION") && html.contains("alignment subspace")
+    );
     for outside in ["http:", "https:", "src=", "<script"] {
         assert!(
             !html.contains(outside),

@@ -250,6 +250,15 @@ pub fn drift_page(r: &DriftReport) -> String {
         }
         body += &line_chart("Refusal direction per layer", &series, -1.0, 1.0);
     }
+    if let Some(sim) = &r.alignment_similarity {
+        let layers = crate::report::per_layer(sim);
+        body += &line_chart(
+            "Adapter similarity to the alignment subspace per layer, cos(ΔW, C·ΔW)",
+            &[("mean over the layer's modules", ADAPTED, &layers)],
+            0.0,
+            1.0,
+        );
+    }
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>keel drift: {}</title>

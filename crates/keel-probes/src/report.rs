@@ -106,8 +106,39 @@ pub struct DriftReport {
     /// Per layer: cosine of the refusal directions fitted on each model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction_cosine: Option<Vec<f64>>,
+    /// Per adapted module: cos(ΔW, C·ΔW) to the alignment subspace of the
+    /// update that aligned the base (`keel drift --reference`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alignment_similarity: Option<Vec<ModuleScore>>,
     pub base: ProbeReport,
     pub adapted: ProbeReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleScore {
+    pub module: String,
+    pub score: f64,
+}
+
+/// Mean score per decoder layer (`model.layers.N.` in the module name).
+pub fn per_layer(scores: &[ModuleScore]) -> Vec<f64> {
+    let layer =
+        |m: &str| -> Option<usize> { m.split("layers.").nth(1)?.split('.').next()?.parse().ok() };
+    let n = scores
+        .iter()
+        .filter_map(|s| layer(&s.module))
+        .max()
+        .map_or(0, |l| l + 1);
+    let mut sum = vec![(0.0, 0usize); n];
+    for s in scores {
+        if let Some(l) = layer(&s.module) {
+            sum[l].0 += s.score;
+            sum[l].1 += 1;
+        }
+    }
+    sum.iter()
+        .map(|(s, k)| if *k == 0 { f64::NAN } else { s / *k as f64 })
+        .collect()
 }
 
 fn pct(e: Option<Estimate>) -> String {
@@ -212,6 +243,10 @@ impl DriftReport {
                     num(Some(k.kl))
                 );
             }
+        }
+        if let Some(sim) = &self.alignment_similarity {
+            out += "\n## Adapter similarity to the alignment subspace\n\ncos(ΔW, C·ΔW), mean per layer:\n\n";
+            out += &layers_line("similarity", &per_layer(sim));
         }
         if let Some(c) = &self.direction_cosine {
             out += "\n## Refusal direction\n\n";

@@ -358,6 +358,7 @@ pub fn drift(
         checks,
         kl: kl_reports,
         direction_cosine,
+        alignment_similarity: None,
         base: base_side.report.clone(),
         adapted: adapted_side.report.clone(),
     }

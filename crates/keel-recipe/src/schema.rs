@@ -225,6 +225,11 @@ pub struct Alignment {
     /// AsFT: weight of `Σ ‖(I − C)·ΔW‖²` in the training loss.
     #[serde(default)]
     pub asft_lambda: f64,
+    /// Token-wise constrained SFT (Qi et al. 2024): each answer token's loss
+    /// is held near the reference (the model with the adapter off), hardest
+    /// on the first tokens.
+    #[serde(default)]
+    pub constrained_sft: bool,
     /// Safety replay: examples (in `[data]`'s format) mixed into training.
     pub replay: Option<PathBuf>,
     /// Share of each epoch's examples drawn from `replay`.

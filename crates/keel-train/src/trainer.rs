@@ -19,7 +19,7 @@ use keel_recipe::Recipe;
 
 use crate::checkpoint::{self, TrainState};
 use crate::error::Error;
-use crate::loss::weighted_nll;
+use crate::loss::{constrained_sft, response_betas, target_log_probs, weighted_nll};
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
 use keel_align::{Subspace, asft, safe_lora};
@@ -188,7 +188,7 @@ fn evaluate(
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = Batch::collate(&refs, pad);
         let (inputs, targets, weights) = batch_tensors(&batch, device);
-        let nll = weighted_nll(model.forward(inputs), targets, weights).detach();
+        let nll = weighted_nll(target_log_probs(model.forward(inputs), targets), weights).detach();
         total += nll.into_scalar::<f32>() as f64;
         count += batch.target_tokens();
     }
@@ -466,16 +466,37 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         let (mut loss_sum, mut penalty_sum) = (0.0f64, 0.0f64);
         for batch in &micro {
             let (inputs, targets, weights) = batch_tensors(batch, &device);
-            let nll = weighted_nll(model.forward(inputs), targets, weights)
-                .div_scalar(targets_total as f64);
+            // The reference for constrained SFT is the same model with the
+            // adapter off: no second copy of the weights.
+            let reference = al.constrained_sft.then(|| {
+                model.activate_adapters(&[]);
+                let r = target_log_probs(model.forward(inputs.clone()), targets.clone()).detach();
+                model.activate_adapters(&[ADAPTER]);
+                r
+            });
+            let log_p = target_log_probs(model.forward(inputs), targets);
+            let nll = weighted_nll(log_p.clone(), weights.clone()).div_scalar(targets_total as f64);
+            let objective = match reference {
+                Some(r) => {
+                    let betas = Tensor::from_data(
+                        TensorData::new(
+                            response_betas(&batch.weights, batch.seq),
+                            [batch.batch, batch.seq],
+                        ),
+                        &device,
+                    );
+                    constrained_sft(log_p, r, betas, weights).div_scalar(targets_total as f64)
+                }
+                None => nll.clone(),
+            };
             let penalty = subspace
                 .as_ref()
                 .filter(|_| al.asft_lambda > 0.0)
                 .and_then(|s| asft::penalty(&model.linears(), ADAPTER, s))
                 .map(|p| p.mul_scalar(al.asft_lambda / o.grad_accum as f64));
             let loss = match &penalty {
-                Some(p) => nll.clone() + p.clone(),
-                None => nll.clone(),
+                Some(p) => objective + p.clone(),
+                None => objective,
             };
             let g = GradientsParams::from_grads(loss.backward(), &model);
             loss_sum += nll.into_scalar::<f32>() as f64;
