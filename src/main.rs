@@ -41,6 +41,14 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Evaluate an adapter on a recipe's eval set (loss and perplexity, JSON).
+    Eval {
+        recipe: PathBuf,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Recipe tools.
     #[command(subcommand)]
     Recipe(RecipeCommand),
@@ -193,6 +201,18 @@ fn run(cli: Cli) -> Result<()> {
             let report = keel_train::train(&recipe, &opts)?;
             println!("{}", report.table());
             println!("adapter: {}", recipe.output.dir.join("adapter").display());
+            Ok(())
+        }
+        Command::Eval {
+            recipe,
+            adapter,
+            set,
+        } => {
+            let loss = keel_train::eval_adapter(&Recipe::load(&recipe, &set)?, &adapter)?;
+            println!(
+                "{}",
+                serde_json::json!({"eval_loss": loss, "eval_perplexity": loss.exp()})
+            );
             Ok(())
         }
         Command::Recipe(RecipeCommand::Check { recipe, set }) => {

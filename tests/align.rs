@@ -101,7 +101,15 @@ fn alignment_methods_on_the_tiny_recipe() {
 
     // Safe LoRA in the trainer equals `keel align safe-lora` on the plain run.
     let safe = dir.join("safe");
-    train(&safe, &[r.clone(), "alignment.safe_lora_top_k=5".into()]);
+    let report = train(&safe, &[r.clone(), "alignment.safe_lora_top_k=5".into()]);
+    // The eval loss reported is the projected adapter's, as `keel eval` finds.
+    let recipe = Recipe::load(&fixture("../../recipes/tiny.toml"), &[]).unwrap();
+    let again = keel_train::eval_adapter(&recipe, &safe.join("adapter")).unwrap();
+    assert!(
+        (again - report.eval_loss.unwrap()).abs() < 1e-5,
+        "{again} vs {:?}",
+        report.eval_loss
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(safe.join("alignment.json")).unwrap())
             .unwrap();

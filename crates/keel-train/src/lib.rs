@@ -19,4 +19,4 @@ pub mod trainer;
 pub use error::Error;
 pub use report::RunReport;
 pub use schedule::lr_at;
-pub use trainer::{RunOptions, train};
+pub use trainer::{RunOptions, eval_adapter, train};

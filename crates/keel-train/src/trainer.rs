@@ -16,6 +16,7 @@ use keel_adapters::{
 use keel_data::{Batch, Batcher, Example, load_examples, mix_replay, pack, split_eval};
 use keel_model::{DeviceChoice, Llama, ModelSource};
 use keel_recipe::Recipe;
+use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::checkpoint::{self, TrainState};
 use crate::error::Error;
@@ -265,43 +266,20 @@ impl Optimizers {
 
 /// Runs `recipe`: trains, evaluates, checkpoints, and writes the adapter to
 /// `<output>/adapter` and the report to `<output>/report.json`.
-pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
-    let out = recipe.output.dir.clone();
-    prepare_output(&out, opts)?;
-    let started = Instant::now();
-    let (cpu0, rapl0) = (report::cpu_seconds(), report::rapl_joules());
-    // A second registration (several runs in one process) keeps the first.
-    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
-    STOP.store(false, Ordering::SeqCst);
-
-    let choice = match recipe.model.device {
-        keel_recipe::Device::Flex => DeviceChoice::Flex,
-        keel_recipe::Device::Wgpu => DeviceChoice::Wgpu,
-        keel_recipe::Device::Ndarray => DeviceChoice::Ndarray,
-    };
-    let device = choice.device()?.autodiff();
-    let base_dtype = match recipe.model.base_dtype {
-        keel_recipe::Dtype::F32 => DType::F32,
-        keel_recipe::Dtype::F16 => DType::F16,
-        keel_recipe::Dtype::Bf16 => DType::BF16,
-    };
-    let loaded = ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype)?;
-    let tokenizer = loaded.tokenizer()?.clone();
-    let template = loaded.chat_template.clone();
-    let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
-    let mut model = loaded.model;
-    let fingerprint = model.fingerprint();
-    let base_name = recipe.model.path.display().to_string();
-    let cfg = adapter_config(recipe);
-
-    // Data.
+/// The recipe's training set (with any safety replay mixed in, packed if
+/// asked) and its eval set.
+fn load_data(
+    recipe: &Recipe,
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+) -> Result<(Vec<Example>, Vec<Example>), Error> {
     let d = &recipe.data;
     let load = |p: &Path| {
         load_examples(
             p,
             d.format,
-            &tokenizer,
-            template.as_ref(),
+            tokenizer,
+            template,
             d.max_length,
             d.train_on_prompt,
         )
@@ -322,6 +300,72 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     if d.packing {
         train_set = pack(train_set, d.max_length);
     }
+    Ok((train_set, eval_set))
+}
+
+/// The eval loss of the recipe's model with the adapter in `adapter` (a
+/// PEFT folder) on the recipe's eval set: what training reports, for an
+/// adapter made another way (a post-hoc projection, say).
+pub fn eval_adapter(recipe: &Recipe, adapter: &Path) -> Result<f64, Error> {
+    let device = device_of(recipe)?;
+    let mut loaded =
+        ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
+    loaded.attach_adapter(adapter, ADAPTER)?;
+    let (_, eval_set) = load_data(recipe, loaded.tokenizer()?, loaded.chat_template.as_ref())?;
+    if eval_set.is_empty() {
+        return Err(Error::Output {
+            path: recipe.data.train.clone(),
+            reason: "the recipe has no eval set (`data.eval` or `data.eval_fraction`)".into(),
+        });
+    }
+    let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
+    Ok(evaluate(
+        &loaded.model,
+        &eval_set,
+        recipe.optim.batch_size,
+        pad,
+        &device,
+    ))
+}
+
+fn device_of(recipe: &Recipe) -> Result<Device, Error> {
+    let choice = match recipe.model.device {
+        keel_recipe::Device::Flex => DeviceChoice::Flex,
+        keel_recipe::Device::Wgpu => DeviceChoice::Wgpu,
+        keel_recipe::Device::Ndarray => DeviceChoice::Ndarray,
+    };
+    Ok(choice.device()?)
+}
+
+fn base_dtype_of(recipe: &Recipe) -> DType {
+    match recipe.model.base_dtype {
+        keel_recipe::Dtype::F32 => DType::F32,
+        keel_recipe::Dtype::F16 => DType::F16,
+        keel_recipe::Dtype::Bf16 => DType::BF16,
+    }
+}
+
+pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
+    let out = recipe.output.dir.clone();
+    prepare_output(&out, opts)?;
+    let started = Instant::now();
+    let (cpu0, rapl0) = (report::cpu_seconds(), report::rapl_joules());
+    // A second registration (several runs in one process) keeps the first.
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    STOP.store(false, Ordering::SeqCst);
+
+    let device = device_of(recipe)?.autodiff();
+    let loaded = ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
+    let tokenizer = loaded.tokenizer()?.clone();
+    let template = loaded.chat_template.clone();
+    let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
+    let mut model = loaded.model;
+    let fingerprint = model.fingerprint();
+    let base_name = recipe.model.path.display().to_string();
+    let cfg = adapter_config(recipe);
+
+    let (train_set, eval_set) = load_data(recipe, &tokenizer, template.as_ref())?;
+    let al = &recipe.alignment;
     let subspace = match &al.reference {
         Some(dir) => Some(Subspace::from_adapter(&AdapterFile::read(dir)?, &device)?),
         None => None,
