@@ -384,6 +384,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
                 args.max_new_tokens,
                 &sampling,
                 &stop,
+                |_, _| {},
             );
             for (prompt, answer) in chunk.iter().zip(answers) {
                 let text = tokenizer.decode(&answer, true)?;

@@ -9,23 +9,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use common::{fixture, logits, make_adapter, temp_dir};
+use common::{ALL, fixture, logits, make_adapter, temp_dir};
 use keel_adapters::AdapterConfig;
 use keel_adapters::peft::AdapterFile;
 use keel_model::LoadedModel;
 use keel_probes::judges::margin::log_prob;
 use keel_recipe::Recipe;
 use keel_train::RunOptions;
-
-const ALL: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 fn model() -> PathBuf {
     fixture("tiny-qwen2-gguf/tiny-qwen2.gguf")

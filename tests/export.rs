@@ -6,21 +6,13 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{fixture, load_tiny, logits, make_adapter, max_abs_diff, reference_logits, temp_dir};
+use common::{
+    ALL, fixture, load_tiny, logits, make_adapter, max_abs_diff, reference_logits, temp_dir,
+};
 use keel_adapters::peft::AdapterFile;
 use keel_adapters::{AdapterConfig, Variant};
 use keel_gguf::GgufFile;
 use keel_model::{LoadedModel, QkLayout, Sampling};
-
-const ALL: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
 
 #[test]
 fn merged_export_loads_in_transformers_with_the_adapters_logits() {

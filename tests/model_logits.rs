@@ -95,8 +95,14 @@ fn check_batched(device: &Device, tolerance: f32) {
         assert!(longest.len() > prompt.len());
         let expected = u32s(&greedy["new_tokens"]);
         let batch = [prompt, longest];
-        let got =
-            keel_model::generate_batch(&model, &batch, expected.len(), &Sampling::default(), &[]);
+        let got = keel_model::generate_batch(
+            &model,
+            &batch,
+            expected.len(),
+            &Sampling::default(),
+            &[],
+            |_, _| {},
+        );
         assert_eq!(
             got[0], expected,
             "{name}: left-padded greedy tokens differ from transformers"

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::tensor::Device;
-use common::{fixture, logits, make_adapter, required, smollm2, temp_dir};
+use common::{ALL, fixture, logits, make_adapter, required, smollm2, temp_dir};
 use keel_adapters::AdapterConfig;
 use keel_model::LoadedModel;
 use keel_probes::judges::margin::{continuation_log_probs, log_prob};
@@ -20,11 +20,19 @@ fn model() -> PathBuf {
     fixture("tiny-qwen2-gguf/tiny-qwen2.gguf")
 }
 
-fn keel(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
+/// Runs the `keel` binary; it must exit with `code`.
+fn keel(args: &[&str], code: i32) {
+    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(args)
         .output()
-        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "keel {}: {stderr}",
+        args.join(" ")
+    );
 }
 
 fn path(p: &Path) -> &str {
@@ -49,16 +57,7 @@ fn write_suite(dir: &Path, limit: usize, max_kl: f64) -> PathBuf {
 /// A LoRA on every projection of the tiny model, moved off its no-op start.
 fn write_adapter(dir: &Path) -> PathBuf {
     let mut loaded = LoadedModel::open(&model(), &Device::flex()).unwrap();
-    let all = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
-    let cfg = AdapterConfig::lora(4, 8.0, &all);
+    let cfg = AdapterConfig::lora(4, 8.0, &ALL);
     make_adapter(&mut loaded.model, &cfg, 5, 0.05);
     let out = dir.join("adapter");
     keel_export::export_peft(&loaded.model, "default", &cfg, "tiny-qwen2", &out).unwrap();
@@ -75,20 +74,17 @@ fn drift_of_a_model_against_itself_passes_and_is_reproducible() {
     let suite = write_suite(&dir, 6, 0.5);
     let run = |out: &str| {
         let out = dir.join(out);
-        let o = keel(&[
-            "drift",
-            "--base",
-            path(&model()),
-            "--suite",
-            path(&suite),
-            "--out",
-            path(&out),
-        ]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
+        keel(
+            &[
+                "drift",
+                "--base",
+                path(&model()),
+                "--suite",
+                path(&suite),
+                "--out",
+                path(&out),
+            ],
+            0,
         );
         out
     };
@@ -128,24 +124,21 @@ fn drift_gate_fails_with_exit_code_3_when_the_adapter_moves_the_model() {
     let suite = write_suite(&dir, 4, 1e-6);
     let adapter = write_adapter(&dir);
     let out = dir.join("report");
-    let o = keel(&[
-        "drift",
-        "--base",
-        path(&model()),
-        "--adapter",
-        path(&adapter),
-        "--reference",
-        path(&adapter),
-        "--suite",
-        path(&suite),
-        "--out",
-        path(&out),
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    keel(
+        &[
+            "drift",
+            "--base",
+            path(&model()),
+            "--adapter",
+            path(&adapter),
+            "--reference",
+            path(&adapter),
+            "--suite",
+            path(&suite),
+            "--out",
+            path(&out),
+        ],
+        3,
     );
     let report = read(&out.join("report.json"));
     assert_eq!(report["verdict"], "regression");
@@ -162,18 +155,20 @@ fn drift_gate_fails_with_exit_code_3_when_the_adapter_moves_the_model() {
     // The same model with the adapter gives the same probe results whether
     // run by `keel probe` or as drift's adapted side.
     let probed = dir.join("probe");
-    let o = keel(&[
-        "probe",
-        "--model",
-        path(&model()),
-        "--adapter",
-        path(&adapter),
-        "--suite",
-        path(&suite),
-        "--out",
-        path(&probed),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    keel(
+        &[
+            "probe",
+            "--model",
+            path(&model()),
+            "--adapter",
+            path(&adapter),
+            "--suite",
+            path(&suite),
+            "--out",
+            path(&probed),
+        ],
+        0,
+    );
     assert_eq!(read(&probed.join("report.json")), report["adapted"]);
 
     // An update is similar to the alignment subspace it spans itself.
@@ -305,8 +300,7 @@ fn smollm2_refuses_harmful_prompts_only_with_the_safety_adapter() {
         if let Some(a) = &adapter {
             args.extend(["--adapter", path(a)]);
         }
-        let o = keel(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        keel(&args, 0);
         reports.push(read(&out.join("report.json")));
     }
     let (base, aligned) = (&reports[0], &reports[1]);

@@ -37,6 +37,18 @@ pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// Every linear projection of a Llama decoder layer, by HF leaf name.
+#[allow(dead_code)]
+pub const ALL: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
 /// A test that needs something the machine may lack runs when `var` is set
 /// (CI sets it, and then a missing piece fails the test) and is skipped,
 /// loudly, otherwise.

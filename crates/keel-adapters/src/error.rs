@@ -5,11 +5,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] keel_fs::IoError),
     #[error("{file}: key `{key}`: {reason}")]
     Config {
         file: String,
@@ -26,11 +23,4 @@ pub enum Error {
     },
     #[error("module `{module}`: {reason}")]
     Module { module: String, reason: String },
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |error| Error::Io { path, error }
-    }
 }

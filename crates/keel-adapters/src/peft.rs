@@ -86,7 +86,7 @@ struct RawConfig {
 }
 
 fn parse_config(path: &Path) -> Result<(AdapterConfig, Option<String>), Error> {
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
     let file = path.display().to_string();
     let bad = |key: &str, reason: String| Error::Config {
         file: file.clone(),
@@ -247,7 +247,7 @@ impl AdapterFile {
     pub fn read(dir: &Path) -> Result<Self, Error> {
         let (config, base_model) = parse_config(&dir.join(CONFIG_FILE))?;
         let path = dir.join(WEIGHTS_FILE);
-        let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
+        let bytes = std::fs::read(&path).map_err(keel_fs::io(&path))?;
         let bad = |tensor: &str, reason: String| Error::Tensor {
             file: path.clone(),
             tensor: tensor.into(),
@@ -559,9 +559,9 @@ pub fn write(
     let config = dir.join(CONFIG_FILE);
     let tmp_config = dir.join(format!(".{CONFIG_FILE}.tmp"));
     let text = serde_json::to_string_pretty(&config_json(cfg, base_model)).expect("JSON");
-    std::fs::write(&tmp_config, text).map_err(Error::io(&tmp_config))?;
-    std::fs::rename(&tmp_weights, &weights).map_err(Error::io(&weights))?;
-    std::fs::rename(&tmp_config, &config).map_err(Error::io(&config))?;
+    std::fs::write(&tmp_config, text).map_err(keel_fs::io(&tmp_config))?;
+    std::fs::rename(&tmp_weights, &weights).map_err(keel_fs::io(&weights))?;
+    std::fs::rename(&tmp_config, &config).map_err(keel_fs::io(&config))?;
     Ok(tensors.len())
 }
 

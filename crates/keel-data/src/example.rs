@@ -179,10 +179,7 @@ pub fn load_examples(
     max_length: usize,
     train_on_prompt: bool,
 ) -> Result<Tokenized, Error> {
-    let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
     let eos = template.map(|t| t.eos_token.as_str()).unwrap_or_default();
     let mut examples = Vec::new();
     let mut truncated = 0;

@@ -1,13 +1,8 @@
-use std::path::PathBuf;
-
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] keel_fs::IoError),
     #[error(transparent)]
     Adapter(#[from] keel_adapters::Error),
     #[error(transparent)]
@@ -21,11 +16,4 @@ pub enum Error {
         format: &'static str,
         reason: String,
     },
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |error| Error::Io { path, error }
-    }
 }

@@ -29,7 +29,7 @@ pub fn export_peft(
     base_model: &str,
     out: &Path,
 ) -> Result<Vec<String>, Error> {
-    std::fs::create_dir_all(out).map_err(Error::io(out))?;
+    std::fs::create_dir_all(out).map_err(keel_fs::io(out))?;
     keel_adapters::peft::write(
         out,
         name,

@@ -137,7 +137,7 @@ fn default_act() -> String {
 
 impl HfConfig {
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
         serde_json::from_str(&text).map_err(|e| Error::BadFile {
             path: path.to_path_buf(),
             reason: format!("not a valid HF config: {e}"),

@@ -5,11 +5,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] keel_fs::IoError),
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
     #[error("{file}: key `{key}`: {reason}")]
@@ -32,11 +29,4 @@ pub enum Error {
     Adapter(#[from] keel_adapters::Error),
     #[error("device `{0}`: {1}")]
     Device(String, String),
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |error| Error::Io { path, error }
-    }
 }

@@ -82,27 +82,23 @@ pub fn generate(
     stop: &[u32],
     mut on_token: impl FnMut(u32),
 ) -> Vec<u32> {
-    let (cache, logits) = prefill(model, &[prompt.to_vec()], |_, _| {});
-    let mut out = decode(
-        model,
-        cache,
-        logits,
-        max_new_tokens,
-        sampling,
-        stop,
-        |_, t| on_token(t),
-    );
+    let prompts = [prompt.to_vec()];
+    let mut out = generate_batch(model, &prompts, max_new_tokens, sampling, stop, |_, t| {
+        on_token(t)
+    });
     out.pop().unwrap_or_default()
 }
 
 /// Answers for several prompts at once, left-padded into one batch: the
-/// same tokens as one at a time, several times faster.
+/// same tokens as one at a time, several times faster. `on_token(row,
+/// token)` streams.
 pub fn generate_batch(
     model: &Llama,
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
     sampling: &Sampling,
     stop: &[u32],
+    on_token: impl FnMut(usize, u32),
 ) -> Vec<Vec<u32>> {
     let (cache, logits) = prefill(model, prompts, |_, _| {});
     decode(
@@ -112,7 +108,7 @@ pub fn generate_batch(
         max_new_tokens,
         sampling,
         stop,
-        |_, _| {},
+        on_token,
     )
 }
 

@@ -76,7 +76,7 @@ pub fn hf_tensors(model: &Llama) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 pub fn save_hf_dir(model: &LoadedModel, out: &Path) -> Result<(), Error> {
     if out.exists()
         && std::fs::read_dir(out)
-            .map_err(Error::io(out))?
+            .map_err(keel_fs::io(out))?
             .next()
             .is_some()
     {
@@ -89,9 +89,9 @@ pub fn save_hf_dir(model: &LoadedModel, out: &Path) -> Result<(), Error> {
     let tmp = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let result = write_into(model, &tmp).and_then(|()| {
         if out.exists() {
-            std::fs::remove_dir(out).map_err(Error::io(out))?;
+            std::fs::remove_dir(out).map_err(keel_fs::io(out))?;
         }
-        std::fs::rename(&tmp, out).map_err(Error::io(out))
+        Ok(std::fs::rename(&tmp, out).map_err(keel_fs::io(out))?)
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -112,10 +112,10 @@ fn write_into(model: &LoadedModel, dir: &Path) -> Result<(), Error> {
             reason: format!("module `{name}` has an unmerged adapter; merge it first"),
         });
     }
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let write = |file: &str, text: String| {
+    std::fs::create_dir_all(dir).map_err(keel_fs::io(dir))?;
+    let write = |file: &str, text: String| -> Result<(), Error> {
         let path = dir.join(file);
-        std::fs::write(&path, text).map_err(Error::io(&path))
+        Ok(std::fs::write(&path, text).map_err(keel_fs::io(&path))?)
     };
     let config = model.config.to_hf_json().map_err(|reason| Error::Config {
         file: model.path.clone(),

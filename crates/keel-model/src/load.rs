@@ -182,7 +182,7 @@ fn read_chat_template(dir: &Path) -> Result<Option<ChatTemplate>, Error> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::BadFile {
         path: path.to_path_buf(),
         reason: format!("not valid JSON: {e}"),
@@ -201,7 +201,7 @@ fn read_chat_template(dir: &Path) -> Result<Option<ChatTemplate>, Error> {
     };
     let source = match json.get("chat_template") {
         None | Some(serde_json::Value::Null) if jinja.exists() => {
-            std::fs::read_to_string(&jinja).map_err(Error::io(&jinja))?
+            std::fs::read_to_string(&jinja).map_err(keel_fs::io(&jinja))?
         }
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::String(s)) => s.clone(),

@@ -59,9 +59,9 @@ impl WeightSource {
         let mut index = BTreeMap::new();
         for name in shard_names {
             let path = dir.join(&name);
-            let file = std::fs::File::open(&path).map_err(Error::io(&path))?;
+            let file = std::fs::File::open(&path).map_err(keel_fs::io(&path))?;
             // SAFETY: read-only map of a file we do not modify.
-            let map = unsafe { Mmap::map(&file) }.map_err(Error::io(&path))?;
+            let map = unsafe { Mmap::map(&file) }.map_err(keel_fs::io(&path))?;
             let st = SafeTensors::deserialize(&map).map_err(|e| Error::BadFile {
                 path: path.clone(),
                 reason: format!("not a valid safetensors file: {e}"),
@@ -175,7 +175,7 @@ impl WeightSource {
 }
 
 fn read_shard_index(path: &Path) -> Result<Vec<String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
     let bad = |reason: String| Error::BadFile {
         path: path.to_path_buf(),
         reason,

@@ -3,11 +3,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] keel_fs::IoError),
     #[error(transparent)]
     Toml(#[from] keel_recipe::Error),
     #[error("{path}: `{key}`: {message}")]
@@ -26,11 +23,4 @@ pub enum Error {
     Model(#[from] keel_model::Error),
     #[error(transparent)]
     Text(#[from] keel_text::Error),
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |error| Error::Io { path, error }
-    }
 }

@@ -264,12 +264,9 @@ impl DriftReport {
 /// Writes `files` (name, contents) into `dir`, each through a temporary
 /// file and a rename, so a report is never seen half-written.
 pub fn write_files(dir: &std::path::Path, files: &[(&str, String)]) -> Result<(), crate::Error> {
-    std::fs::create_dir_all(dir).map_err(crate::Error::io(dir))?;
+    std::fs::create_dir_all(dir).map_err(keel_fs::io(dir))?;
     for (name, contents) in files {
-        let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, contents).map_err(crate::Error::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(crate::Error::io(&path))?;
+        keel_fs::write_atomic(&dir.join(name), contents.as_bytes())?;
     }
     Ok(())
 }

@@ -157,7 +157,7 @@ const BUILTIN_DIR: &str = "<builtin>";
 impl Suite {
     /// Reads and checks a suite file.
     pub fn load(path: &Path) -> Result<Suite, Error> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
         Self::parse(&text, path)
     }
 
@@ -274,7 +274,7 @@ impl Suite {
                             key: "sets.file".into(),
                             message: "not a built-in probe set".into(),
                         })?,
-                    false => std::fs::read_to_string(&path).map_err(Error::io(&path))?,
+                    false => std::fs::read_to_string(&path).map_err(keel_fs::io(&path))?,
                 };
                 let mut rows = Vec::new();
                 for (i, line) in text.lines().enumerate() {

@@ -3,11 +3,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] keel_fs::IoError),
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
     #[error("GGUF tokenizer: {0}")]

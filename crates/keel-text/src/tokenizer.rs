@@ -14,10 +14,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads an HF `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
         Self::from_json(&text).map_err(|e| Error::BadFile {
             path: path.to_path_buf(),
             reason: e.to_string(),

@@ -33,13 +33,7 @@ pub fn checkpoints_dir(out: &Path) -> PathBuf {
 
 /// Writes `contents` to `path` through a temporary file and a rename.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents).map_err(Error::io(&tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))
+    Ok(keel_fs::write_atomic(path, contents)?)
 }
 
 /// Creates a checkpoint for `state.step`: `fill` writes the adapter and
@@ -50,19 +44,19 @@ pub fn save(
     fill: impl FnOnce(&Path) -> Result<(), Error>,
 ) -> Result<PathBuf, Error> {
     let root = checkpoints_dir(out);
-    std::fs::create_dir_all(&root).map_err(Error::io(&root))?;
+    std::fs::create_dir_all(&root).map_err(keel_fs::io(&root))?;
     let name = format!("step-{:07}", state.step);
     let tmp = root.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    std::fs::create_dir_all(&tmp).map_err(keel_fs::io(&tmp))?;
     fill(&tmp)?;
     let json = serde_json::to_vec_pretty(state).expect("JSON");
     write_atomic(&tmp.join(STATE_FILE), &json)?;
     let dest = root.join(&name);
     if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(Error::io(&dest))?;
+        std::fs::remove_dir_all(&dest).map_err(keel_fs::io(&dest))?;
     }
-    std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
+    std::fs::rename(&tmp, &dest).map_err(keel_fs::io(&dest))?;
     write_atomic(&out.join(LATEST), name.as_bytes())?;
     Ok(dest)
 }
@@ -73,7 +67,7 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>, Error> {
     if !path.exists() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    let name = std::fs::read_to_string(&path).map_err(keel_fs::io(&path))?;
     let dir = checkpoints_dir(out).join(name.trim());
     if !dir.join(STATE_FILE).exists() {
         return Err(Error::Checkpoint {
@@ -86,7 +80,7 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>, Error> {
 
 pub fn read_state(dir: &Path) -> Result<TrainState, Error> {
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    let text = std::fs::read_to_string(&path).map_err(keel_fs::io(&path))?;
     serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
         path,
         reason: e.to_string(),

@@ -3,11 +3,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {error}")]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] keel_fs::IoError),
     #[error(transparent)]
     Model(#[from] keel_model::Error),
     #[error(transparent)]
@@ -29,11 +26,4 @@ pub enum Error {
         value: f64,
         kept: Option<PathBuf>,
     },
-}
-
-impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |error| Error::Io { path, error }
-    }
 }

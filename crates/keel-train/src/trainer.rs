@@ -211,17 +211,17 @@ fn prepare_output(out: &Path, opts: &RunOptions) -> Result<(), Error> {
         for name in ["checkpoints", "adapter"] {
             let p = out.join(name);
             if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(Error::io(&p))?;
+                std::fs::remove_dir_all(&p).map_err(keel_fs::io(&p))?;
             }
         }
         for name in ["metrics.jsonl", "latest", "report.json"] {
             let p = out.join(name);
             if p.exists() {
-                std::fs::remove_file(&p).map_err(Error::io(&p))?;
+                std::fs::remove_file(&p).map_err(keel_fs::io(&p))?;
             }
         }
     }
-    std::fs::create_dir_all(out).map_err(Error::io(out))
+    Ok(std::fs::create_dir_all(out).map_err(keel_fs::io(out))?)
 }
 
 /// Keeps the metrics lines up to `step`, so a resumed run neither repeats
@@ -230,7 +230,7 @@ fn trim_metrics(path: &Path, step: usize) -> Result<(), Error> {
     if !path.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
     let kept: String = text
         .lines()
         .filter(|l| {
@@ -444,11 +444,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         .create(true)
         .append(true)
         .open(&metrics_path)
-        .map_err(Error::io(&metrics_path))?;
+        .map_err(keel_fs::io(&metrics_path))?;
     let mut log = |v: serde_json::Value| -> Result<(), Error> {
         writeln!(metrics, "{v}")
             .and_then(|()| metrics.flush())
-            .map_err(Error::io(&metrics_path))
+            .map_err(keel_fs::io(&metrics_path))?;
+        Ok(())
     };
 
     let write_adapter = |dir: &Path, model: &Llama| -> Result<usize, Error> {
@@ -647,7 +648,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         }
     }
     let adapter_dir = out.join("adapter");
-    std::fs::create_dir_all(&adapter_dir).map_err(Error::io(&adapter_dir))?;
+    std::fs::create_dir_all(&adapter_dir).map_err(keel_fs::io(&adapter_dir))?;
     write_adapter(&adapter_dir, &model)?;
     let adapter_bytes = std::fs::metadata(adapter_dir.join(peft::WEIGHTS_FILE))
         .map(|m| m.len())

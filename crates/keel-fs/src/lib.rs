@@ -1,0 +1,59 @@
+//! What every keel crate needs from the file system: I/O errors that name
+//! the file, and writes that are never seen half-done.
+
+use std::path::{Path, PathBuf};
+
+/// An I/O error and the path it happened at.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", path.display())]
+pub struct IoError {
+    pub path: PathBuf,
+    #[source]
+    pub error: std::io::Error,
+}
+
+/// For `map_err`: the error at `path` (`?` converts it into any error
+/// type that wraps an [`IoError`]).
+pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IoError {
+    let path = path.into();
+    move |error| IoError { path, error }
+}
+
+/// Writes `contents` to `path` through a synced temporary file in the same
+/// folder and a rename: a crash leaves the old file or the new one, never
+/// a mix.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IoError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents).map_err(io(&tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_atomically_and_names_the_path_on_error() {
+        let dir = std::env::temp_dir().join(format!("keel-fs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.json");
+        write_atomic(&file, b"one").unwrap();
+        write_atomic(&file, b"two").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"two");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
+        let err = write_atomic(&dir.join("missing/b.json"), b"x").unwrap_err();
+        assert!(err.to_string().contains("missing/.b.json.tmp"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
