@@ -192,6 +192,32 @@ fn constrained_sft_holds_the_first_answer_token_near_the_reference() {
 }
 
 #[test]
+fn safety_layers_are_found_and_left_without_adapter() {
+    let dir = temp_dir("safety-layers");
+    let out = dir.join("run");
+    train(&out, &["alignment.exclude_safety_layers=1".into()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("alignment.json")).unwrap())
+            .unwrap();
+    let excluded = v["safety_layers_excluded"].as_array().unwrap();
+    assert_eq!(excluded.len(), 1);
+    let layer = excluded[0]["layer"].as_u64().unwrap() as usize;
+    // It is the layer the probe suite's direction judge ranks first.
+    let loaded = LoadedModel::open(&model(), &Device::flex()).unwrap();
+    let ranked = keel_align::layers::safety_layers(&loaded, 3, 64).unwrap();
+    assert_eq!(ranked[0].layer, layer);
+    assert!(ranked.windows(2).all(|w| w[0].auroc >= w[1].auroc));
+    let adapter = AdapterFile::read(&out.join("adapter")).unwrap();
+    assert_eq!(adapter.modules.len(), 7 * 2);
+    assert!(
+        adapter
+            .modules
+            .keys()
+            .all(|m| !m.contains(&format!("layers.{layer}.")))
+    );
+}
+
+#[test]
 fn replay_adds_its_share_of_examples() {
     let dir = temp_dir("replay");
     let one_epoch = |out: &Path, extra: &[&str]| {

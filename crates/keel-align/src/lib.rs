@@ -11,10 +11,14 @@
 //!   it, `λ Σ ‖(I − C) ΔW‖²_F` (AsFT, "Anchoring Safety During LLM
 //!   Fine-Tuning Within Narrow Safety Basin", 2025).
 //!
+//! - [`layers`]: find the layers where harmful and harmless prompts
+//!   separate, to keep the adapter off them.
+//!
 //! When the aligned model is a base plus a safety LoRA, `V = s·B_s·A_s` and
 //! nothing is densified: every product is taken through the rank-r factors.
 
 pub mod asft;
+pub mod layers;
 pub mod safe_lora;
 mod subspace;
 
@@ -28,6 +32,8 @@ pub use subspace::Subspace;
 pub enum Error {
     #[error(transparent)]
     Adapter(#[from] keel_adapters::Error),
+    #[error(transparent)]
+    Probes(#[from] keel_probes::Error),
     #[error("module `{module}`: {reason}")]
     Module { module: String, reason: String },
 }

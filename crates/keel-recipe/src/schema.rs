@@ -230,6 +230,9 @@ pub struct Alignment {
     /// on the first tokens.
     #[serde(default)]
     pub constrained_sft: bool,
+    /// Keep the adapter off the `k` layers where harmful and harmless
+    /// prompts separate best (refusal-direction AUROC on the base).
+    pub exclude_safety_layers: Option<usize>,
     /// Safety replay: examples (in `[data]`'s format) mixed into training.
     pub replay: Option<PathBuf>,
     /// Share of each epoch's examples drawn from `replay`.

@@ -23,7 +23,10 @@ use crate::error::Error;
 use crate::loss::{constrained_sft, response_betas, target_log_probs, weighted_nll};
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
-use keel_align::{Subspace, asft, safe_lora};
+use keel_align::{Subspace, asft, layers, safe_lora};
+
+/// Prompts per probe set used to find the safety layers.
+const SAFETY_LAYER_PROMPTS: usize = 64;
 
 /// The adapter's name inside the model while it trains.
 const ADAPTER: &str = "default";
@@ -359,13 +362,29 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     let tokenizer = loaded.tokenizer()?.clone();
     let template = loaded.chat_template.clone();
     let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
+    let mut cfg = adapter_config(recipe);
+    let al = &recipe.alignment;
+    let safety_layers = match al.exclude_safety_layers {
+        Some(k) => {
+            let found = layers::safety_layers(&loaded, k, SAFETY_LAYER_PROMPTS)?;
+            let all = cfg
+                .layers
+                .clone()
+                .unwrap_or_else(|| (0..loaded.model.layers.len()).collect());
+            cfg.layers = Some(
+                all.into_iter()
+                    .filter(|l| !found.iter().any(|f| f.layer == *l))
+                    .collect(),
+            );
+            found
+        }
+        None => Vec::new(),
+    };
     let mut model = loaded.model;
     let fingerprint = model.fingerprint();
     let base_name = recipe.model.path.display().to_string();
-    let cfg = adapter_config(recipe);
 
     let (train_set, eval_set) = load_data(recipe, &tokenizer, template.as_ref())?;
-    let al = &recipe.alignment;
     let subspace = match &al.reference {
         Some(dir) => Some(Subspace::from_adapter(&AdapterFile::read(dir)?, &device)?),
         None => None,
@@ -620,22 +639,22 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     }
     stopped_early |= state.step < total_steps;
 
-    if let Some(subspace) = &subspace {
+    if subspace.is_some() || !safety_layers.is_empty() {
         let mode = match (al.safe_lora_threshold, al.safe_lora_top_k) {
             (Some(t), _) => Some(safe_lora::Mode::Threshold(t)),
             (None, Some(k)) => Some(safe_lora::Mode::TopK(k)),
             (None, None) => None,
         };
-        let modules = match mode {
-            Some(mode) => safe_lora::apply(&mut model.linears_mut(), ADAPTER, subspace, mode),
-            None => safe_lora::report(&model.linears(), ADAPTER, subspace),
+        let modules = match (&subspace, mode) {
+            (Some(s), Some(mode)) => safe_lora::apply(&mut model.linears_mut(), ADAPTER, s, mode),
+            (Some(s), None) => safe_lora::report(&model.linears(), ADAPTER, s),
+            (None, _) => Vec::new(),
         };
         let projected = modules.iter().filter(|m| m.projected).count();
         checkpoint::write_atomic(
             &out.join("alignment.json"),
-            &serde_json::to_vec_pretty(
-                &serde_json::json!({"safe_lora_projected": projected, "modules": modules}),
-            )
+            &serde_json::to_vec_pretty(&serde_json::json!({"safe_lora_projected": projected,
+                "safety_layers_excluded": safety_layers, "modules": modules}))
             .expect("JSON"),
         )?;
         if projected > 0 && !eval_set.is_empty() {
