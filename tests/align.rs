@@ -218,6 +218,28 @@ fn safety_layers_are_found_and_left_without_adapter() {
 }
 
 #[test]
+fn kl_anchors_hold_the_model_to_the_reference() {
+    let dir = temp_dir("anchors");
+    let (plain, anchored) = (dir.join("plain"), dir.join("anchored"));
+    let p = train(&plain, &[]);
+    // Anchored on its own training answers, strongly: it may barely move.
+    let anchors = format!(
+        "alignment.anchors={}",
+        fixture("../../datasets/tiny/train.jsonl").display()
+    );
+    let a = train(&anchored, &[anchors, "alignment.anchor_lambda=20.0".into()]);
+    let kls: Vec<f64> = std::fs::read_to_string(anchored.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["anchor_kl"].as_f64())
+        .collect();
+    assert_eq!(kls.len(), 40);
+    assert_eq!(kls[0], 0.0, "the adapter starts as a no-op");
+    let (pl, al) = (p.final_loss.unwrap(), a.final_loss.unwrap());
+    assert!(al > pl + 1.0, "final loss: plain {pl}, anchored {al}");
+}
+
+#[test]
 fn replay_adds_its_share_of_examples() {
     let dir = temp_dir("replay");
     let one_epoch = |out: &Path, extra: &[&str]| {

@@ -5,8 +5,8 @@ use keel_adapters::rng::SplitMix64;
 
 use crate::example::Example;
 
-/// Fisher-Yates with a seeded generator: the same order on every machine.
-pub(crate) fn shuffle<T>(v: &mut [T], seed: u64) {
+/// A seeded Fisher-Yates shuffle: the same order on every platform.
+pub fn shuffle<T>(v: &mut [T], seed: u64) {
     let mut rng = SplitMix64(seed);
     for i in (1..v.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;

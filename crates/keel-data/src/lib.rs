@@ -8,6 +8,6 @@ mod batch;
 mod error;
 mod example;
 
-pub use batch::{Batch, Batcher};
+pub use batch::{Batch, Batcher, shuffle};
 pub use error::Error;
 pub use example::{Example, Tokenized, load_examples, mix_replay, pack, split_eval};

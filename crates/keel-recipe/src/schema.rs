@@ -233,6 +233,12 @@ pub struct Alignment {
     /// Keep the adapter off the `k` layers where harmful and harmless
     /// prompts separate best (refusal-direction AUROC on the base).
     pub exclude_safety_layers: Option<usize>,
+    /// KL anchors: examples (in `[data]`'s format) on whose answer tokens
+    /// the model is held to the reference (itself with the adapter off).
+    pub anchors: Option<PathBuf>,
+    /// Weight of the anchors' mean KL(reference ‖ model) in the loss.
+    #[serde(default)]
+    pub anchor_lambda: f64,
     /// Safety replay: examples (in `[data]`'s format) mixed into training.
     pub replay: Option<PathBuf>,
     /// Share of each epoch's examples drawn from `replay`.
@@ -465,6 +471,7 @@ impl Recipe {
             &mut recipe.data.eval,
             &mut recipe.alignment.reference,
             &mut recipe.alignment.replay,
+            &mut recipe.alignment.anchors,
         ]
         .into_iter()
         .flatten()
@@ -631,6 +638,16 @@ impl Recipe {
             al.asft_lambda.is_finite() && al.asft_lambda >= 0.0,
             "alignment.asft_lambda",
             format!("{} must be a number ≥ 0", al.asft_lambda),
+        );
+        check(
+            al.anchor_lambda.is_finite() && al.anchor_lambda >= 0.0,
+            "alignment.anchor_lambda",
+            format!("{} must be a number ≥ 0", al.anchor_lambda),
+        );
+        check(
+            al.anchors.is_some() == (al.anchor_lambda > 0.0),
+            "alignment.anchor_lambda",
+            "`anchors` and a positive `anchor_lambda` go together".into(),
         );
         check(
             al.replay.is_some() == al.replay_fraction.is_some(),

@@ -20,7 +20,7 @@ use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::checkpoint::{self, TrainState};
 use crate::error::Error;
-use crate::loss::{constrained_sft, response_betas, target_log_probs, weighted_nll};
+use crate::loss::{constrained_sft, response_betas, target_log_probs, token_kl, weighted_nll};
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
 use keel_align::{Subspace, asft, layers, safe_lora};
@@ -385,6 +385,21 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     let base_name = recipe.model.path.display().to_string();
 
     let (train_set, eval_set) = load_data(recipe, &tokenizer, template.as_ref())?;
+    let mut anchors = match &al.anchors {
+        Some(p) => {
+            load_examples(
+                p,
+                recipe.data.format,
+                &tokenizer,
+                template.as_ref(),
+                recipe.data.max_length,
+                false,
+            )?
+            .examples
+        }
+        None => Vec::new(),
+    };
+    keel_data::shuffle(&mut anchors, recipe.optim.seed ^ 0xA4C4_0125);
     let subspace = match &al.reference {
         Some(dir) => Some(Subspace::from_adapter(&AdapterFile::read(dir)?, &device)?),
         None => None,
@@ -567,6 +582,29 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             penalty_sum += penalty.map_or(0.0, |p| p.into_scalar::<f32>() as f64);
             accumulate(&mut grads, g, &params);
         }
+        let mut anchor_kl = None;
+        if !anchors.is_empty() {
+            // The step's anchors, a function of the step so resume agrees.
+            let refs: Vec<&Example> = (0..o.batch_size)
+                .map(|i| &anchors[(state.step * o.batch_size + i) % anchors.len()])
+                .collect();
+            let batch = Batch::collate(&refs, pad);
+            let (inputs, _, weights) = batch_tensors(&batch, &device);
+            model.activate_adapters(&[]);
+            let reference = model.forward(inputs.clone()).detach();
+            model.activate_adapters(&[ADAPTER]);
+            let kl = token_kl(reference, model.forward(inputs))
+                .mul(weights)
+                .sum()
+                .div_scalar(batch.target_tokens().max(1) as f64);
+            let loss = kl.clone().mul_scalar(al.anchor_lambda);
+            accumulate(
+                &mut grads,
+                GradientsParams::from_grads(loss.backward(), &model),
+                &params,
+            );
+            anchor_kl = Some(kl.into_scalar::<f32>() as f64);
+        }
         let norm = grad_norm(&grads, &params);
         for (what, value) in [("loss", loss_sum), ("gradient norm", norm)] {
             if !value.is_finite() {
@@ -599,6 +637,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch});
         if al.asft_lambda > 0.0 {
             row["asft_penalty"] = penalty_sum.into();
+        }
+        if let Some(kl) = anchor_kl {
+            row["anchor_kl"] = kl.into();
         }
         log(row)?;
         if let Some(bar) = &bar {
