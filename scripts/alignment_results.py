@@ -28,16 +28,21 @@ RECIPE = ROOT / "recipes" / "smollm2-pubmedqa.toml"
 REF = f"alignment.reference={SAFETY}"
 REPLAY = [f"alignment.replay={ROOT / 'datasets/safety/train.jsonl'}", "alignment.replay_fraction=0.1"]
 
+ANCHORS = [f"alignment.anchors={ROOT / 'datasets/safety/train.jsonl'}", "alignment.anchor_lambda=1.0"]
+SAFE_LORA_K = "42"  # a fifth of SmolLM2's 210 adapted modules
+
 # name -> (what it is, how to make its adapter)
 CONDITIONS = {
     "vanilla": ("plain LoRA", {"train": [REF]}),
-    "safe-lora": ("Safe LoRA, post hoc on vanilla (threshold 0.35)",
-                  {"posthoc": ("vanilla", ["--threshold", "0.35"])}),
-    "asft": ("AsFT regulariser (λ = 1)", {"train": [REF, "alignment.asft_lambda=1.0"]}),
+    "safe-lora": (f"Safe LoRA, post hoc on vanilla (the {SAFE_LORA_K} least similar modules)",
+                  {"posthoc": ("vanilla", ["--top-k", SAFE_LORA_K])}),
+    "asft": ("AsFT regulariser (λ = 0.1)", {"train": [REF, "alignment.asft_lambda=0.1"]}),
     "constrained-sft": ("token-wise constrained SFT", {"train": [REF, "alignment.constrained_sft=true"]}),
+    "anchors": ("KL anchors on the safety set (λ = 1)", {"train": [REF] + ANCHORS}),
     "replay": ("safety replay (10%)", {"train": [REF] + REPLAY}),
-    "default": ("replay 10% + constrained SFT + Safe LoRA (0.35)",
-                {"train": [REF, "alignment.constrained_sft=true", "alignment.safe_lora_threshold=0.35"] + REPLAY}),
+    "safety-layers": ("adapter off the 6 safety layers", {"train": [REF, "alignment.exclude_safety_layers=6"]}),
+    "default": (f"replay 10% + constrained SFT + Safe LoRA (top {SAFE_LORA_K})",
+                {"train": [REF, "alignment.constrained_sft=true", f"alignment.safe_lora_top_k={SAFE_LORA_K}"] + REPLAY}),
 }
 
 

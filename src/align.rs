@@ -24,7 +24,8 @@ pub enum AlignCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Print each module's similarity to the alignment subspace (JSON).
+    /// Print each module's similarity to the alignment subspace, and the
+    /// AsFT penalty of the whole update (JSON).
     Similarity {
         #[command(flatten)]
         pair: Pair,
@@ -64,8 +65,13 @@ pub fn run(cmd: &AlignCommand) -> Result<()> {
     match cmd {
         AlignCommand::Similarity { pair } => {
             let (loaded, _, subspace) = open(pair)?;
-            let modules = safe_lora::report(&loaded.model.linears(), ADAPTER, &subspace);
-            println!("{}", serde_json::to_string_pretty(&modules)?);
+            let linears = loaded.model.linears();
+            let modules = safe_lora::report(&linears, ADAPTER, &subspace);
+            // What AsFT's regulariser would charge for this update (λ = 1).
+            let penalty = keel_align::asft::penalty(&linears, ADAPTER, &subspace)
+                .map(|p| p.into_scalar::<f32>() as f64);
+            let report = serde_json::json!({"asft_penalty": penalty, "modules": modules});
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         AlignCommand::SafeLora {
             pair,
