@@ -191,3 +191,22 @@ fn trains_on_a_bf16_base() {
     assert!(report.final_loss.unwrap() < 0.5, "{:?}", report.final_loss);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn activation_checkpointing_gives_the_same_losses() {
+    let _run = one_run();
+    let dir = temp_dir("train-ckpt");
+    let steps = "optim.steps=20";
+    keel_train::train(&recipe(&dir.join("plain"), &[steps]), &opts()).unwrap();
+    let set = [steps, "model.activation_checkpointing=true"];
+    keel_train::train(&recipe(&dir.join("ckpt"), &set), &opts()).unwrap();
+    let (a, b) = (losses(&dir.join("plain")), losses(&dir.join("ckpt")));
+    assert_eq!(a.len(), 20);
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+            "step {step}: {x} vs {y}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

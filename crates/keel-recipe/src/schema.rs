@@ -19,6 +19,10 @@ pub struct Model {
     /// Storage type of the frozen base weights.
     #[serde(default)]
     pub base_dtype: Dtype,
+    /// Recompute memory-bound activations (elementwise, reshapes) in the
+    /// backward pass instead of keeping them: less memory, more time.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

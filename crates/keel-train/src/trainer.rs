@@ -357,7 +357,10 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
     STOP.store(false, Ordering::SeqCst);
 
-    let device = device_of(recipe)?.autodiff();
+    let device = match recipe.model.activation_checkpointing {
+        true => device_of(recipe)?.autodiff().gradient_checkpointing(),
+        false => device_of(recipe)?.autodiff(),
+    };
     let loaded = ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
     let tokenizer = loaded.tokenizer()?.clone();
     let template = loaded.chat_template.clone();
