@@ -70,14 +70,16 @@ def make(name):
         return
     start = time.time()
     if "train" in how:
-        run([keel(), "train", RECIPE, "--overwrite", "--set", f"output.dir={out}"]
-            + [x for s in how["train"] for x in ("--set", s)])
+        if not (out / "report.json").exists():  # a finished run is kept
+            run([keel(), "train", RECIPE, "--overwrite", "--set", f"output.dir={out}"]
+                + [x for s in how["train"] for x in ("--set", s)])
     else:
         source, args = how["posthoc"]
         make(source)
         run([keel(), "align", "safe-lora", "--model", ALIGNED, "--adapter", RUNS / source / "adapter",
              "--reference", SAFETY, "--out", out / "adapter"] + args)
-    (out / "wall.json").write_text(json.dumps({"adapt_s": time.time() - start}))
+    if not (out / "wall.json").exists():
+        (out / "wall.json").write_text(json.dumps({"adapt_s": time.time() - start}))
     run([keel(), "drift", "--base", ALIGNED, "--adapter", out / "adapter", "--reference", SAFETY,
          "--out", out / "drift"], ok=(0, 3))
 

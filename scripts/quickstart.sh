@@ -14,7 +14,8 @@ keel="$CARGO_TARGET_DIR/debug/keel"
 "$keel" train recipes/quickstart.toml --overwrite
 # Exit code 3 is the drift gate's verdict (a regression), not a failure of this script.
 status=0
+# --limit keeps it quick (40 prompts a set); drop it for the full suite.
 "$keel" drift --base runs/smollm2-aligned --adapter runs/quickstart/adapter \
-  --out runs/quickstart/drift || status=$?
+  --reference models/smollm2-safety --limit 40 --out runs/quickstart/drift || status=$?
 [ "$status" -eq 0 ] || [ "$status" -eq 3 ] || exit "$status"
 echo "drift report: runs/quickstart/drift/report.html (gate: $([ "$status" -eq 0 ] && echo pass || echo regression))"
