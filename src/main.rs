@@ -161,6 +161,30 @@ enum AdapterCommand {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Training tokens/s and peak RSS on the fixed LoRA workload
+    /// (`benchmarks/peft_reference.py` runs the same one in HF PEFT).
+    Train {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Storage of the frozen base: f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        base_dtype: String,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        #[arg(long)]
+        activation_checkpointing: bool,
+        /// Scratch folder for the generated data and run.
+        #[arg(long, default_value = "runs/bench-train")]
+        work: PathBuf,
+    },
     /// Prefill and decode tokens/s and peak RSS.
     Generate {
         #[arg(long)]
@@ -239,6 +263,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Align(cmd) => align::run(&cmd),
         Command::Probe(args) => probe::probe(&args),
         Command::Drift(args) => probe::drift(&args),
+        Command::Bench(Bench::Train {
+            model,
+            device,
+            base_dtype,
+            seq,
+            batch,
+            warmup,
+            steps,
+            activation_checkpointing,
+            work,
+        }) => {
+            let opts = keel_train::bench::BenchOptions {
+                model,
+                device,
+                base_dtype,
+                seq,
+                batch,
+                warmup,
+                steps,
+                activation_checkpointing,
+            };
+            let report = keel_train::bench::bench_train(&opts, &work)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Bench(Bench::Generate {
             model,
             device,

@@ -9,6 +9,7 @@
 //! atomically, and resume to the same loss curve. Ctrl-C writes one and
 //! exits. Every run ends with a [`report`].
 
+pub mod bench;
 pub mod checkpoint;
 mod error;
 mod loss;

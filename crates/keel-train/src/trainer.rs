@@ -632,12 +632,14 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         state.tokens += micro.iter().map(|b| (b.batch * b.seq) as u64).sum::<u64>();
         state.epoch = batcher.epoch;
         state.pos = batcher.pos;
-        state.elapsed_s += step_start.elapsed().as_secs_f64();
+        let step_s = step_start.elapsed().as_secs_f64();
+        state.elapsed_s += step_s;
         let tok_s =
             (state.tokens - run_start_tokens) as f64 / started.elapsed().as_secs_f64().max(1e-9);
         last_loss = Some(loss_sum);
         let mut row = serde_json::json!({"step": state.step, "loss": loss_sum, "lr": lr,
-            "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch});
+            "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch,
+            "step_s": step_s});
         if al.asft_lambda > 0.0 {
             row["asft_penalty"] = penalty_sum.into();
         }

@@ -1,0 +1,143 @@
+//! `keel bench train`: the fixed workload keel is compared with HF PEFT on
+//! (`benchmarks/peft_reference.py` runs the same one): LoRA r16, alpha 32
+//! on all seven projections, AdamW, random-token sequences of `seq` tokens
+//! in batches of `batch`; `warmup` untimed steps, then `steps` timed ones.
+//! It runs the real trainer on a generated recipe, so what it measures is
+//! what `keel train` does.
+
+use std::path::{Path, PathBuf};
+
+use keel_adapters::rng::SplitMix64;
+use keel_model::ModelSource;
+use keel_recipe::Recipe;
+use serde::Serialize;
+
+use crate::{Error, RunOptions, report, train};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model: PathBuf,
+    /// `flex`, `wgpu` or `ndarray`.
+    pub device: String,
+    /// `f32`, `f16` or `bf16`: the frozen base's storage.
+    pub base_dtype: String,
+    pub seq: usize,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    pub activation_checkpointing: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub tool: &'static str,
+    pub model: String,
+    pub device: String,
+    pub base_dtype: String,
+    pub activation_checkpointing: bool,
+    pub seq: usize,
+    pub batch: usize,
+    pub timed_steps: usize,
+    /// Median wall time of a timed step.
+    pub step_s: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Random token ids decoded to text, long enough that every example is cut
+/// to exactly `seq` tokens when read back.
+fn random_text(model: &Path, rows: usize, seq: usize) -> Result<String, Error> {
+    let source = ModelSource::open(model)?;
+    let tokenizer = source.tokenizer()?;
+    let vocab = tokenizer.vocab_size() as u64;
+    let mut rng = SplitMix64(0);
+    let mut out = String::new();
+    for _ in 0..rows {
+        let ids: Vec<u32> = (0..2 * seq)
+            .map(|_| (rng.next_u64() % vocab) as u32)
+            .collect();
+        out += &serde_json::json!({"text": tokenizer.decode(&ids, true)?}).to_string();
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+pub fn bench_train(o: &BenchOptions, work: &Path) -> Result<BenchReport, Error> {
+    std::fs::create_dir_all(work).map_err(keel_fs::io(work))?;
+    // The recipe resolves relative paths against its own folder.
+    let work = &std::fs::canonicalize(work).map_err(keel_fs::io(work))?;
+    let model = std::fs::canonicalize(&o.model).map_err(keel_fs::io(&o.model))?;
+    let data = work.join("data.jsonl");
+    let rows = o.batch * (o.warmup + o.steps);
+    keel_fs::write_atomic(&data, random_text(&model, rows, o.seq)?.as_bytes())?;
+    let recipe_text = format!(
+        r#"[model]
+path = {model:?}
+device = "{device}"
+base_dtype = "{dtype}"
+activation_checkpointing = {ckpt}
+
+[adapter]
+r = 16
+alpha = 32
+targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+[data]
+train = {data:?}
+format = "text"
+max_length = {seq}
+
+[optim]
+lr = 1e-4
+schedule = "constant"
+steps = {steps}
+batch_size = {batch}
+seed = 0
+
+[output]
+dir = {out:?}
+"#,
+        model = model.display().to_string(),
+        device = o.device,
+        dtype = o.base_dtype,
+        ckpt = o.activation_checkpointing,
+        data = data.display().to_string(),
+        seq = o.seq,
+        steps = o.warmup + o.steps,
+        batch = o.batch,
+        out = work.join("run").display().to_string(),
+    );
+    let recipe_path = work.join("bench.toml");
+    let recipe = Recipe::parse(&recipe_text, &recipe_path, &[]).map_err(|e| Error::Output {
+        path: recipe_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let opts = RunOptions {
+        overwrite: true,
+        ..RunOptions::default()
+    };
+    train(&recipe, &opts)?;
+    let metrics_path = work.join("run/metrics.jsonl");
+    let metrics = std::fs::read_to_string(&metrics_path).map_err(keel_fs::io(&metrics_path))?;
+    let mut times: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize > o.warmup))
+        .filter_map(|v| v["step_s"].as_f64())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let step_s = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(BenchReport {
+        tool: "keel",
+        model: o.model.display().to_string(),
+        device: o.device.clone(),
+        base_dtype: o.base_dtype.clone(),
+        activation_checkpointing: o.activation_checkpointing,
+        seq: o.seq,
+        batch: o.batch,
+        timed_steps: times.len(),
+        step_s,
+        tokens_per_s: (o.batch * o.seq) as f64 / step_s,
+        peak_rss_bytes: report::peak_rss_bytes(),
+    })
+}
