@@ -10,7 +10,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
 cargo build --quiet --bin keel
 keel="$CARGO_TARGET_DIR/debug/keel"
 
-"$keel" export --model "$model" --adapter models/smollm2-safety --format merged --out runs/smollm2-aligned
+[ -f runs/smollm2-aligned/model.safetensors ] ||
+  "$keel" export --model "$model" --adapter models/smollm2-safety --format merged --out runs/smollm2-aligned
 "$keel" train recipes/quickstart.toml --overwrite
 # Exit code 3 is the drift gate's verdict (a regression), not a failure of this script.
 status=0
