@@ -163,28 +163,7 @@ enum AdapterCommand {
 enum Bench {
     /// Training tokens/s and peak RSS on the fixed LoRA workload
     /// (`benchmarks/peft_reference.py` runs the same one in HF PEFT).
-    Train {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, default_value = "flex")]
-        device: String,
-        /// Storage of the frozen base: f32, f16 or bf16.
-        #[arg(long, default_value = "f32")]
-        base_dtype: String,
-        #[arg(long, default_value_t = 256)]
-        seq: usize,
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        #[arg(long, default_value_t = 8)]
-        steps: usize,
-        #[arg(long)]
-        activation_checkpointing: bool,
-        /// Scratch folder for the generated data and run.
-        #[arg(long, default_value = "runs/bench-train")]
-        work: PathBuf,
-    },
+    Train(BenchTrainArgs),
     /// Prefill and decode tokens/s and peak RSS.
     Generate {
         #[arg(long)]
@@ -196,6 +175,30 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchTrainArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Storage of the frozen base: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    base_dtype: String,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    #[arg(long)]
+    activation_checkpointing: bool,
+    /// Scratch folder for the generated data and run.
+    #[arg(long, default_value = "runs/bench-train")]
+    work: PathBuf,
 }
 
 fn main() {
@@ -263,28 +266,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Align(cmd) => align::run(&cmd),
         Command::Probe(args) => probe::probe(&args),
         Command::Drift(args) => probe::drift(&args),
-        Command::Bench(Bench::Train {
-            model,
-            device,
-            base_dtype,
-            seq,
-            batch,
-            warmup,
-            steps,
-            activation_checkpointing,
-            work,
-        }) => {
+        Command::Bench(Bench::Train(a)) => {
             let opts = keel_train::bench::BenchOptions {
-                model,
-                device,
-                base_dtype,
-                seq,
-                batch,
-                warmup,
-                steps,
-                activation_checkpointing,
+                model: a.model,
+                device: a.device,
+                base_dtype: a.base_dtype,
+                seq: a.seq,
+                batch: a.batch,
+                warmup: a.warmup,
+                steps: a.steps,
+                activation_checkpointing: a.activation_checkpointing,
             };
-            let report = keel_train::bench::bench_train(&opts, &work)?;
+            let report = keel_train::bench::bench_train(&opts, &a.work)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
