@@ -269,10 +269,10 @@ pub fn drift(
     let mut kl_reports = Vec::new();
     if let Some(spec) = &suite.kl {
         let total = base_side.results.len();
-        let positions = |set: &str| match sets.iter().find(|s| s.name == set).map(|s| s.expect) {
-            Some(Expect::Answer) => spec.response_tokens,
-            Some(Expect::Refuse) => spec.refuse_first_tokens,
-            _ => 0,
+        let positions = |set: &str| {
+            sets.iter()
+                .find(|s| s.name == set)
+                .map_or(0, |s| spec.positions(s.expect))
         };
         for (c, (bs, as_)) in base_side
             .results
@@ -307,10 +307,7 @@ pub fn drift(
             if !kls.is_empty() {
                 kl_reports.push(KlReport {
                     set: set.name.clone(),
-                    positions: match set.expect {
-                        Expect::Answer => spec.response_tokens,
-                        _ => spec.refuse_first_tokens,
-                    },
+                    positions: spec.positions(set.expect),
                     kl: Estimate::bootstrap(
                         &kls,
                         suite.bootstrap,

@@ -74,6 +74,18 @@ pub struct KlSpec {
     pub refuse_first_tokens: usize,
 }
 
+impl KlSpec {
+    /// Response positions scored on a set that expects `expect` (none on
+    /// `correct` sets).
+    pub fn positions(&self, expect: Expect) -> usize {
+        match expect {
+            Expect::Answer => self.response_tokens,
+            Expect::Refuse => self.refuse_first_tokens,
+            Expect::Correct => 0,
+        }
+    }
+}
+
 /// The largest regressions `keel drift` lets pass (fractions, not points).
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]

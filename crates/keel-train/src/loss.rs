@@ -33,17 +33,6 @@ pub fn constrained_sft(
         .mul_scalar(-2.0)
 }
 
-/// KL(reference ‖ model) of the next-token distributions at every position,
-/// `[batch, seq]`, differentiable in `logits`.
-pub fn token_kl(ref_logits: Tensor<3>, logits: Tensor<3>) -> Tensor<2> {
-    let (lr, lq) = (log_softmax(ref_logits, 2), log_softmax(logits, 2));
-    lr.clone()
-        .exp()
-        .mul(lr.sub(lq))
-        .sum_dim(2)
-        .squeeze_dim::<2>(2)
-}
-
 /// The paper's schedule by position `t` (1-based) in the response: the
 /// first tokens, where shallow alignment lives, are held hardest.
 pub fn beta_at(t: usize) -> f32 {
@@ -83,20 +72,6 @@ mod tests {
 
     fn t2(v: &[f32]) -> Tensor<2> {
         Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), &Device::flex())
-    }
-
-    #[test]
-    fn token_kl_is_zero_on_equal_and_positive_on_different_logits() {
-        let dev = Device::flex();
-        let l = |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [1, 2, 2]), &dev);
-        let p = l(vec![0.0, 0.0, 1.0, 0.0]);
-        let kl: Vec<f32> = token_kl(p.clone(), p.clone()).try_into_vec_as().unwrap();
-        assert_eq!(kl, vec![0.0, 0.0]);
-        // p = (0.5, 0.5) against q = (0.8, 0.2) at the first position.
-        let q = l(vec![(0.8f32).ln(), (0.2f32).ln(), 1.0, 0.0]);
-        let kl: Vec<f32> = token_kl(p, q).try_into_vec_as().unwrap();
-        let want = 0.5 * (0.5f32 / 0.8).ln() + 0.5 * (0.5f32 / 0.2).ln();
-        assert!((kl[0] - want).abs() < 1e-6 && kl[1].abs() < 1e-7, "{kl:?}");
     }
 
     #[test]

@@ -20,10 +20,11 @@ use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::checkpoint::{self, TrainState};
 use crate::error::Error;
-use crate::loss::{constrained_sft, response_betas, target_log_probs, token_kl, weighted_nll};
+use crate::loss::{constrained_sft, response_betas, target_log_probs, weighted_nll};
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
 use keel_align::{Subspace, asft, layers, safe_lora};
+use keel_probes::judges::kl::token_kl;
 
 /// Prompts per probe set used to find the safety layers.
 const SAFETY_LAYER_PROMPTS: usize = 64;
@@ -269,6 +270,15 @@ impl Optimizers {
 
 /// Runs `recipe`: trains, evaluates, checkpoints, and writes the adapter to
 /// `<output>/adapter` and the report to `<output>/report.json`.
+/// Logits of the reference, the model with its adapter switched off (no
+/// second copy of the weights), off the autodiff graph.
+fn reference_logits(model: &mut Llama, inputs: Tensor<2, Int>) -> Tensor<3> {
+    model.activate_adapters(&[]);
+    let logits = model.forward(inputs).detach();
+    model.activate_adapters(&[ADAPTER]);
+    logits
+}
+
 /// The recipe's training set (with any safety replay mixed in, packed if
 /// asked) and its eval set.
 fn load_data(
@@ -551,10 +561,10 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             // The reference for constrained SFT is the same model with the
             // adapter off: no second copy of the weights.
             let reference = al.constrained_sft.then(|| {
-                model.activate_adapters(&[]);
-                let r = target_log_probs(model.forward(inputs.clone()), targets.clone()).detach();
-                model.activate_adapters(&[ADAPTER]);
-                r
+                target_log_probs(
+                    reference_logits(&mut model, inputs.clone()),
+                    targets.clone(),
+                )
             });
             let log_p = target_log_probs(model.forward(inputs), targets);
             let nll = weighted_nll(log_p.clone(), weights.clone()).div_scalar(targets_total as f64);
@@ -593,9 +603,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
                 .collect();
             let batch = Batch::collate(&refs, pad);
             let (inputs, _, weights) = batch_tensors(&batch, &device);
-            model.activate_adapters(&[]);
-            let reference = model.forward(inputs.clone()).detach();
-            model.activate_adapters(&[ADAPTER]);
+            let reference = reference_logits(&mut model, inputs.clone());
             let kl = token_kl(reference, model.forward(inputs))
                 .mul(weights)
                 .sum()

@@ -7,13 +7,20 @@ use burn::tensor::activation::log_softmax;
 use keel_model::{Llama, token_tensor};
 
 /// Per position, KL(p ‖ q) in nats of two `[rows, seq, vocab]` logit
-/// tensors: `[rows, seq]` flattened.
-pub fn kl_per_position(p_logits: Tensor<3>, q_logits: Tensor<3>) -> Vec<f32> {
+/// tensors, `[rows, seq]`; differentiable in both (the trainer's KL
+/// anchors use it as a loss).
+pub fn token_kl(p_logits: Tensor<3>, q_logits: Tensor<3>) -> Tensor<2> {
     let (lp, lq) = (log_softmax(p_logits, 2), log_softmax(q_logits, 2));
     lp.clone()
         .exp()
         .mul(lp.sub(lq))
         .sum_dim(2)
+        .squeeze_dim::<2>(2)
+}
+
+/// [`token_kl`] on the host, flattened.
+fn kl_per_position(p_logits: Tensor<3>, q_logits: Tensor<3>) -> Vec<f32> {
+    token_kl(p_logits, q_logits)
         .try_into_vec_as()
         .expect("float")
 }
