@@ -6,7 +6,9 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{fixture, load_tiny, logits, make_adapter, max_abs_diff, reference_logits, temp_dir};
+use common::{
+    ALL, fixture, load_tiny, logits, make_adapter, max_abs_diff, reference_logits, temp_dir,
+};
 use keel_adapters::peft::{self, AdapterFile};
 use keel_adapters::{AdapterConfig, Init, Variant};
 use keel_model::Llama;
@@ -286,7 +288,7 @@ fn several_adapters_switch_on_one_base() {
 
 /// PiSSA and OLoRA start from factors of W and take them out of the base:
 /// the model's output is unchanged, the adapter holds the principal
-/// (PiSSA) or orthonormal (OLoRA) part, and export refuses the modified base.
+/// (PiSSA) or orthonormal (OLoRA) part.
 #[test]
 fn pissa_and_olora_leave_the_output_unchanged() {
     let device = Device::flex();
@@ -345,8 +347,34 @@ fn pissa_and_olora_leave_the_output_unchanged() {
                 "{init:?}: update holds too little of W"
             );
         }
-        let dir = temp_dir("pissa-export");
-        let err = peft::write(
+    }
+}
+
+/// A trained PiSSA or OLoRA adapter goes out as PEFT converts one: rank 2r,
+/// `[A | A₀]` and `[B ; -B₀]`, on the original base. PEFT loads it on the
+/// unmodified base with keel's logits, and so does keel.
+#[test]
+fn pissa_and_olora_export_as_a_rank_2r_lora_on_the_original_base() {
+    let device = Device::flex();
+    let reference = reference_logits(&fixture("tiny-llama/logits.json"));
+    let mut rs = AdapterConfig::lora(4, 8.0, &["q_proj", "v_proj", "down_proj"]);
+    rs.scaling = keel_adapters::Scaling::Rs;
+    rs.rank_pattern = vec![("down_proj".into(), 2)];
+    rs.alpha_pattern = vec![("v_proj".into(), 4.0)];
+    for (i, init) in [Init::Pissa { niter: 8 }, Init::Olora]
+        .into_iter()
+        .enumerate()
+    {
+        let mut cfg = if i == 0 {
+            rs.clone()
+        } else {
+            AdapterConfig::lora(4, 8.0, &ALL)
+        };
+        cfg.init = init;
+        let mut model = load_tiny("tiny-llama", &device);
+        make_adapter(&mut model, &cfg, 7, 0.05);
+        let dir = temp_dir(&format!("pissa-export-{i}"));
+        peft::write(
             &dir,
             "default",
             &cfg,
@@ -354,8 +382,24 @@ fn pissa_and_olora_leave_the_output_unchanged() {
             "tiny-llama",
             &model.fingerprint(),
         )
-        .unwrap_err();
-        assert!(err.to_string().contains("merged"), "{err}");
+        .unwrap();
+        let back = AdapterFile::read(&dir).unwrap();
+        assert_eq!(back.config.r, 2 * cfg.r, "{init:?}");
+        assert_eq!(back.config.init, Init::Kaiming, "{init:?}");
+        peft_judge("tiny-llama", &dir, &model, &reference, &device);
+        let mut fresh = load_tiny("tiny-llama", &device);
+        let fp = fresh.fingerprint();
+        back.attach("default", &mut fresh.linears_mut(), &fp)
+            .unwrap();
+        let ours: Vec<(Vec<u32>, Vec<f32>)> = reference
+            .iter()
+            .map(|(ids, _)| (ids.clone(), logits(&model, ids, &device)))
+            .collect();
+        let diff = max_diff_over_prompts(&fresh, &ours, &device);
+        assert!(
+            diff <= TOLERANCE,
+            "{init:?}: re-attached export moved logits by {diff}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

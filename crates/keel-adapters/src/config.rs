@@ -89,6 +89,42 @@ impl AdapterConfig {
         }
     }
 
+    /// PiSSA and OLoRA take their starting update out of the base weights.
+    pub fn moves_base(&self) -> bool {
+        matches!(self.init, Init::Pissa { .. } | Init::Olora)
+    }
+
+    /// The configuration of the same adapter written onto the original
+    /// base, as PEFT's `path_initial_model_for_weight_conversion` writes
+    /// it: for PiSSA and OLoRA, twice the rank (`[A | A₀]`, `[B ; -B₀]`)
+    /// with the scale kept, a plain init; others unchanged.
+    pub fn on_original_base(&self) -> AdapterConfig {
+        if !self.moves_base() {
+            return self.clone();
+        }
+        // Keeps s: alpha/r doubles with r; alpha/sqrt(r) needs sqrt(2).
+        let grow = match self.scaling {
+            Scaling::Standard => 2.0,
+            Scaling::Rs => std::f64::consts::SQRT_2,
+        };
+        AdapterConfig {
+            r: 2 * self.r,
+            alpha: self.alpha * grow,
+            init: Init::Kaiming,
+            rank_pattern: self
+                .rank_pattern
+                .iter()
+                .map(|(k, r)| (k.clone(), 2 * r))
+                .collect(),
+            alpha_pattern: self
+                .alpha_pattern
+                .iter()
+                .map(|(k, a)| (k.clone(), a * grow))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Checks values no adapter can have; `source` names the file in errors.
     pub fn validate(&self, source: &str) -> Result<(), Error> {
         let bad = |key: &str, reason: String| Error::Config {
@@ -115,6 +151,12 @@ impl AdapterConfig {
             return Err(bad(
                 "lora_alpha",
                 format!("{} is not a finite number", self.alpha),
+            ));
+        }
+        if self.variant == Variant::Dora && self.moves_base() {
+            return Err(bad(
+                "init_lora_weights",
+                "PiSSA and OLoRA cannot start a DoRA adapter: its magnitude would not survive the export onto the original base".into(),
             ));
         }
         match &self.targets {

@@ -277,7 +277,18 @@ pub fn init_adapter(
             Some(w.square().sum_dim(0).sqrt().reshape([d_out]))
         }
     };
-    let adapter = Adapter::new(&spec.name, name, a, b, magnitude, spec.scale, cfg.dropout);
+    let mut adapter = Adapter::new(
+        &spec.name,
+        name,
+        a.clone(),
+        b.clone(),
+        magnitude,
+        spec.scale,
+        cfg.dropout,
+    );
+    if residual.is_some() {
+        adapter.initial = Some((a, b));
+    }
     layer.add_adapter(adapter).map_err(|e| match e {
         Error::Module { reason, .. } => Error::Module {
             module: spec.name.clone(),

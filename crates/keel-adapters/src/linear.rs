@@ -62,6 +62,10 @@ impl Linear {
         self.adapters.iter().find(|a| a.name == name)
     }
 
+    pub fn adapter_mut(&mut self, name: &str) -> Option<&mut Adapter> {
+        self.adapters.iter_mut().find(|a| a.name == name)
+    }
+
     fn adapter_index(&self, name: &str) -> Result<usize, Error> {
         self.adapters
             .iter()

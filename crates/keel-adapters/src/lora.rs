@@ -29,6 +29,11 @@ pub struct Adapter {
     /// holds the column factors the merge applied, so unmerge can undo them.
     #[module(skip)]
     pub merged: Option<Option<Tensor<2>>>,
+    /// PiSSA and OLoRA: the starting A and B, whose update `s·A₀·B₀` was
+    /// taken out of the base. Export appends `-A₀·B₀` (a rank-2r LoRA, as
+    /// PEFT converts them) so the adapter applies to the original base.
+    #[module(skip)]
+    pub initial: Option<(Tensor<2>, Tensor<2>)>,
 }
 
 /// FNV-1a over the parts: the same id in every process and on every platform.
@@ -64,6 +69,7 @@ impl Adapter {
             scale,
             active: true,
             merged: None,
+            initial: None,
         }
     }
 
@@ -76,6 +82,24 @@ impl Adapter {
 
     pub fn rank(&self) -> usize {
         self.a.dims()[1]
+    }
+
+    /// The rank of [`Adapter::factors_on_original_base`].
+    pub fn exported_rank(&self) -> usize {
+        self.rank() * if self.initial.is_some() { 2 } else { 1 }
+    }
+
+    /// A and B as a plain LoRA on the original base: `[A | A₀]` and
+    /// `[B ; -B₀]` when the start was taken out of the base, else A and B.
+    pub fn factors_on_original_base(&self) -> (Tensor<2>, Tensor<2>) {
+        let (a, b) = (self.a.val(), self.b.val());
+        match &self.initial {
+            Some((a0, b0)) => (
+                Tensor::cat(vec![a, a0.clone()], 1),
+                Tensor::cat(vec![b, b0.clone().neg()], 0),
+            ),
+            None => (a, b),
+        }
     }
 
     /// The dense update `s·A·B`, `[in, out]`.

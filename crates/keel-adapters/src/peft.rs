@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::Deserialize;
@@ -329,6 +330,24 @@ impl AdapterFile {
         })
     }
 
+    /// Refuses an adapter whose recorded base fingerprint is not `base_fingerprint`.
+    pub fn check_base(&self, base_fingerprint: &str) -> Result<(), Error> {
+        match self
+            .base_fingerprint
+            .as_deref()
+            .filter(|f| *f != base_fingerprint)
+        {
+            Some(recorded) => Err(Error::Tensor {
+                file: self.dir.join(WEIGHTS_FILE),
+                tensor: BASE_FINGERPRINT_KEY.into(),
+                reason: format!(
+                    "the adapter was made for another base model (fingerprint {recorded}; this model is {base_fingerprint})"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Attaches this adapter as `name` to the model's linear layers, given by
     /// HF module name. The modules must be exactly those the config targets,
     /// their shapes must fit, and a recorded base fingerprint must equal
@@ -340,19 +359,7 @@ impl AdapterFile {
         linears: &mut [(String, &mut Linear)],
         base_fingerprint: &str,
     ) -> Result<(), Error> {
-        if let Some(recorded) = self
-            .base_fingerprint
-            .as_deref()
-            .filter(|f| *f != base_fingerprint)
-        {
-            return Err(Error::Tensor {
-                file: self.dir.join(WEIGHTS_FILE),
-                tensor: BASE_FINGERPRINT_KEY.into(),
-                reason: format!(
-                    "the adapter was made for another base model (fingerprint {recorded}; this model is {base_fingerprint})"
-                ),
-            });
-        }
+        self.check_base(base_fingerprint)?;
         let names: Vec<String> = linears.iter().map(|(n, _)| n.clone()).collect();
         let specs = resolve_targets(&names, &self.config)?;
         let expected: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -428,6 +435,62 @@ impl AdapterFile {
         }
         Ok(())
     }
+
+    /// Puts this file's values into the adapters named `name` that the
+    /// model already has (a resumed run, initialised as at its start), so
+    /// their parameter ids, and with them the optimizer state, are kept.
+    /// For PiSSA and OLoRA the file holds `[A | A₀]`, `[B ; -B₀]` (see
+    /// [`write`]): the first r columns and rows are the trained A and B.
+    pub fn restore(&self, name: &str, linears: &mut [(String, &mut Linear)]) -> Result<(), Error> {
+        let with: Vec<&str> = linears
+            .iter()
+            .filter(|(_, l)| l.adapter(name).is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let stored: Vec<&str> = self.modules.keys().map(String::as_str).collect();
+        if with.len() != stored.len() || with.iter().any(|n| !self.modules.contains_key(*n)) {
+            return Err(Error::Config {
+                file: self.dir.display().to_string(),
+                key: "target_modules".into(),
+                reason: format!(
+                    "holds modules {stored:?}, but the run adapts {with:?}: the recipe changed since this checkpoint"
+                ),
+            });
+        }
+        for (module, layer) in linears.iter_mut() {
+            let Some(w) = self.modules.get(module.as_str()) else {
+                continue;
+            };
+            let adapter = layer.adapter_mut(name).expect("checked above");
+            let r = adapter.rank();
+            if w.a.0[1] != adapter.exported_rank() || w.a.0[0] != adapter.a.dims()[0] {
+                return Err(Error::Module {
+                    module: module.clone(),
+                    reason: format!(
+                        "checkpoint holds A {:?}, the run's adapter needs rank {}",
+                        w.a.0,
+                        adapter.exported_rank()
+                    ),
+                });
+            }
+            let device = adapter.a.val().device();
+            let matrix = |(shape, data): &Matrix| {
+                Tensor::<2>::from_data(TensorData::new(data.clone(), [shape[0], shape[1]]), &device)
+            };
+            let a = matrix(&w.a).narrow(1, 0, r);
+            let b = matrix(&w.b).narrow(0, 0, r);
+            adapter.a = Param::initialized(adapter.a.id, a).set_require_grad(true);
+            adapter.b = Param::initialized(adapter.b.id, b).set_require_grad(true);
+            if let (Some(m), Some(values)) = (&mut adapter.magnitude, &w.magnitude) {
+                let t = Tensor::<1>::from_data(
+                    TensorData::new(values.clone(), [values.len()]),
+                    &device,
+                );
+                *m = Param::initialized(m.id, t).set_require_grad(true);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `adapter_config.json` as PEFT 0.21 writes it, for `cfg`.
@@ -485,16 +548,6 @@ pub fn write(
     base_model: &str,
     base_fingerprint: &str,
 ) -> Result<usize, Error> {
-    if let Init::Pissa { .. } | Init::Olora = cfg.init {
-        // Their A and B are relative to a base with the initial update
-        // taken out; PEFT converts them to a rank-2r delta on the original
-        // base, which keel does not do yet.
-        return Err(Error::Config {
-            file: dir.display().to_string(),
-            key: "init_lora_weights".into(),
-            reason: "PiSSA and OLoRA adapters modify the base weights: export them merged (keel export --format merged)".into(),
-        });
-    }
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (module, layer) in linears {
         let Some(adapter) = layer.adapter(name) else {
@@ -511,8 +564,22 @@ pub fn write(
             (dims, t.try_into_vec_as::<f32>().expect("float tensor"))
         };
         let bytes = host::to_bytes;
-        let (sa, da) = host(adapter.a.val());
-        let (sb, db) = host(adapter.b.val());
+        if cfg.moves_base() != adapter.initial.is_some() {
+            return Err(Error::Module {
+                module: module.clone(),
+                reason: format!(
+                    "adapter `{name}` was {} its start taken out of the base, but the config's init_lora_weights says otherwise",
+                    if adapter.initial.is_some() {
+                        "made with"
+                    } else {
+                        "made without"
+                    }
+                ),
+            });
+        }
+        let (a, b) = adapter.factors_on_original_base();
+        let (sa, da) = host(a);
+        let (sb, db) = host(b);
         let (sa, da) = transpose(&sa, &da);
         let (sb, db) = transpose(&sb, &db);
         tensors.push((format!("{PREFIX}{module}.lora_A.weight"), sa, bytes(&da)));
@@ -558,7 +625,8 @@ pub fn write(
     })?;
     let config = dir.join(CONFIG_FILE);
     let tmp_config = dir.join(format!(".{CONFIG_FILE}.tmp"));
-    let text = serde_json::to_string_pretty(&config_json(cfg, base_model)).expect("JSON");
+    let text = serde_json::to_string_pretty(&config_json(&cfg.on_original_base(), base_model))
+        .expect("JSON");
     std::fs::write(&tmp_config, text).map_err(keel_fs::io(&tmp_config))?;
     std::fs::rename(&tmp_weights, &weights).map_err(keel_fs::io(&weights))?;
     std::fs::rename(&tmp_config, &config).map_err(keel_fs::io(&config))?;

@@ -50,6 +50,8 @@ pub fn export_gguf_lora(
     w.add_metadata("general.architecture", Value::String(arch.into()));
     w.add_metadata("general.type", Value::String("adapter".into()));
     w.add_metadata("adapter.type", Value::String("lora".into()));
+    // PiSSA and OLoRA go out as the rank-2r LoRA on the original base.
+    let cfg = &cfg.on_original_base();
     w.add_metadata("adapter.lora.alpha", Value::F32(cfg.alpha as f32));
     let mut notes = Vec::new();
     let mut count = 0;
@@ -63,7 +65,8 @@ pub fn export_gguf_lora(
                 reason: format!("module `{module}` has no GGUF tensor name"),
             }
         })?;
-        let r = adapter.rank();
+        let (a, b) = adapter.factors_on_original_base();
+        let r = a.dims()[1];
         let (d_in, d_out) = (layer.in_features(), layer.out_features());
         // llama.cpp scales by alpha / r; any other factor (rsLoRA, alpha
         // patterns) is folded into B.
@@ -74,13 +77,8 @@ pub fn export_gguf_lora(
                     .into(),
             );
         }
-        let a: Vec<f32> = adapter.a.val().try_into_vec_as().expect("float");
-        let b: Vec<f32> = adapter
-            .b
-            .val()
-            .mul_scalar(fold)
-            .try_into_vec_as()
-            .expect("float");
+        let a: Vec<f32> = a.try_into_vec_as().expect("float");
+        let b: Vec<f32> = b.mul_scalar(fold).try_into_vec_as().expect("float");
         let lora_a = keel_adapters::host::transpose(d_in, r, &a);
         let mut lora_b = keel_adapters::host::transpose(r, d_out, &b);
         let heads = match module.rsplit('.').next() {

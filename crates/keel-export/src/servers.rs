@@ -32,7 +32,7 @@ pub fn check(cfg: &AdapterConfig, model: &Llama) -> Vec<String> {
     let ranks = model
         .linears()
         .iter()
-        .flat_map(|(_, l)| l.adapters.iter().map(|a| a.rank()))
+        .flat_map(|(_, l)| l.adapters.iter().map(|a| a.exported_rank()))
         .max()
         .unwrap_or(cfg.r);
     if ranks > VLLM_MAX_RANK {

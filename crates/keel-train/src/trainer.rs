@@ -441,40 +441,40 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     } else {
         None
     };
-    match &resumed {
-        Some(dir) => {
-            state = checkpoint::read_state(dir)?;
-            AdapterFile::read(dir)?.attach(ADAPTER, &mut model.linears_mut(), &fingerprint)?;
-            let bad = |reason: String| Error::Checkpoint {
-                path: dir.clone(),
-                reason,
-            };
-            optims.a = optims
-                .a
-                .load(dir.join(checkpoint::OPTIM_A))
-                .map_err(|e| bad(format!("{e:?}")))?;
-            optims.b = optims
-                .b
-                .load(dir.join(checkpoint::OPTIM_B))
-                .map_err(|e| bad(format!("{e:?}")))?;
-            batcher = Batcher::resume(
-                train_set.len(),
-                o.batch_size,
-                o.seed,
-                state.epoch,
-                state.pos,
-            );
+    // A resumed run starts as a fresh one (PiSSA/OLoRA also move the same
+    // part out of the base again), then takes the trained values.
+    let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
+    let specs = resolve_targets(&names, &cfg)?;
+    let mut rng = SplitMix64(o.seed);
+    for (name, layer) in model.linears_mut() {
+        if let Some(spec) = specs.iter().find(|s| s.name == name) {
+            init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
         }
-        None => {
-            let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
-            let specs = resolve_targets(&names, &cfg)?;
-            let mut rng = SplitMix64(o.seed);
-            for (name, layer) in model.linears_mut() {
-                if let Some(spec) = specs.iter().find(|s| s.name == name) {
-                    init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
-                }
-            }
-        }
+    }
+    if let Some(dir) = &resumed {
+        state = checkpoint::read_state(dir)?;
+        let file = AdapterFile::read(dir)?;
+        file.check_base(&fingerprint)?;
+        file.restore(ADAPTER, &mut model.linears_mut())?;
+        let bad = |reason: String| Error::Checkpoint {
+            path: dir.clone(),
+            reason,
+        };
+        optims.a = optims
+            .a
+            .load(dir.join(checkpoint::OPTIM_A))
+            .map_err(|e| bad(format!("{e:?}")))?;
+        optims.b = optims
+            .b
+            .load(dir.join(checkpoint::OPTIM_B))
+            .map_err(|e| bad(format!("{e:?}")))?;
+        batcher = Batcher::resume(
+            train_set.len(),
+            o.batch_size,
+            o.seed,
+            state.epoch,
+            state.pos,
+        );
     }
     let params = trainable(&model);
     let trainable_params: usize = model
