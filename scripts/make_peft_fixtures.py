@@ -9,6 +9,8 @@ Writes into tests/fixtures/peft/<case>/ (relative to the repo root):
   rslora/         tiny-llama, use_rslora, r=8, alpha=16, target_modules as a regex string
   dora/           tiny-llama, use_dora, r=4, alpha=8, all 7 projections
   lora-qwen2/     tiny-qwen2 (q/k/v bias, f16 weights upcast to f32), r=4, alpha=8, all 7 projections
+  modules-to-save/ tiny-qwen2, o/up r=4, alpha=8, modules_to_save [model.layers.1.self_attn.q_proj
+                  (with its bias), post_attention_layernorm]: modules trained in full
 
 Each folder holds what `PeftModel.save_pretrained` wrote (adapter_config.json,
 adapter_model.safetensors; the README.md model card is removed) and logits.json, computed by
@@ -16,7 +18,8 @@ reloading the base (float32, eager) + `PeftModel.from_pretrained(base, dir)` fro
 
 PEFT's default init makes lora_B zero (a no-op), so after get_peft_model every lora_A / lora_B
 weight is overwritten with seeded N(0, std) values (std per case, chosen so that the adapter moves
-the logits clearly); DoRA magnitudes are multiplied by N(1, 0.1).
+the logits clearly); DoRA magnitudes are multiplied by N(1, 0.1); modules_to_save copies get
+N(0, saved_std) added.
 
 Two things are normalized after save_pretrained so that re-running gives byte-identical files:
 `base_model_name_or_path` is set to the base folder name (not an absolute path), and list-valued
@@ -73,6 +76,11 @@ CASES = {
     "lora-qwen2": dict(
         base="tiny-qwen2", seed=2055, std=0.03,
         config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0),
+    ),
+    "modules-to-save": dict(
+        base="tiny-qwen2", seed=2077, std=0.03, saved_std=0.05,
+        config=dict(r=4, lora_alpha=8, target_modules=["o_proj", "up_proj"], lora_dropout=0.0,
+                    modules_to_save=["model.layers.1.self_attn.q_proj", "post_attention_layernorm"]),
     ),
 }
 
@@ -152,6 +160,10 @@ def make_case(name: str, spec: dict, fixtures: Path) -> dict:
         for pname, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             if ".lora_A." in pname or ".lora_B." in pname:
                 p.copy_(spec["std"] * torch.randn(p.shape, generator=g, dtype=torch.float32))
+                n_ab += 1
+            elif ".modules_to_save." in pname:
+                # the module's trained copy: moved away from the base it starts as
+                p.add_(spec["saved_std"] * torch.randn(p.shape, generator=g, dtype=torch.float32))
                 n_ab += 1
             elif "lora_magnitude_vector" in pname:
                 p.mul_(1.0 + spec.get("magnitude_std", 0.1) * torch.randn(p.shape, generator=g, dtype=torch.float32))

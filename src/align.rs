@@ -91,7 +91,9 @@ pub fn run(cmd: &AlignCommand) -> Result<()> {
                 .base_model
                 .clone()
                 .unwrap_or_else(|| pair.model.display().to_string());
-            for w in keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &base, out)? {
+            for w in
+                keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &[], &base, out)?
+            {
                 eprintln!("warning: {w}");
             }
             let projected = modules.iter().filter(|m| m.projected).count();

@@ -471,8 +471,9 @@ fn export(
     let mut loaded = load(model, DeviceChoice::Flex)?;
     let file = AdapterFile::read(adapter)
         .with_context(|| format!("reading adapter {}", adapter.display()))?;
-    let fingerprint = loaded.model.fingerprint();
-    file.attach(ADAPTER, &mut loaded.model.linears_mut(), &fingerprint)
+    loaded
+        .model
+        .attach(&file, ADAPTER)
         .with_context(|| format!("attaching {} to {}", adapter.display(), model.display()))?;
     let base_name = file
         .base_model
@@ -480,7 +481,15 @@ fn export(
         .unwrap_or_else(|| model.display().to_string());
     let warnings = match format {
         ExportFormat::Peft => {
-            keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &base_name, out)?
+            let saved: Vec<_> = file.saved.clone().into_iter().collect();
+            keel_export::export_peft(
+                &loaded.model,
+                ADAPTER,
+                &file.config,
+                &saved,
+                &base_name,
+                out,
+            )?
         }
         ExportFormat::Gguf => {
             let dtype = match dtype {
@@ -499,7 +508,7 @@ fn export(
             notes
         }
         ExportFormat::Merged => {
-            keel_export::export_merged(&mut loaded, ADAPTER, out)?;
+            keel_export::export_merged(&mut loaded, ADAPTER, file.config.has_lora(), out)?;
             Vec::new()
         }
     };
@@ -518,6 +527,11 @@ fn adapter_info(dir: &Path) -> Result<()> {
         .modules
         .values()
         .map(|m| m.a.1.len() + m.b.1.len() + m.magnitude.as_ref().map_or(0, Vec::len))
+        .chain(
+            file.saved
+                .values()
+                .map(|m| m.weight.len() + m.bias.as_ref().map_or(0, Vec::len)),
+        )
         .sum();
     let bytes = std::fs::metadata(dir.join(keel_adapters::peft::WEIGHTS_FILE))
         .map(|m| m.len())
@@ -533,6 +547,7 @@ fn adapter_info(dir: &Path) -> Result<()> {
     leaves.sort_unstable();
     leaves.dedup();
     let kind = match (c.variant, c.scaling) {
+        _ if !c.has_lora() => "selective (modules trained in full, no LoRA)",
         (keel_adapters::Variant::Dora, _) => "DoRA",
         (_, keel_adapters::Scaling::Rs) => "LoRA (rsLoRA scaling)",
         _ => "LoRA",
@@ -554,6 +569,14 @@ fn adapter_info(dir: &Path) -> Result<()> {
         format!(
             "ranks:         {ranks:?} (r = {}, alpha = {})",
             c.r, c.alpha
+        ),
+        format!(
+            "trained fully: {}",
+            if file.saved.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{} ({:?})", file.saved.len(), file.config.modules_to_save)
+            }
         ),
         format!("parameters:    {params} trainable"),
         format!("size:          {bytes} bytes"),

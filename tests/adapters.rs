@@ -14,12 +14,13 @@ use keel_adapters::{AdapterConfig, Init, Variant};
 use keel_model::Llama;
 
 /// (adapter fixture, base fixture)
-const CASES: [(&str, &str); 5] = [
+const CASES: [(&str, &str); 6] = [
     ("lora-all", "tiny-llama"),
     ("lora-patterns", "tiny-llama"),
     ("rslora", "tiny-llama"),
     ("dora", "tiny-llama"),
     ("lora-qwen2", "tiny-qwen2"),
+    ("modules-to-save", "tiny-qwen2"),
 ];
 /// PEFT's own merged and unmerged forwards of the same adapter differ by up
 /// to 1.4e-4 here, and by 2.1e-4 for another seed: f32 rounding amplified
@@ -30,9 +31,7 @@ const TOLERANCE: f32 = 3e-4;
 fn with_adapter(case: &str, base: &str, device: &Device) -> Llama {
     let mut model = load_tiny(base, device);
     let file = AdapterFile::read(&fixture(&format!("peft/{case}"))).unwrap();
-    let fp = model.fingerprint();
-    file.attach("default", &mut model.linears_mut(), &fp)
-        .unwrap();
+    model.attach(&file, "default").unwrap();
     model
 }
 
@@ -140,30 +139,36 @@ fn peft_judge(
 fn exported_adapters_load_in_peft_with_keels_logits() {
     let device = Device::flex();
     for (case, base) in CASES {
-        let model = with_adapter(case, base, &device);
+        let mut model = with_adapter(case, base, &device);
         let file = AdapterFile::read(&fixture(&format!("peft/{case}"))).unwrap();
         let dir = temp_dir(&format!("export-{case}"));
+        // The modules trained in full are read back out of the model.
+        let saved = model.saved_modules(&file.saved.keys().cloned().collect::<Vec<_>>());
         let n = peft::write(
             &dir,
             "default",
             &file.config,
             &model.linears(),
+            &saved,
             base,
             &model.fingerprint(),
         )
         .unwrap();
-        assert_eq!(
-            n,
-            file.modules.len()
-                * if file.config.variant == Variant::Dora {
-                    3
-                } else {
-                    2
-                }
-        );
+        let per_module = if file.config.variant == Variant::Dora {
+            3
+        } else {
+            2
+        };
+        let saved_tensors: usize = file
+            .saved
+            .values()
+            .map(|m| 1 + m.bias.is_some() as usize)
+            .sum();
+        assert_eq!(n, file.modules.len() * per_module + saved_tensors, "{case}");
         // keel reads back exactly what it wrote.
         let back = AdapterFile::read(&dir).unwrap();
         assert_eq!(back.config, file.config, "{case}");
+        assert_eq!(back.saved, file.saved, "{case}: modules trained in full");
         for (name, w) in &file.modules {
             assert_eq!(back.modules[name].a, w.a, "{case} {name} A");
             assert_eq!(back.modules[name].b, w.b, "{case} {name} B");
@@ -204,6 +209,7 @@ fn keel_made_adapters_load_in_peft() {
             "default",
             cfg,
             &model.linears(),
+            &[],
             "tiny-llama",
             &model.fingerprint(),
         )
@@ -223,6 +229,7 @@ fn adapter_for_another_base_is_refused() {
         "default",
         &AdapterFile::read(&fixture("peft/lora-all")).unwrap().config,
         &model.linears(),
+        &[],
         "tiny-llama",
         &model.fingerprint(),
     )
@@ -379,6 +386,7 @@ fn pissa_and_olora_export_as_a_rank_2r_lora_on_the_original_base() {
             "default",
             &cfg,
             &model.linears(),
+            &[],
             "tiny-llama",
             &model.fingerprint(),
         )

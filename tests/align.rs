@@ -27,7 +27,7 @@ fn reference(dir: &Path) -> PathBuf {
     let cfg = AdapterConfig::lora(4, 8.0, &ALL);
     make_adapter(&mut loaded.model, &cfg, 9, 0.05);
     let out = dir.join("reference");
-    keel_export::export_peft(&loaded.model, "default", &cfg, "tiny", &out).unwrap();
+    keel_export::export_peft(&loaded.model, "default", &cfg, &[], "tiny", &out).unwrap();
     out
 }
 

@@ -17,15 +17,17 @@ use keel_model::{LoadedModel, QkLayout, Sampling};
 #[test]
 fn merged_export_loads_in_transformers_with_the_adapters_logits() {
     let device = Device::flex();
-    for case in ["lora-all", "dora"] {
-        let mut model = LoadedModel::open(&fixture("tiny-llama"), &device).unwrap();
+    for (case, base) in [
+        ("lora-all", "tiny-llama"),
+        ("dora", "tiny-llama"),
+        ("modules-to-save", "tiny-qwen2"),
+    ] {
+        let mut model = LoadedModel::open(&fixture(base), &device).unwrap();
         let file = AdapterFile::read(&fixture(&format!("peft/{case}"))).unwrap();
-        let fp = model.model.fingerprint();
-        file.attach("default", &mut model.model.linears_mut(), &fp)
-            .unwrap();
+        model.model.attach(&file, "default").unwrap();
         let dir = temp_dir(&format!("merged-{case}"));
         let out = dir.join("merged");
-        keel_export::export_merged(&mut model, "default", &out).unwrap();
+        keel_export::export_merged(&mut model, "default", true, &out).unwrap();
 
         let merged = load_tiny_dir(&out, &device);
         let reference_path = fixture(&format!("peft/{case}/logits.json"));

@@ -60,7 +60,7 @@ fn write_adapter(dir: &Path) -> PathBuf {
     let cfg = AdapterConfig::lora(4, 8.0, &ALL);
     make_adapter(&mut loaded.model, &cfg, 5, 0.05);
     let out = dir.join("adapter");
-    keel_export::export_peft(&loaded.model, "default", &cfg, "tiny-qwen2", &out).unwrap();
+    keel_export::export_peft(&loaded.model, "default", &cfg, &[], "tiny-qwen2", &out).unwrap();
     out
 }
 

@@ -70,6 +70,9 @@ pub struct AdapterConfig {
     /// (the first pattern matching the end of a module name wins).
     pub rank_pattern: Vec<(String, usize)>,
     pub alpha_pattern: Vec<(String, f64)>,
+    /// Modules trained in full beside the low-rank update (PEFT's
+    /// `modules_to_save`): a module whose name ends with an entry.
+    pub modules_to_save: Vec<String>,
 }
 
 impl AdapterConfig {
@@ -86,7 +89,14 @@ impl AdapterConfig {
             layers: None,
             rank_pattern: Vec::new(),
             alpha_pattern: Vec::new(),
+            modules_to_save: Vec::new(),
         }
+    }
+
+    /// Whether there is a low-rank part: a selective-layer adapter may
+    /// only train modules in full (no target modules, rank 0).
+    pub fn has_lora(&self) -> bool {
+        !matches!(&self.targets, TargetModules::Names(n) if n.is_empty())
     }
 
     /// PiSSA and OLoRA take their starting update out of the base weights.
@@ -132,6 +142,11 @@ impl AdapterConfig {
             key: key.to_string(),
             reason,
         };
+        if !self.has_lora() {
+            // Only modules trained in full; which ones, the trainer or the
+            // adapter file says.
+            return Ok(());
+        }
         if self.r == 0 {
             return Err(bad("r", "the rank must be at least 1".into()));
         }
@@ -159,21 +174,15 @@ impl AdapterConfig {
                 "PiSSA and OLoRA cannot start a DoRA adapter: its magnitude would not survive the export onto the original base".into(),
             ));
         }
-        match &self.targets {
-            TargetModules::Names(n) if n.is_empty() => {
-                return Err(bad("target_modules", "names no module".into()));
+        if let TargetModules::Regex(re) = &self.targets {
+            regex::Regex::new(re)
+                .map_err(|e| bad("target_modules", format!("invalid regex: {e}")))?;
+            if self.layers.is_some() {
+                return Err(bad(
+                    "layers_to_transform",
+                    "needs target_modules as a list of names, not a regex (as in PEFT)".into(),
+                ));
             }
-            TargetModules::Regex(re) => {
-                regex::Regex::new(re)
-                    .map_err(|e| bad("target_modules", format!("invalid regex: {e}")))?;
-                if self.layers.is_some() {
-                    return Err(bad(
-                        "layers_to_transform",
-                        "needs target_modules as a list of names, not a regex (as in PEFT)".into(),
-                    ));
-                }
-            }
-            _ => {}
         }
         let patterns = self.rank_pattern.iter().map(|p| &p.0);
         for key in patterns.chain(self.alpha_pattern.iter().map(|p| &p.0)) {

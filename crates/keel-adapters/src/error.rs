@@ -13,7 +13,7 @@ pub enum Error {
         key: String,
         reason: String,
     },
-    #[error("target `{target}` matches no module; the model's linear modules are: {available}")]
+    #[error("target `{target}` matches no module; the model's modules are: {available}")]
     NoMatch { target: String, available: String },
     #[error("{file}: tensor `{tensor}`: {reason}")]
     Tensor {

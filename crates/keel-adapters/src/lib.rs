@@ -6,7 +6,8 @@
 //! weight unless asked to [`Linear::merge`]. [`AdapterConfig`] says which
 //! modules get which adapter (PEFT's semantics: leaf names or a regex,
 //! `layers_to_transform`, `rank_pattern` / `alpha_pattern`); [`peft`] reads
-//! and writes HF PEFT's on-disk format.
+//! and writes HF PEFT's on-disk format. Selective-layer adapters train whole
+//! modules instead ([`resolve_saved`], saved as PEFT's `modules_to_save`).
 
 mod config;
 mod error;
@@ -16,11 +17,13 @@ mod linear;
 mod lora;
 pub mod peft;
 pub mod rng;
+mod selective;
 mod target;
 
 pub use config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
 pub use error::Error;
 pub use init::init_adapter;
 pub use linear::Linear;
-pub use lora::Adapter;
-pub use target::{ModuleSpec, resolve_targets};
+pub use lora::{Adapter, param_id};
+pub use selective::{SavedModule, resolve_saved};
+pub use target::{ModuleSpec, layer_index, resolve_targets};

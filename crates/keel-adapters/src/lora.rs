@@ -36,19 +36,20 @@ pub struct Adapter {
     pub initial: Option<(Tensor<2>, Tensor<2>)>,
 }
 
-/// FNV-1a over the parts: the same id in every process and on every platform.
-fn stable_id(parts: &[&str]) -> u64 {
+/// A parameter id from names: FNV-1a over the parts, the same id in every
+/// process and on every platform, so optimizer state saved in a checkpoint
+/// finds its parameter again when the run resumes.
+pub fn param_id(parts: &[&str]) -> ParamId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in parts.join("\u{1f}").bytes() {
         h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    ParamId::from(h)
 }
 
 impl Adapter {
-    /// A trainable adapter `name` on `module`. Its parameter ids derive from
-    /// both names, so optimizer state saved in a checkpoint finds its
-    /// parameters again when the run resumes in another process.
+    /// A trainable adapter `name` on `module`; its parameter ids derive
+    /// from both names ([`param_id`]).
     pub fn new(
         module: &str,
         name: &str,
@@ -58,7 +59,7 @@ impl Adapter {
         scale: f64,
         dropout: f64,
     ) -> Self {
-        let id = |part: &str| ParamId::from(stable_id(&[module, name, part]));
+        let id = |part: &str| param_id(&[module, name, part]);
         Adapter {
             name: name.to_string(),
             a: Param::initialized(id("lora_A"), a).set_require_grad(true),

@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::host;
 use crate::linear::Linear;
 use crate::lora::Adapter;
+use crate::selective::SavedModule;
 use crate::target::resolve_targets;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -116,16 +117,23 @@ fn parse_config(path: &Path) -> Result<(AdapterConfig, Option<String>), Error> {
             format!("{b:?} is not supported (only \"none\")"),
         ));
     }
-    if let Some(m) = raw
-        .modules_to_save
-        .as_ref()
-        .filter(|m| !m.is_null() && m.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return Err(bad(
-            "modules_to_save",
-            format!("{m} is not supported in LoRA adapter folders yet"),
-        ));
-    }
+    let modules_to_save = match raw.modules_to_save {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| bad("modules_to_save", format!("{v} is not a module name")))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(bad(
+                "modules_to_save",
+                format!("{other}: expected a list of module names"),
+            ));
+        }
+    };
     let targets = match raw.target_modules {
         Some(Value::String(re)) => TargetModules::Regex(re),
         Some(Value::Array(items)) => TargetModules::Names(
@@ -208,8 +216,15 @@ fn parse_config(path: &Path) -> Result<(AdapterConfig, Option<String>), Error> {
         layers,
         rank_pattern: raw.rank_pattern,
         alpha_pattern: raw.alpha_pattern,
+        modules_to_save,
     };
     config.validate(&file)?;
+    if !config.has_lora() && config.modules_to_save.is_empty() {
+        return Err(bad(
+            "target_modules",
+            "names no module, and modules_to_save is empty: the adapter holds nothing".into(),
+        ));
+    }
     Ok((config, raw.base_model_name_or_path))
 }
 
@@ -235,6 +250,8 @@ pub struct AdapterFile {
     pub base_fingerprint: Option<String>,
     /// Module name → weights, in name order.
     pub modules: BTreeMap<String, ModuleWeights>,
+    /// Modules trained in full (`modules_to_save`), by name.
+    pub saved: BTreeMap<String, SavedModule>,
 }
 
 fn transpose(shape: &[usize], data: &[f32]) -> Matrix {
@@ -266,6 +283,7 @@ impl AdapterFile {
         /// lora_A, lora_B and the DoRA magnitude of one module, as found.
         type Parts = (Option<Matrix>, Option<Matrix>, Option<Vec<f32>>);
         let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+        let mut saved: BTreeMap<String, (Option<Matrix>, Option<Vec<f32>>)> = BTreeMap::new();
         for (name, view) in st.tensors() {
             let rest = name
                 .strip_prefix(PREFIX)
@@ -278,10 +296,24 @@ impl AdapterFile {
                 (m, 1)
             } else if let Some(m) = rest.strip_suffix(".lora_magnitude_vector") {
                 (m, 2)
+            } else if let Some((m, part)) = rest.rsplit_once('.')
+                && (part == "weight" || part == "bias")
+                && config
+                    .modules_to_save
+                    .iter()
+                    .any(|e| m.ends_with(e.as_str()))
+            {
+                // PEFT stores a module in modules_to_save under its own name.
+                let entry = saved.entry(m.to_string()).or_default();
+                match part {
+                    "weight" => entry.0 = Some((shape, data)),
+                    _ => entry.1 = Some(data),
+                }
+                continue;
             } else {
                 return Err(bad(
                     &name,
-                    "is not a LoRA tensor (lora_A, lora_B or lora_magnitude_vector)".into(),
+                    "is not a LoRA tensor (lora_A, lora_B or lora_magnitude_vector), nor a module the config lists in modules_to_save".into(),
                 ));
             };
             let want_rank = if kind == 2 { 1 } else { 2 };
@@ -321,12 +353,32 @@ impl AdapterFile {
             }
             modules.insert(module, ModuleWeights { a, b, magnitude });
         }
+        let saved = saved
+            .into_iter()
+            .map(|(module, (weight, bias))| {
+                let (shape, weight) = weight.ok_or_else(|| {
+                    bad(
+                        &format!("{PREFIX}{module}.weight"),
+                        "is missing (the module's bias is stored)".into(),
+                    )
+                })?;
+                Ok((
+                    module,
+                    SavedModule {
+                        shape,
+                        weight,
+                        bias,
+                    },
+                ))
+            })
+            .collect::<Result<_, Error>>()?;
         Ok(AdapterFile {
             dir: dir.to_path_buf(),
             config,
             base_model,
             base_fingerprint,
             modules,
+            saved,
         })
     }
 
@@ -529,7 +581,7 @@ pub fn config_json(cfg: &AdapterConfig, base_model: &str) -> Value {
         "use_dora": cfg.variant == Variant::Dora,
         "fan_in_fan_out": false,
         "init_lora_weights": init,
-        "modules_to_save": null,
+        "modules_to_save": (!cfg.modules_to_save.is_empty()).then_some(&cfg.modules_to_save),
         "rank_pattern": pairs(&rank),
         "alpha_pattern": pairs(&alpha),
         "inference_mode": true,
@@ -545,6 +597,7 @@ pub fn write(
     name: &str,
     cfg: &AdapterConfig,
     linears: &[(String, &Linear)],
+    saved: &[(String, SavedModule)],
     base_model: &str,
     base_fingerprint: &str,
 ) -> Result<usize, Error> {
@@ -591,6 +644,20 @@ pub fn write(
                 format!("{PREFIX}{module}.lora_magnitude_vector"),
                 shape,
                 bytes(&m.try_into_vec_as::<f32>().expect("float")),
+            ));
+        }
+    }
+    for (module, m) in saved {
+        tensors.push((
+            format!("{PREFIX}{module}.weight"),
+            m.shape.clone(),
+            host::to_bytes(&m.weight),
+        ));
+        if let Some(bias) = &m.bias {
+            tensors.push((
+                format!("{PREFIX}{module}.bias"),
+                vec![bias.len()],
+                host::to_bytes(bias),
             ));
         }
     }

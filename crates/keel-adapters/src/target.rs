@@ -18,7 +18,7 @@ pub struct ModuleSpec {
 }
 
 /// The decoder layer a module belongs to: the number in `….layers.7.…`.
-fn layer_index(name: &str) -> Option<usize> {
+pub fn layer_index(name: &str) -> Option<usize> {
     let re = Regex::new(r"^.*?\.[^.]*\.(\d+)\.").expect("valid regex");
     re.captures(name)?.get(1)?.as_str().parse().ok()
 }
@@ -52,6 +52,9 @@ pub fn resolve_targets(
     cfg: &AdapterConfig,
 ) -> Result<Vec<ModuleSpec>, Error> {
     cfg.validate("adapter config")?;
+    if !cfg.has_lora() {
+        return Ok(Vec::new());
+    }
     let specs: Vec<ModuleSpec> = module_names
         .iter()
         .filter(|name| is_target(cfg, name))

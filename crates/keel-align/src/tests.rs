@@ -100,6 +100,7 @@ fn alignment(rng: &mut SplitMix64) -> (AdapterFile, BTreeMap<String, M>) {
         base_model: None,
         base_fingerprint: None,
         modules,
+        saved: Default::default(),
     };
     (file, dense)
 }

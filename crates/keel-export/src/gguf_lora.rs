@@ -31,6 +31,15 @@ pub fn export_gguf_lora(
     out: &Path,
     dtype: GgufDtype,
 ) -> Result<Vec<String>, Error> {
+    if !cfg.modules_to_save.is_empty() {
+        return Err(Error::Unsupported {
+            format: "gguf",
+            reason: format!(
+                "a GGUF LoRA holds only lora_a/lora_b, not modules trained in full ({:?}): export with --format merged instead",
+                cfg.modules_to_save
+            ),
+        });
+    }
     if cfg.variant == Variant::Dora {
         return Err(Error::Unsupported {
             format: "gguf",

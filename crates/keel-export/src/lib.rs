@@ -14,27 +14,36 @@ pub mod servers;
 
 use std::path::Path;
 
-use keel_adapters::AdapterConfig;
+use keel_adapters::{AdapterConfig, SavedModule};
 use keel_model::{Llama, LoadedModel};
 
 pub use error::Error;
 pub use gguf_lora::{GgufDtype, export_gguf_lora};
 
-/// Writes adapter `name` of `model` as a PEFT folder at `out` (created if
-/// needed) and returns the servers' warnings.
+/// Writes adapter `name` of `model`, with the modules it trained in full
+/// (`saved`, PEFT's `modules_to_save`), as a PEFT folder at `out` (created
+/// if needed) and returns the servers' warnings.
 pub fn export_peft(
     model: &Llama,
     name: &str,
     cfg: &AdapterConfig,
+    saved: &[(String, SavedModule)],
     base_model: &str,
     out: &Path,
 ) -> Result<Vec<String>, Error> {
+    if !cfg.has_lora() {
+        return Err(Error::Unsupported {
+            format: "peft",
+            reason: "this adapter only trains modules in full, and PEFT loads no LoRA config without target modules: export with --format merged".into(),
+        });
+    }
     std::fs::create_dir_all(out).map_err(keel_fs::io(out))?;
     keel_adapters::peft::write(
         out,
         name,
         cfg,
         &model.linears(),
+        saved,
         base_model,
         &model.fingerprint(),
     )?;
@@ -42,8 +51,15 @@ pub fn export_peft(
 }
 
 /// Merges adapter `name` into the base and writes the result as an HF
-/// folder at `out` (which must not exist or be empty).
-pub fn export_merged(model: &mut LoadedModel, name: &str, out: &Path) -> Result<(), Error> {
+/// folder at `out` (which must not exist or be empty). Modules an adapter
+/// trained in full are already in place once it is attached, so an
+/// adapter with no low-rank part (`has_lora` false) merges nothing more.
+pub fn export_merged(
+    model: &mut LoadedModel,
+    name: &str,
+    has_lora: bool,
+    out: &Path,
+) -> Result<(), Error> {
     let mut found = false;
     for (_, layer) in model.model.linears_mut() {
         if layer.adapter(name).is_some() {
@@ -51,7 +67,7 @@ pub fn export_merged(model: &mut LoadedModel, name: &str, out: &Path) -> Result<
             found = true;
         }
     }
-    if !found {
+    if has_lora && !found {
         return Err(Error::NoAdapter(name.to_string()));
     }
     keel_model::save_hf_dir(model, out)?;

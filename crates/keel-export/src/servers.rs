@@ -29,6 +29,12 @@ pub fn check(cfg: &AdapterConfig, model: &Llama) -> Vec<String> {
                 .to_string(),
         );
     }
+    if !cfg.modules_to_save.is_empty() {
+        warnings.push(format!(
+            "vLLM, TGI and LoRAX load only the LoRA part, not modules trained in full ({:?}): export with --format merged for them",
+            cfg.modules_to_save
+        ));
+    }
     let ranks = model
         .linears()
         .iter()

@@ -8,6 +8,7 @@ mod generate;
 mod hf_export;
 mod llama;
 mod load;
+mod selective;
 mod weights;
 
 pub use config::{Architecture, Config, HfConfig, RopeScaling};
@@ -20,4 +21,5 @@ pub use hf_export::{hf_tensors, save_hf_dir};
 pub use keel_adapters::Linear;
 pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};
 pub use load::{LoadedModel, ModelSource, build_model};
+pub use selective::FullModule;
 pub use weights::{HostTensor, QkLayout, WeightSource, gguf_name, reorder_qk_rows};

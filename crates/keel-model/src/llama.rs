@@ -14,6 +14,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use keel_adapters::Linear;
 
 use crate::config::Config;
+use crate::selective::FullModule;
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`.
 #[derive(Module, Debug)]
@@ -402,22 +403,63 @@ impl Llama {
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
         for (i, l) in self.layers.iter_mut().enumerate() {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            for (name, lin) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ] {
-                out.push((format!("model.layers.{i}.{name}"), lin));
-            }
+            out.extend(projections_mut(i, &mut l.self_attn, &mut l.mlp));
         }
         if let Some(head) = &mut self.lm_head {
             out.push(("lm_head".to_string(), head));
         }
         out
     }
+
+    /// Every module a selective-layer adapter can train in full, with its
+    /// HF name: the projections, in [`Llama::linears`] order, then the norms.
+    pub fn full_modules_mut(&mut self) -> Vec<(String, FullModule<'_>)> {
+        let mut out: Vec<(String, FullModule<'_>)> = Vec::new();
+        let mut norms: Vec<(String, FullModule<'_>)> = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let DecoderLayer {
+                input_layernorm,
+                self_attn,
+                post_attention_layernorm,
+                mlp,
+            } = l;
+            out.extend(
+                projections_mut(i, self_attn, mlp)
+                    .into_iter()
+                    .map(|(n, l)| (n, FullModule::Linear(l))),
+            );
+            norms.push((
+                format!("model.layers.{i}.input_layernorm"),
+                FullModule::Norm(input_layernorm),
+            ));
+            norms.push((
+                format!("model.layers.{i}.post_attention_layernorm"),
+                FullModule::Norm(post_attention_layernorm),
+            ));
+        }
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head".to_string(), FullModule::Linear(head)));
+        }
+        norms.push(("model.norm".to_string(), FullModule::Norm(&mut self.norm)));
+        out.extend(norms);
+        out
+    }
+}
+
+/// The seven projections of decoder layer `i`, with their HF names.
+fn projections_mut<'a>(
+    i: usize,
+    a: &'a mut Attention,
+    m: &'a mut Mlp,
+) -> [(String, &'a mut Linear); 7] {
+    [
+        ("self_attn.q_proj", &mut a.q_proj),
+        ("self_attn.k_proj", &mut a.k_proj),
+        ("self_attn.v_proj", &mut a.v_proj),
+        ("self_attn.o_proj", &mut a.o_proj),
+        ("mlp.gate_proj", &mut m.gate_proj),
+        ("mlp.up_proj", &mut m.up_proj),
+        ("mlp.down_proj", &mut m.down_proj),
+    ]
+    .map(|(name, lin)| (format!("model.layers.{i}.{name}"), lin))
 }

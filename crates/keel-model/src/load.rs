@@ -154,8 +154,7 @@ impl LoadedModel {
     /// Reads a PEFT adapter folder and attaches it as `name`, refusing one
     /// made for another base.
     pub fn attach_adapter(&mut self, dir: &Path, name: &str) -> Result<(), Error> {
-        let fingerprint = self.model.fingerprint();
-        AdapterFile::read(dir)?.attach(name, &mut self.model.linears_mut(), &fingerprint)?;
+        self.model.attach(&AdapterFile::read(dir)?, name)?;
         Ok(())
     }
 }

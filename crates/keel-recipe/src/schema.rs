@@ -49,7 +49,10 @@ pub enum Dtype {
 pub struct Adapter {
     #[serde(default)]
     pub kind: AdapterKind,
+    /// Rank and alpha of the low-rank part (not given for `kind = "none"`).
+    #[serde(default)]
     pub r: usize,
+    #[serde(default)]
     pub alpha: f64,
     #[serde(default)]
     pub dropout: f64,
@@ -72,6 +75,34 @@ pub struct Adapter {
     pub rank_pattern: BTreeMap<String, usize>,
     #[serde(default)]
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// Selective-layer training: modules trained in full, by PEFT's
+    /// `modules_to_save` rule (a module whose name ends with an entry).
+    #[serde(default)]
+    pub modules_to_save: Vec<String>,
+    /// Train every RMSNorm weight in full (norms-only tuning with `kind = "none"`).
+    #[serde(default)]
+    pub train_norms: bool,
+    /// Train the last N decoder layers in full.
+    pub train_top_layers: Option<usize>,
+    /// LISA (Pan et al. 2024): every `lisa_every` steps, train a fresh
+    /// random choice of this many decoder layers in full, the rest frozen.
+    pub lisa_layers: Option<usize>,
+    #[serde(default = "default_lisa_every")]
+    pub lisa_every: usize,
+}
+
+fn default_lisa_every() -> usize {
+    20
+}
+
+impl Adapter {
+    /// Whether any module is trained in full.
+    pub fn trains_full_modules(&self) -> bool {
+        !self.modules_to_save.is_empty()
+            || self.train_norms
+            || self.train_top_layers.is_some()
+            || self.lisa_layers.is_some()
+    }
 }
 
 fn default_pissa_niter() -> usize {
@@ -84,6 +115,8 @@ pub enum AdapterKind {
     #[default]
     Lora,
     Dora,
+    /// No low-rank part: only the modules trained in full.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -494,22 +527,55 @@ impl Recipe {
             }
         };
         let a = &self.adapter;
-        check(a.r >= 1, "adapter.r", "the rank must be at least 1".into());
+        if a.kind == AdapterKind::None {
+            check(
+                a.r == 0 && a.alpha == 0.0 && a.targets.is_empty() && a.target_regex.is_none(),
+                "adapter.kind",
+                "\"none\" trains no low-rank adapter: remove r, alpha and targets".into(),
+            );
+            check(
+                a.trains_full_modules(),
+                "adapter.kind",
+                "\"none\" needs modules to train in full: modules_to_save, train_norms, train_top_layers or lisa_layers".into(),
+            );
+        } else {
+            check(a.r >= 1, "adapter.r", "the rank must be at least 1".into());
+            check(
+                a.alpha.is_finite() && a.alpha > 0.0,
+                "adapter.alpha",
+                format!("{} must be a positive number", a.alpha),
+            );
+            check(
+                a.targets.is_empty() != a.target_regex.is_none(),
+                "adapter.targets",
+                "give either `targets` (module names) or `target_regex`, not both and not neither"
+                    .into(),
+            );
+        }
         check(
-            a.alpha.is_finite() && a.alpha > 0.0,
-            "adapter.alpha",
-            format!("{} must be a positive number", a.alpha),
+            a.train_top_layers != Some(0),
+            "adapter.train_top_layers",
+            "must be at least 1".into(),
+        );
+        check(
+            a.lisa_layers != Some(0),
+            "adapter.lisa_layers",
+            "must be at least 1".into(),
+        );
+        check(
+            a.lisa_every >= 1,
+            "adapter.lisa_every",
+            "must be at least 1".into(),
+        );
+        check(
+            a.lisa_layers.is_none() || a.kind == AdapterKind::None,
+            "adapter.lisa_layers",
+            "LISA trains whole layers: use it with kind = \"none\"".into(),
         );
         check(
             (0.0..1.0).contains(&a.dropout),
             "adapter.dropout",
             format!("{} is not in [0, 1)", a.dropout),
-        );
-        check(
-            a.targets.is_empty() != a.target_regex.is_none(),
-            "adapter.targets",
-            "give either `targets` (module names) or `target_regex`, not both and not neither"
-                .into(),
         );
         check(
             a.target_regex.is_none() || a.layers.is_none(),
@@ -626,6 +692,16 @@ impl Recipe {
             al.reference.is_some() || !al.needs_reference(),
             "alignment.reference",
             "Safe LoRA and AsFT need the adapter that aligned the base (`reference`)".into(),
+        );
+        check(
+            !(a.trains_full_modules() && (al.constrained_sft || al.anchors.is_some())),
+            "alignment.constrained_sft",
+            "constrained SFT and anchors compare with the model's adapter switched off, which modules trained in full cannot be: use a LoRA alone".into(),
+        );
+        check(
+            !(a.kind == AdapterKind::None && (al.needs_reference() || al.exclude_safety_layers.is_some())),
+            "alignment",
+            "Safe LoRA, AsFT and safety-layer exclusion act on a low-rank adapter, and kind = \"none\" has none".into(),
         );
         check(
             al.safe_lora_threshold.is_none() || al.safe_lora_top_k.is_none(),
@@ -759,5 +835,25 @@ dir = "runs/x"
             e.contains("--set") && e.contains("did you mean `lr`?"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn selective_keys_are_checked() {
+        let e = err(GOOD, &["adapter.kind=\"none\""]);
+        assert!(
+            e.contains("adapter.kind") && e.contains("remove r, alpha and targets"),
+            "{e}"
+        );
+        assert!(e.contains("needs modules to train in full"), "{e}");
+        let e = err(GOOD, &["adapter.lisa_layers=2"]);
+        assert!(
+            e.contains("adapter.lisa_layers") && e.contains("kind = \"none\""),
+            "{e}"
+        );
+        let e = err(
+            GOOD,
+            &["adapter.train_norms=true", "alignment.constrained_sft=true"],
+        );
+        assert!(e.contains("alignment.constrained_sft"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ mod error;
 mod loss;
 pub mod report;
 mod schedule;
+mod selective;
 pub mod trainer;
 
 pub use error::Error;

@@ -1,5 +1,6 @@
 //! The training loop.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use crate::error::Error;
 use crate::loss::{constrained_sft, response_betas, target_log_probs, weighted_nll};
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
+use crate::selective::Selection;
 use keel_align::{Subspace, asft, layers, safe_lora};
 use keel_probes::judges::kl::token_kl;
 
@@ -53,7 +55,7 @@ pub fn adapter_config(r: &Recipe) -> AdapterConfig {
     let a = &r.adapter;
     AdapterConfig {
         variant: match a.kind {
-            keel_recipe::AdapterKind::Lora => Variant::Lora,
+            keel_recipe::AdapterKind::Lora | keel_recipe::AdapterKind::None => Variant::Lora,
             keel_recipe::AdapterKind::Dora => Variant::Dora,
         },
         r: a.r,
@@ -71,6 +73,7 @@ pub fn adapter_config(r: &Recipe) -> AdapterConfig {
             },
             keel_recipe::Init::Olora => Init::Olora,
         },
+        // kind = "none" leaves both empty: no low-rank part.
         targets: match &a.target_regex {
             Some(re) => TargetModules::Regex(re.clone()),
             None => TargetModules::Names(a.targets.clone()),
@@ -86,12 +89,18 @@ pub fn adapter_config(r: &Recipe) -> AdapterConfig {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
+        // The modules trained in full are listed when the adapter is written.
+        modules_to_save: Vec::new(),
     }
 }
 
 /// Trainable parameters: (id, is a 2-D matrix, is LoRA's B).
-fn trainable(model: &Llama) -> Vec<(ParamId, bool, bool)> {
-    let mut out = Vec::new();
+fn trainable(model: &mut Llama, selection: &Selection) -> Vec<(ParamId, bool, bool)> {
+    let mut out: Vec<(ParamId, bool, bool)> = selection
+        .param_ids(model)
+        .into_iter()
+        .map(|(id, matrix)| (id, matrix, false))
+        .collect();
     for (_, l) in model.linears() {
         for a in l.adapters.iter().filter(|a| a.name == ADAPTER) {
             out.push((a.a.id, true, false));
@@ -451,11 +460,14 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
         }
     }
+    let mut selection = Selection::new(recipe, &mut model, &specs)?;
     if let Some(dir) = &resumed {
         state = checkpoint::read_state(dir)?;
         let file = AdapterFile::read(dir)?;
         file.check_base(&fingerprint)?;
         file.restore(ADAPTER, &mut model.linears_mut())?;
+        model.load_saved(&file)?;
+        selection.touched.extend(file.saved.keys().cloned());
         let bad = |reason: String| Error::Checkpoint {
             path: dir.clone(),
             reason,
@@ -476,15 +488,19 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             state.pos,
         );
     }
-    let params = trainable(&model);
-    let trainable_params: usize = model
-        .linears()
-        .iter()
-        .flat_map(|(_, l)| l.adapters.iter())
-        .map(|a| {
-            a.a.num_params() + a.b.num_params() + a.magnitude.as_ref().map_or(0, |m| m.num_params())
-        })
-        .sum();
+    selection.update(&mut model, state.step);
+    let mut params = trainable(&mut model, &selection);
+    let trainable_params: usize = selection.num_params(&mut model)
+        + model
+            .linears()
+            .iter()
+            .flat_map(|(_, l)| l.adapters.iter())
+            .map(|a| {
+                a.a.num_params()
+                    + a.b.num_params()
+                    + a.magnitude.as_ref().map_or(0, |m| m.num_params())
+            })
+            .sum::<usize>();
     let metrics_path = out.join("metrics.jsonl");
     trim_metrics(&metrics_path, state.step)?;
     let mut metrics = std::fs::OpenOptions::new()
@@ -499,19 +515,31 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         Ok(())
     };
 
-    let write_adapter = |dir: &Path, model: &Llama| -> Result<usize, Error> {
-        Ok(peft::write(
-            dir,
-            ADAPTER,
-            &cfg,
-            &model.linears(),
-            &base_name,
-            &fingerprint,
-        )?)
-    };
-    let save = |model: &Llama, optims: &Optimizers, state: &TrainState| -> Result<PathBuf, Error> {
+    let write_adapter =
+        |dir: &Path, model: &mut Llama, touched: &BTreeSet<String>| -> Result<usize, Error> {
+            let saved_names: Vec<String> = touched.iter().cloned().collect();
+            let saved = model.saved_modules(&saved_names);
+            let cfg = AdapterConfig {
+                modules_to_save: saved_names,
+                ..cfg.clone()
+            };
+            Ok(peft::write(
+                dir,
+                ADAPTER,
+                &cfg,
+                &model.linears(),
+                &saved,
+                &base_name,
+                &fingerprint,
+            )?)
+        };
+    let save = |model: &mut Llama,
+                touched: &BTreeSet<String>,
+                optims: &Optimizers,
+                state: &TrainState|
+     -> Result<PathBuf, Error> {
         checkpoint::save(&out, state, |dir| {
-            write_adapter(dir, model)?;
+            write_adapter(dir, model, touched)?;
             let bytes = |o: &ModuleOptimizer, name: &str| -> Result<(), Error> {
                 let b = o.into_bytes().map_err(|e| Error::Checkpoint {
                     path: dir.join(name),
@@ -543,6 +571,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
 
     while state.step < stop_at {
         let step_start = Instant::now();
+        if selection.new_period(state.step) {
+            optims = Optimizers::new(recipe);
+        }
+        if selection.update(&mut model, state.step) {
+            params = trainable(&mut model, &selection);
+        }
         // Reseeding per step makes dropout masks a function of the step:
         // a resumed run draws the same ones.
         device.seed(o.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -681,7 +715,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             || state.step == stop_at
             || interrupted;
         if save_due {
-            last_good = Some(save(&model, &optims, &state)?);
+            last_good = Some(save(&mut model, &selection.touched, &optims, &state)?);
         }
         if interrupted {
             stopped_early = true;
@@ -722,7 +756,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     }
     let adapter_dir = out.join("adapter");
     std::fs::create_dir_all(&adapter_dir).map_err(keel_fs::io(&adapter_dir))?;
-    write_adapter(&adapter_dir, &model)?;
+    write_adapter(&adapter_dir, &mut model, &selection.touched)?;
     let adapter_bytes = std::fs::metadata(adapter_dir.join(peft::WEIGHTS_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
