@@ -1,9 +1,11 @@
-"""The llama.cpp judge for GGUF LoRA adapters keel exports: llama.cpp
-(through llama-cpp-python, which builds it from source) applies the adapter
-to the f32 base GGUF, and its logits and greedy tokens must equal keel's on
-the merged model; the adapter must visibly move llama.cpp's logits.
+"""The llama.cpp judge for GGUF LoRA adapters and merged GGUF models keel
+exports: llama.cpp (through llama-cpp-python, which builds it from source)
+applies the adapter to the f32 base GGUF, or loads the merged model, and its
+logits and greedy tokens must equal keel's adapted model's; the adapter must
+visibly move llama.cpp's logits away from the base's.
 
 usage: python3 scripts/check_gguf_lora.py BASE.gguf LORA.gguf KEEL.json [--tolerance 1e-3]
+       python3 scripts/check_gguf_lora.py BASE.gguf MERGED.gguf KEEL.json --merged
 KEEL.json: {"prompts": [[ids]], "logits": [[[vocab] per position]], "greedy": {"prompt": [ids], "tokens": [ids]}}
 """
 import argparse
@@ -17,13 +19,14 @@ ap.add_argument("base")
 ap.add_argument("lora")
 ap.add_argument("keel_json")
 ap.add_argument("--tolerance", type=float, default=1e-3)
+ap.add_argument("--merged", action="store_true", help="the second file is a merged model, not a LoRA")
 args = ap.parse_args()
 ref = json.load(open(args.keel_json))
 
 
-def load(lora):
+def load(lora, model=args.base):
     # f32 KV cache (type 0): the default f16 cache adds ~1e-2 of noise.
-    kw = dict(model_path=args.base, logits_all=True, n_ctx=256, type_k=0, type_v=0, verbose=False, n_threads=1, seed=0)
+    kw = dict(model_path=model, logits_all=True, n_ctx=256, type_k=0, type_v=0, verbose=False, n_threads=1, seed=0)
     if lora:
         kw["lora_path"] = lora
     return Llama(**kw)
@@ -35,7 +38,8 @@ def logits(llm, ids):
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
-adapted, base = load(args.lora), load(None)
+adapted = load(None, args.lora) if args.merged else load(args.lora)
+base = load(None)
 worst, moved = 0.0, 0.0
 for ids, want in zip(ref["prompts"], ref["logits"]):
     got = logits(adapted, ids)
@@ -54,5 +58,6 @@ for _ in range(len(g["tokens"])):
     adapted.eval([t])
 
 ok = worst <= args.tolerance and moved > 10 * args.tolerance and tokens == g["tokens"]
-print(f"llama.cpp with the GGUF LoRA: max |diff| {worst:.2e} (tolerance {args.tolerance}), adapter moves logits by {moved:.2f}, greedy equal: {tokens == g['tokens']} (llama.cpp {tokens}, keel {g['tokens']})")
+what = "the merged GGUF" if args.merged else "the GGUF LoRA"
+print(f"llama.cpp with {what}: max |diff| {worst:.2e} (tolerance {args.tolerance}), adapter moves logits by {moved:.2f}, greedy equal: {tokens == g['tokens']} (llama.cpp {tokens}, keel {g['tokens']})")
 raise SystemExit(0 if ok else 1)

@@ -74,7 +74,7 @@ enum Command {
         format: ExportFormat,
         #[arg(long)]
         out: PathBuf,
-        /// Tensor type of a GGUF adapter.
+        /// Tensor type of a GGUF adapter or merged GGUF model.
         #[arg(long, value_enum, default_value = "f32")]
         gguf_dtype: GgufDtypeArg,
     },
@@ -133,7 +133,8 @@ enum ExportFormat {
     Peft,
     /// GGUF LoRA adapter (llama.cpp `--lora`, Ollama `ADAPTER`).
     Gguf,
-    /// The adapter merged into the base, as an HF folder.
+    /// The adapter merged into the base: an HF folder, or a GGUF model
+    /// (f32 or f16, `--gguf-dtype`) when the base and `--out` are `.gguf`.
     Merged,
 }
 
@@ -458,6 +459,18 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+fn gguf_dtype(d: GgufDtypeArg) -> keel_export::GgufDtype {
+    match d {
+        GgufDtypeArg::F32 => keel_export::GgufDtype::F32,
+        GgufDtypeArg::F16 => keel_export::GgufDtype::F16,
+    }
+}
+
 /// The adapter name keel gives an adapter loaded from a folder.
 const ADAPTER: &str = "default";
 
@@ -492,10 +505,7 @@ fn export(
             )?
         }
         ExportFormat::Gguf => {
-            let dtype = match dtype {
-                GgufDtypeArg::F32 => keel_export::GgufDtype::F32,
-                GgufDtypeArg::F16 => keel_export::GgufDtype::F16,
-            };
+            let dtype = gguf_dtype(dtype);
             let mut notes = keel_export::export_gguf_lora(
                 &loaded.model,
                 &loaded.config,
@@ -506,6 +516,17 @@ fn export(
             )?;
             notes.extend(keel_export::servers::check(&file.config, &loaded.model));
             notes
+        }
+        ExportFormat::Merged if is_gguf(model) && is_gguf(out) => {
+            keel_export::export_merged_gguf(
+                &mut loaded,
+                model,
+                ADAPTER,
+                file.config.has_lora(),
+                out,
+                gguf_dtype(dtype),
+            )?;
+            Vec::new()
         }
         ExportFormat::Merged => {
             keel_export::export_merged(&mut loaded, ADAPTER, file.config.has_lora(), out)?;

@@ -113,20 +113,7 @@ fn gguf_lora_export_is_applied_by_llama_cpp_as_keel_computes_it() {
             "{base}: q lora_b is not B as llama.cpp expects it"
         );
 
-        // keel's reference: the adapted model's logits and greedy tokens.
-        let prompts = vec![vec![1, 17, 80, 33, 9, 120, 64, 5], vec![3, 44, 2, 250, 7]];
-        let mut json = common::logits_json(&model.model, &prompts, &device);
-        let greedy = keel_model::generate(
-            &model.model,
-            &prompts[0],
-            8,
-            &Sampling::default(),
-            &[],
-            |_| {},
-        );
-        json["greedy"] = serde_json::json!({"prompt": prompts[0], "tokens": greedy});
-        let keel_json = dir.join("keel.json");
-        std::fs::write(&keel_json, json.to_string()).unwrap();
+        let keel_json = keel_reference(&model.model, &dir, &device);
         if common::required("KEEL_TEST_LLAMA_CPP", "llama.cpp applying keel's GGUF LoRA") {
             let base_path = fixture(base);
             // Measured: 1.2e-5 (llama), 7.1e-5 (qwen2, rsLoRA folded into B).
@@ -136,6 +123,95 @@ fn gguf_lora_export_is_applied_by_llama_cpp_as_keel_computes_it() {
                 keel_json.as_os_str(),
                 "--tolerance".as_ref(),
                 "3e-4".as_ref(),
+            ];
+            common::python_judge("check_gguf_lora.py", &args);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// keel's reference for the llama.cpp judge, written to `dir/keel.json`:
+/// the adapted model's logits on two prompts and its greedy tokens.
+fn keel_reference(
+    model: &keel_model::Llama,
+    dir: &std::path::Path,
+    device: &Device,
+) -> std::path::PathBuf {
+    let prompts = vec![vec![1, 17, 80, 33, 9, 120, 64, 5], vec![3, 44, 2, 250, 7]];
+    let mut json = common::logits_json(model, &prompts, device);
+    let greedy = keel_model::generate(model, &prompts[0], 8, &Sampling::default(), &[], |_| {});
+    json["greedy"] = serde_json::json!({"prompt": prompts[0], "tokens": greedy});
+    let path = dir.join("keel.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// A merged GGUF made from a llama GGUF (q/k rows interleaved) and a qwen2
+/// one: keel reads it back with the adapted model's logits (f32 exactly,
+/// f16 within its rounding), and llama.cpp runs it as keel does.
+#[test]
+fn merged_gguf_export_runs_in_llama_cpp_as_keel_computes_it() {
+    let device = Device::flex();
+    for base in ["gguf-spm/vocab.gguf", "tiny-qwen2-gguf/tiny-qwen2.gguf"] {
+        let base_path = fixture(base);
+        let mut model = LoadedModel::open(&base_path, &device).unwrap();
+        make_adapter(
+            &mut model.model,
+            &AdapterConfig::lora(4, 8.0, &ALL),
+            5,
+            0.03,
+        );
+        let dir = temp_dir("merged-gguf");
+        let keel_json = keel_reference(&model.model, &dir, &device);
+        let adapted: Vec<Vec<f32>> = [vec![1u32, 17, 80, 33, 9], vec![3, 44, 2, 250, 7]]
+            .iter()
+            .map(|ids| logits(&model.model, ids, &device))
+            .collect();
+        for (dtype, tolerance) in [
+            (keel_export::GgufDtype::F16, 5e-2),
+            (keel_export::GgufDtype::F32, 1e-4),
+        ] {
+            let mut m = LoadedModel::open(&base_path, &device).unwrap();
+            make_adapter(&mut m.model, &AdapterConfig::lora(4, 8.0, &ALL), 5, 0.03);
+            let out = dir.join(format!("merged-{dtype:?}.gguf"));
+            keel_export::export_merged_gguf(&mut m, &base_path, "default", true, &out, dtype)
+                .unwrap();
+            let g = GgufFile::open(&out).unwrap();
+            let source = GgufFile::open(&base_path).unwrap();
+            assert_eq!(
+                g.metadata.len(),
+                source.metadata.len(),
+                "{base}: metadata kept"
+            );
+            assert_eq!(
+                g.tensors.len(),
+                source.tensors.len(),
+                "{base}: every tensor"
+            );
+            let back = LoadedModel::open(&out, &device).unwrap();
+            for (ids, want) in [vec![1u32, 17, 80, 33, 9], vec![3, 44, 2, 250, 7]]
+                .iter()
+                .zip(&adapted)
+            {
+                let (diff, _) = max_abs_diff(&logits(&back.model, ids, &device), want);
+                assert!(
+                    diff <= tolerance,
+                    "{base} {dtype:?}: merged GGUF differs from the adapted model by {diff}"
+                );
+            }
+        }
+        if common::required(
+            "KEEL_TEST_LLAMA_CPP",
+            "llama.cpp running keel's merged GGUF",
+        ) {
+            let merged = dir.join("merged-F32.gguf");
+            let args = [
+                base_path.as_os_str(),
+                merged.as_os_str(),
+                keel_json.as_os_str(),
+                "--tolerance".as_ref(),
+                "3e-4".as_ref(),
+                "--merged".as_ref(),
             ];
             common::python_judge("check_gguf_lora.py", &args);
         }

@@ -3,22 +3,26 @@
 //! - [`export_peft`]: an HF PEFT folder (HF PEFT, vLLM, TGI, LoRAX load it);
 //! - [`export_gguf_lora`]: a GGUF LoRA adapter as llama.cpp's
 //!   `convert_lora_to_gguf.py` writes it (`llama-cli --lora`, Ollama `ADAPTER`);
-//! - [`export_merged`]: the adapter folded into the base, as an HF folder.
+//! - [`export_merged`]: the adapter folded into the base, as an HF folder;
+//!   [`export_merged_gguf`]: the same as a GGUF model (f32 or f16) made from
+//!   the base GGUF it came from.
 //!
 //! Each export reports, as warnings, which servers would refuse the
 //! adapter and why ([`servers`]).
 
 mod error;
 mod gguf_lora;
+mod merged;
 pub mod servers;
 
 use std::path::Path;
 
 use keel_adapters::{AdapterConfig, SavedModule};
-use keel_model::{Llama, LoadedModel};
+use keel_model::Llama;
 
 pub use error::Error;
 pub use gguf_lora::{GgufDtype, export_gguf_lora};
+pub use merged::{export_merged, export_merged_gguf};
 
 /// Writes adapter `name` of `model`, with the modules it trained in full
 /// (`saved`, PEFT's `modules_to_save`), as a PEFT folder at `out` (created
@@ -48,28 +52,4 @@ pub fn export_peft(
         &model.fingerprint(),
     )?;
     Ok(servers::check(cfg, model))
-}
-
-/// Merges adapter `name` into the base and writes the result as an HF
-/// folder at `out` (which must not exist or be empty). Modules an adapter
-/// trained in full are already in place once it is attached, so an
-/// adapter with no low-rank part (`has_lora` false) merges nothing more.
-pub fn export_merged(
-    model: &mut LoadedModel,
-    name: &str,
-    has_lora: bool,
-    out: &Path,
-) -> Result<(), Error> {
-    let mut found = false;
-    for (_, layer) in model.model.linears_mut() {
-        if layer.adapter(name).is_some() {
-            layer.merge(name)?;
-            found = true;
-        }
-    }
-    if has_lora && !found {
-        return Err(Error::NoAdapter(name.to_string()));
-    }
-    keel_model::save_hf_dir(model, out)?;
-    Ok(())
 }
