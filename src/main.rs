@@ -40,6 +40,10 @@ enum Command {
         /// Replace a previous run in the output folder.
         #[arg(long)]
         overwrite: bool,
+        /// Debugging: make the loss or a gradient NaN at a step (`loss@5`,
+        /// `grad@5`) to see the run stop and keep its last good checkpoint.
+        #[arg(long, hide = true, value_parser = parse_nan_site)]
+        debug_inject_nan: Option<(usize, keel_train::NanSite)>,
     },
     /// Evaluate an adapter on a recipe's eval set (loss and perplexity, JSON).
     Eval {
@@ -218,6 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             set,
             resume,
             overwrite,
+            debug_inject_nan,
         } => {
             let recipe = Recipe::load(&recipe, &set)?;
             let opts = RunOptions {
@@ -225,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
                 overwrite,
                 progress: true,
                 stop_at: None,
+                debug_nan: debug_inject_nan,
             };
             let report = keel_train::train(&recipe, &opts)?;
             println!("{}", report.table());
@@ -457,6 +463,19 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     })?;
     println!();
     Ok(())
+}
+
+/// `loss@N` or `grad@N`.
+fn parse_nan_site(s: &str) -> Result<(usize, keel_train::NanSite), String> {
+    let (site, step) = s.split_once('@').ok_or("expected loss@STEP or grad@STEP")?;
+    let step: usize = step
+        .parse()
+        .map_err(|_| format!("`{step}` is not a step number"))?;
+    match site {
+        "loss" => Ok((step, keel_train::NanSite::Loss)),
+        "grad" => Ok((step, keel_train::NanSite::Gradient)),
+        other => Err(format!("`{other}`: expected loss or grad")),
+    }
 }
 
 fn is_gguf(path: &Path) -> bool {

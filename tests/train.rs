@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::{fixture, temp_dir};
 use keel_adapters::peft::AdapterFile;
 use keel_recipe::Recipe;
-use keel_train::RunOptions;
+use keel_train::{NanSite, RunOptions};
 
 fn recipe(out: &Path, extra: &[&str]) -> Recipe {
     let mut set = vec![format!("output.dir={}", out.display())];
@@ -141,6 +141,64 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
         .expect("a checkpoint");
     AdapterFile::read(&kept).expect("the kept checkpoint loads");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The debug option puts a NaN in the loss or in the first LoRA A's
+/// gradient at step 3: the run stops there, names the tensor, and keeps the
+/// checkpoint of step 2 whole.
+#[test]
+fn injected_nan_is_caught_at_its_step_naming_the_tensor() {
+    let _run = one_run();
+    for (site, what) in [
+        (NanSite::Loss, "loss is not finite"),
+        (
+            NanSite::Gradient,
+            "the gradient of `model.layers.0.self_attn.q_proj.lora_A` is not finite",
+        ),
+    ] {
+        let dir = temp_dir("train-inject");
+        let r = recipe(&dir, &["output.save_every=1"]);
+        let run = RunOptions {
+            debug_nan: Some((3, site)),
+            ..opts()
+        };
+        let err = keel_train::train(&r, &run).unwrap_err().to_string();
+        assert!(err.starts_with("step 3: ") && err.contains(what), "{err}");
+        assert!(err.contains("step-0000002"), "{err}");
+        let kept = keel_train::checkpoint::latest(&dir).unwrap().unwrap();
+        assert!(kept.ends_with("step-0000002"));
+        AdapterFile::read(&kept).expect("the kept checkpoint loads");
+        assert_eq!(losses(&dir).len(), 2, "no metrics row for the bad step");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A symlink planted in the output folder would redirect keel's writes
+/// (and --overwrite's deletions) elsewhere: refused, the target untouched.
+#[test]
+fn a_symlink_in_the_output_folder_is_refused() {
+    let _run = one_run();
+    let dir = temp_dir("train-symlink");
+    let elsewhere = temp_dir("train-symlink-target");
+    std::fs::write(elsewhere.join("precious"), "keep me").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("checkpoints")).unwrap();
+    let r = recipe(&dir, &["optim.steps=2"]);
+    let run = RunOptions {
+        overwrite: true,
+        ..opts()
+    };
+    let err = keel_train::train(&r, &run).unwrap_err().to_string();
+    assert!(
+        err.contains("checkpoints") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("precious")).unwrap(),
+        "keep me"
+    );
+    for d in [dir, elsewhere] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 #[test]

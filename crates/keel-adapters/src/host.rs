@@ -40,3 +40,61 @@ pub fn transpose(rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
     }
     out
 }
+
+/// safetensors bytes with every JSON object in the header in sorted key
+/// order. The `safetensors` crate writes its metadata in hash-map order,
+/// which changes from process to process: the same adapter would be
+/// written as different bytes.
+pub fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    use serde_json::{Map, Value};
+    fn sorted(v: Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut pairs: Vec<(String, Value)> = m.into_iter().collect();
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k, sorted(v)))
+                        .collect::<Map<_, _>>(),
+                )
+            }
+            other => other,
+        }
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("the header safetensors wrote");
+    let text = serde_json::to_string(&sorted(header)).expect("JSON");
+    // The same keys and values: never longer than the padded original.
+    let padded = format!("{text:<n$}");
+    bytes[8..8 + n].copy_from_slice(padded.as_bytes());
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    #[test]
+    fn sorted_header_makes_the_bytes_independent_of_hash_order() {
+        let data = to_bytes(&[1.0, 2.0]);
+        let write = || {
+            let meta: std::collections::HashMap<String, String> = (0..8)
+                .map(|i| (format!("key{i}"), format!("v{i}")))
+                .collect();
+            let view = TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+            sorted_header(safetensors::serialize([("t", view)], Some(meta)).unwrap())
+        };
+        let first = write();
+        for _ in 0..5 {
+            assert_eq!(write(), first);
+        }
+        let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(
+            to_f32(Dtype::F32, st.tensor("t").unwrap().data()).unwrap(),
+            [1.0, 2.0]
+        );
+    }
+}

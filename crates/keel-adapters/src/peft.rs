@@ -683,13 +683,14 @@ pub fn write(
     .into();
     let weights = dir.join(WEIGHTS_FILE);
     let tmp_weights = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
-    safetensors::serialize_to_file(views, Some(metadata), &tmp_weights).map_err(|e| {
-        Error::Tensor {
-            file: tmp_weights.clone(),
-            tensor: "-".into(),
-            reason: e.to_string(),
-        }
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Tensor {
+        file: tmp_weights.clone(),
+        tensor: "-".into(),
+        reason: e.to_string(),
     })?;
+    std::fs::write(&tmp_weights, host::sorted_header(bytes))
+        .and_then(|()| std::fs::File::open(&tmp_weights)?.sync_all())
+        .map_err(keel_fs::io(&tmp_weights))?;
     let config = dir.join(CONFIG_FILE);
     let tmp_config = dir.join(format!(".{CONFIG_FILE}.tmp"));
     let text = serde_json::to_string_pretty(&config_json(&cfg.on_original_base(), base_model))

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// An I/O error and the path it happened at.
+/// An I/O error and the path it happened at. Its message holds the
+/// error's own, so it is not also given as a source (error chains would
+/// print it twice).
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {error}", path.display())]
 pub struct IoError {
     pub path: PathBuf,
-    #[source]
     pub error: std::io::Error,
 }
 

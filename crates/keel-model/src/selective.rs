@@ -38,13 +38,13 @@ impl FullModule<'_> {
         }
     }
 
-    /// The parameter ids and whether each is a matrix.
-    pub fn param_ids(&self) -> Vec<(ParamId, bool)> {
+    /// The parameters: id, whether a matrix, and name (`weight`, `bias`).
+    pub fn param_ids(&self) -> Vec<(ParamId, bool, &'static str)> {
         match self {
-            FullModule::Linear(l) => std::iter::once((l.weight.id, true))
-                .chain(l.bias.as_ref().map(|b| (b.id, false)))
+            FullModule::Linear(l) => std::iter::once((l.weight.id, true, "weight"))
+                .chain(l.bias.as_ref().map(|b| (b.id, false, "bias")))
                 .collect(),
-            FullModule::Norm(n) => vec![(n.weight.id, false)],
+            FullModule::Norm(n) => vec![(n.weight.id, false, "weight")],
         }
     }
 

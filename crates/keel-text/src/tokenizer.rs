@@ -22,9 +22,19 @@ impl Tokenizer {
     }
 
     pub fn from_json(json: &str) -> Result<Self, Error> {
-        json.parse::<tokenizers::Tokenizer>()
-            .map(|inner| Tokenizer { inner })
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        // JSON syntax first: tokenizers 0.22 panics on some syntax errors
+        // inside a component (`expect("Helper")` in its decoder helper).
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::Tokenizer(format!("not JSON: {e}")))?;
+        // And it may still panic on a malformed component (found by
+        // fuzzing): a bad file is an error here, never a crash.
+        match std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(value)) {
+            Ok(Ok(inner)) => Ok(Tokenizer { inner }),
+            Ok(Err(e)) => Err(Error::Tokenizer(e.to_string())),
+            Err(_) => Err(Error::Tokenizer(
+                "a component is malformed (the tokenizers crate panicked reading it)".into(),
+            )),
+        }
     }
 
     /// The tokenizer as `tokenizer.json` text.

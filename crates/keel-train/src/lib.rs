@@ -21,4 +21,4 @@ pub mod trainer;
 pub use error::Error;
 pub use report::RunReport;
 pub use schedule::lr_at;
-pub use trainer::{RunOptions, eval_adapter, train};
+pub use trainer::{NanSite, RunOptions, eval_adapter, train};

@@ -134,13 +134,17 @@ impl Selection {
         true
     }
 
-    /// The trained parameters: (id, whether a matrix).
-    pub fn param_ids(&self, model: &mut Llama) -> Vec<(ParamId, bool)> {
+    /// The trained parameters: (id, whether a matrix, name).
+    pub fn param_ids(&self, model: &mut Llama) -> Vec<(ParamId, bool, String)> {
         model
             .full_modules_mut()
             .iter()
             .filter(|(n, _)| self.active.contains(n))
-            .flat_map(|(_, m)| m.param_ids())
+            .flat_map(|(n, m)| {
+                m.param_ids()
+                    .into_iter()
+                    .map(move |(id, matrix, part)| (id, matrix, format!("{n}.{part}")))
+            })
             .collect()
     }
 

@@ -48,6 +48,16 @@ pub struct RunOptions {
     /// Stop after this many optimizer steps in total, as an interruption
     /// would (a checkpoint is written): for tests of resume.
     pub stop_at: Option<usize>,
+    /// Debugging the guard against non-finite values: make the loss, or the
+    /// first trained parameter's gradient, NaN at this (1-based) step.
+    pub debug_nan: Option<(usize, NanSite)>,
+}
+
+/// Where [`RunOptions::debug_nan`] puts its NaN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NanSite {
+    Loss,
+    Gradient,
 }
 
 /// The recipe's adapter section as an [`AdapterConfig`].
@@ -94,19 +104,41 @@ pub fn adapter_config(r: &Recipe) -> AdapterConfig {
     }
 }
 
-/// Trainable parameters: (id, is a 2-D matrix, is LoRA's B).
-fn trainable(model: &mut Llama, selection: &Selection) -> Vec<(ParamId, bool, bool)> {
-    let mut out: Vec<(ParamId, bool, bool)> = selection
+/// A trained parameter: its id, whether it is a matrix, whether it is
+/// LoRA's B (LoRA+ gives B its own rate), and its name for error messages.
+struct Trained {
+    id: ParamId,
+    matrix: bool,
+    is_b: bool,
+    name: String,
+}
+
+/// The parameters being trained: LoRA's and those of modules trained in full.
+fn trainable(model: &mut Llama, selection: &Selection) -> Vec<Trained> {
+    let mut out: Vec<Trained> = selection
         .param_ids(model)
         .into_iter()
-        .map(|(id, matrix)| (id, matrix, false))
+        .map(|(id, matrix, name)| Trained {
+            id,
+            matrix,
+            is_b: false,
+            name,
+        })
         .collect();
-    for (_, l) in model.linears() {
+    for (module, l) in model.linears() {
         for a in l.adapters.iter().filter(|a| a.name == ADAPTER) {
-            out.push((a.a.id, true, false));
-            out.push((a.b.id, true, true));
+            let mut push = |id, matrix, is_b, part: &str| {
+                out.push(Trained {
+                    id,
+                    matrix,
+                    is_b,
+                    name: format!("{module}.{part}"),
+                })
+            };
+            push(a.a.id, true, false, "lora_A");
+            push(a.b.id, true, true, "lora_B");
             if let Some(m) = &a.magnitude {
-                out.push((m.id, false, false));
+                push(m.id, false, false, "lora_magnitude_vector");
             }
         }
     }
@@ -114,64 +146,64 @@ fn trainable(model: &mut Llama, selection: &Selection) -> Vec<(ParamId, bool, bo
 }
 
 /// Adds `from` into `acc`, parameter by parameter.
-fn accumulate(
-    acc: &mut GradientsParams,
-    mut from: GradientsParams,
-    params: &[(ParamId, bool, bool)],
-) {
-    for &(id, matrix, _) in params {
-        if matrix {
-            if let Some(g) = from.remove::<2>(id) {
-                let sum = match acc.remove::<2>(id) {
+fn accumulate(acc: &mut GradientsParams, mut from: GradientsParams, params: &[Trained]) {
+    for p in params {
+        if p.matrix {
+            if let Some(g) = from.remove::<2>(p.id) {
+                let sum = match acc.remove::<2>(p.id) {
                     Some(a) => a + g,
                     None => g,
                 };
-                acc.register(id, sum);
+                acc.register(p.id, sum);
             }
-        } else if let Some(g) = from.remove::<1>(id) {
-            let sum = match acc.remove::<1>(id) {
+        } else if let Some(g) = from.remove::<1>(p.id) {
+            let sum = match acc.remove::<1>(p.id) {
                 Some(a) => a + g,
                 None => g,
             };
-            acc.register(id, sum);
+            acc.register(p.id, sum);
         }
     }
 }
 
-/// The global L2 norm of the gradients (read to the host: it also guards
-/// against non-finite gradients).
-fn grad_norm(grads: &GradientsParams, params: &[(ParamId, bool, bool)]) -> f64 {
-    let mut sq = 0.0f64;
-    for &(id, matrix, _) in params {
-        let s = if matrix {
+/// The global L2 norm of the gradients, read to the host, and the first
+/// parameter whose gradient is not finite.
+fn grad_norm<'a>(grads: &GradientsParams, params: &'a [Trained]) -> (f64, Option<&'a str>) {
+    let (mut sq, mut bad) = (0.0f64, None);
+    for p in params {
+        let s = if p.matrix {
             grads
-                .get::<2>(id)
+                .get::<2>(p.id)
                 .map(|g| g.square().sum().into_scalar::<f32>())
         } else {
             grads
-                .get::<1>(id)
+                .get::<1>(p.id)
                 .map(|g| g.square().sum().into_scalar::<f32>())
-        };
-        sq += s.unwrap_or(0.0) as f64;
+        }
+        .unwrap_or(0.0) as f64;
+        if !s.is_finite() && bad.is_none() {
+            bad = Some(p.name.as_str());
+        }
+        sq += s;
     }
-    sq.sqrt()
+    (sq.sqrt(), bad)
 }
 
 /// Multiplies every gradient by `factor`; splits off B's (LoRA+).
 fn scale_and_split(
     mut grads: GradientsParams,
-    params: &[(ParamId, bool, bool)],
+    params: &[Trained],
     factor: f64,
 ) -> (GradientsParams, GradientsParams) {
     let (mut rest, mut b) = (GradientsParams::new(), GradientsParams::new());
-    for &(id, matrix, is_b) in params {
-        let dest = if is_b { &mut b } else { &mut rest };
-        if matrix {
-            if let Some(g) = grads.remove::<2>(id) {
-                dest.register(id, g.mul_scalar(factor));
+    for p in params {
+        let dest = if p.is_b { &mut b } else { &mut rest };
+        if p.matrix {
+            if let Some(g) = grads.remove::<2>(p.id) {
+                dest.register(p.id, g.mul_scalar(factor));
             }
-        } else if let Some(g) = grads.remove::<1>(id) {
-            dest.register(id, g.mul_scalar(factor));
+        } else if let Some(g) = grads.remove::<1>(p.id) {
+            dest.register(p.id, g.mul_scalar(factor));
         }
     }
     (rest, b)
@@ -210,7 +242,31 @@ fn evaluate(
 }
 
 /// Refuses to mix two runs in one folder, and clears it for `--overwrite`.
+/// What a run writes in its output folder.
+const OUTPUTS: [&str; 6] = [
+    "checkpoints",
+    "adapter",
+    "metrics.jsonl",
+    "latest",
+    "report.json",
+    "alignment.json",
+];
+
 fn prepare_output(out: &Path, opts: &RunOptions) -> Result<(), Error> {
+    // A symlink there would send keel's writes (and --overwrite's
+    // deletions) outside the folder the user named.
+    for name in OUTPUTS {
+        let p = out.join(name);
+        if p.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(Error::Output {
+                path: p,
+                reason: "is a symbolic link: keel writes only inside the output folder, remove it"
+                    .into(),
+            });
+        }
+    }
     let has_run = out.join("metrics.jsonl").exists() || out.join("latest").exists();
     if has_run && !opts.resume && !opts.overwrite {
         return Err(Error::Output {
@@ -650,16 +706,33 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             );
             anchor_kl = Some(kl.into_scalar::<f32>() as f64);
         }
-        let norm = grad_norm(&grads, &params);
-        for (what, value) in [("loss", loss_sum), ("gradient norm", norm)] {
-            if !value.is_finite() {
-                return Err(Error::NotFinite {
-                    step: state.step + 1,
-                    what: what.into(),
-                    value,
-                    kept: last_good,
-                });
+        match opts.debug_nan {
+            Some((step, NanSite::Loss)) if step == state.step + 1 => loss_sum = f64::NAN,
+            Some((step, NanSite::Gradient)) if step == state.step + 1 => {
+                let p = &params[0];
+                if p.matrix {
+                    let g = grads.remove::<2>(p.id).expect("a gradient");
+                    grads.register(p.id, g.mul_scalar(f64::NAN));
+                } else {
+                    let g = grads.remove::<1>(p.id).expect("a gradient");
+                    grads.register(p.id, g.mul_scalar(f64::NAN));
+                }
             }
+            _ => {}
+        }
+        let (norm, bad_grad) = grad_norm(&grads, &params);
+        let bad = if !loss_sum.is_finite() {
+            Some(("loss".to_string(), loss_sum))
+        } else {
+            bad_grad.map(|name| (format!("the gradient of `{name}`"), norm))
+        };
+        if let Some((what, value)) = bad {
+            return Err(Error::NotFinite {
+                step: state.step + 1,
+                what,
+                value,
+                kept: last_good,
+            });
         }
         let clip = match o.max_grad_norm {
             Some(max) if norm > max => max / norm,
@@ -681,7 +754,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         last_loss = Some(loss_sum);
         let mut row = serde_json::json!({"step": state.step, "loss": loss_sum, "lr": lr,
             "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch,
-            "step_s": step_s});
+            "step_s": step_s, "rss_bytes": report::rss_bytes(), "peak_rss_bytes": report::peak_rss_bytes()});
         if al.asft_lambda > 0.0 {
             row["asft_penalty"] = penalty_sum.into();
         }
