@@ -25,7 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
 LEDGER = FUZZ / "campaign.json"
-TARGETS = ["gguf", "recipe", "tokenizer_json", "chat_template"]
+TARGETS = ["gguf", "recipe", "tokenizer_json", "chat_template",
+           "hf_model", "safetensors_index", "peft_adapter", "jsonl"]
+# Their parsers live in crates built on Burn: the fuzz build then compiles Burn too.
+MODEL_TARGETS = {"hf_model", "safetensors_index", "peft_adapter", "jsonl"}
+# Inputs per target kept in fuzz/replay for the stable replay test.
+REPLAY, REPLAY_BYTES = 150, 200_000
 LIMITS = ["-timeout=10", "-rss_limit_mb=2048", "-malloc_limit_mb=256", "-max_len=1048576"]
 
 
@@ -38,7 +43,10 @@ def run_target(name, seconds, jobs):
     artifacts = FUZZ / "artifacts" / name
     artifacts.mkdir(parents=True, exist_ok=True)
     before = set(artifacts.iterdir())
-    cmd = ["cargo", "+nightly", "fuzz", "run", "-O", name, str(FUZZ / "corpus" / name), "--",
+    features = ["--features", "model"] if name in MODEL_TARGETS else []
+    (FUZZ / "corpus" / name).mkdir(parents=True, exist_ok=True)
+    dirs = [FUZZ / d / name for d in ("corpus", "seeds", "replay", "regressions") if (FUZZ / d / name).exists()]
+    cmd = ["cargo", "+nightly", "fuzz", "run", "-O", *features, name, *map(str, dirs), "--",
            f"-max_total_time={seconds}", "-print_final_stats=1", f"-artifact_prefix={artifacts}/"] + LIMITS
     if jobs > 1:
         cmd += [f"-jobs={jobs}", f"-workers={jobs}"]
@@ -59,7 +67,25 @@ def run_target(name, seconds, jobs):
     kinds = {k: sum(f.name.startswith(k) for f in found) for k in ("crash", "timeout", "oom", "leak", "slow-unit")}
     if p.returncode != 0 and not found:
         sys.exit(f"{name}: cargo fuzz failed ({p.returncode}):\n{out[-3000:]}")
+    minimize(name, features)
     return dict(execs=execs, seconds=wall, **kinds)
+
+
+def minimize(name, features):
+    """Shrinks the working corpus (fuzz/corpus, not committed) to the inputs
+    that add coverage, and commits its REPLAY smallest to fuzz/replay."""
+    subprocess.run(["cargo", "+nightly", "fuzz", "cmin", "-O", *features, name, "--"] + LIMITS,
+                   cwd=FUZZ, env=env(), capture_output=True, check=True)
+    files = sorted((FUZZ / "corpus" / name).iterdir(), key=lambda f: (f.stat().st_size, f.name))
+    replay = FUZZ / "replay" / name
+    shutil.rmtree(replay, ignore_errors=True)
+    replay.mkdir(parents=True)
+    kept = 0
+    for f in files[:REPLAY]:
+        kept += f.stat().st_size
+        if kept > REPLAY_BYTES:
+            break
+        shutil.copy(f, replay / f.name)
 
 
 def table(ledger):
@@ -71,7 +97,7 @@ def table(ledger):
         "fixtures, shipped recipes and templates; limits: " + " ".join(f"`{l}`" for l in LIMITS) + ".",
         "Crash, timeout and out-of-memory inputs go to `fuzz/regressions/`, replayed by `cargo test -p keel-fuzz`.",
         "",
-        "| target | what it parses | executions (campaign total) | fuzzing time | crashes | timeouts | out of memory | corpus files |",
+        "| target | what it parses | executions (campaign total) | fuzzing time | crashes | timeouts | out of memory | corpus files (minimized) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     what = {
@@ -79,10 +105,14 @@ def table(ledger):
         "recipe": "recipe TOML with an override",
         "tokenizer_json": "HF tokenizer.json, encode and decode",
         "chat_template": "Jinja chat template rendering (fuel-limited)",
+        "hf_model": "HF config.json + model.safetensors, weights loaded",
+        "safetensors_index": "model.safetensors.index.json of a sharded model, weights loaded",
+        "peft_adapter": "PEFT adapter_config.json + adapter_model.safetensors, attached to a model",
+        "jsonl": "JSONL data rows of the four formats, tokenized through the chat template",
     }
     for name in TARGETS:
         r = ledger.get(name, {})
-        corpus = len(list((FUZZ / "corpus" / name).iterdir())) if (FUZZ / "corpus" / name).exists() else 0
+        corpus = len(list((FUZZ / "corpus" / name).iterdir())) if (FUZZ / "corpus" / name).exists() else "-"
         lines.append(f"| {name} | {what[name]} | {r.get('execs', 0):,} | {r.get('seconds', 0) / 60:.1f} min | "
                      f"{r.get('crash', 0)} | {r.get('timeout', 0)} | {r.get('oom', 0)} | {corpus} |")
     lines += ["", "Target (the issue's): ≥ 10 million executions per target over the campaign, with 0 crashes,",

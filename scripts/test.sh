@@ -45,16 +45,18 @@ fi
 export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1 KEEL_TEST_LLAMA_CPP=1 KEEL_TEST_BROWSER=1
 cargo test --workspace "$@"
 
-# Each fuzz target briefly under libFuzzer (nightly Rust and cargo-fuzz; the
-# committed corpora were already replayed on stable by the tests above).
+# The Burn-free fuzz targets briefly under libFuzzer (nightly Rust and
+# cargo-fuzz; the model targets would need Burn built again with nightly).
+# Every target's committed corpus was already replayed on stable above.
 # KEEL_CI_FUZZ_SECONDS=0 skips it.
 fuzz_seconds="${KEEL_CI_FUZZ_SECONDS:-10}"
 if [ "$fuzz_seconds" -gt 0 ] && rustup toolchain list | grep -q nightly; then
   command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
   export KEEL_FUZZ_TARGET_DIR="${KEEL_FUZZ_TARGET_DIR:-$HOME/.cache/keel-fuzz-target}"
   for target in gguf recipe tokenizer_json chat_template; do
+    mkdir -p "fuzz/corpus/$target"
     (cd fuzz && CARGO_TARGET_DIR="$KEEL_FUZZ_TARGET_DIR" cargo +nightly fuzz run -O "$target" \
-      -- -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
+      "corpus/$target" "seeds/$target" "replay/$target" -- -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
       -max_len=1048576 >/dev/null 2>"/tmp/keel-fuzz-$target.log") \
       || { tail -40 "/tmp/keel-fuzz-$target.log" >&2; echo "fuzz target $target failed" >&2; exit 1; }
   done

@@ -8,24 +8,61 @@ use std::path::{Path, PathBuf};
 
 use keel_text::{ChatTemplate, Message, Tokenizer};
 
+#[cfg(feature = "model")]
+mod model;
+#[cfg(feature = "model")]
+pub use model::{hf_model, jsonl, peft_adapter, safetensors_index};
+
 /// A target: its name (the corpus folder) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: &[Target] = &[
     ("gguf", gguf),
     ("recipe", recipe),
     ("tokenizer_json", tokenizer_json),
     ("chat_template", chat_template),
+    #[cfg(feature = "model")]
+    ("hf_model", hf_model),
+    #[cfg(feature = "model")]
+    ("safetensors_index", safetensors_index),
+    #[cfg(feature = "model")]
+    ("peft_adapter", peft_adapter),
+    #[cfg(feature = "model")]
+    ("jsonl", jsonl),
 ];
 
 /// A file in this process's scratch folder holding `data`: the parsers
 /// under test read files, as they do for users.
 fn scratch(name: &str, data: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keel-fuzz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    let path = dir.join(name);
+    let path = scratch_dir().join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("scratch folder");
+    }
     std::fs::write(&path, data).expect("scratch file");
     path
+}
+
+fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("keel-fuzz-{}", std::process::id()))
+}
+
+/// Two files in one input: a little-endian u32 length (modulo what is
+/// there), the first file, then the second.
+#[cfg(feature = "model")]
+fn split(data: &[u8]) -> (&[u8], &[u8]) {
+    if data.len() < 4 {
+        return (data, &[]);
+    }
+    let n = u32::from_le_bytes(data[..4].try_into().expect("4 bytes")) as usize % (data.len() - 3);
+    data[4..].split_at(n)
+}
+
+/// `fuzz/<rel>`: files the targets build on (the micro model).
+#[cfg(feature = "model")]
+fn fuzz_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz")
+        .join(rel)
 }
 
 fn messages() -> Vec<Message> {
@@ -133,26 +170,24 @@ pub fn chat_template(data: &[u8]) {
 mod tests {
     use super::*;
 
-    /// Replays `fuzz/corpus/<target>/*` and `fuzz/regressions/<target>/*`.
+    /// Replays every committed input: `fuzz/seeds/<target>` (from real
+    /// files), `fuzz/replay/<target>` (kept from the campaign's minimized
+    /// corpus) and `fuzz/regressions/<target>` (every crash found).
     #[test]
     fn committed_corpora_replay_without_a_crash() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-        let mut total = 0;
-        for (name, target) in TARGETS {
-            let mut inputs = 0;
-            for kind in ["corpus", "regressions"] {
+        for &(name, target) in TARGETS {
+            let mut seeds = 0;
+            for kind in ["seeds", "replay", "regressions"] {
                 let Ok(entries) = std::fs::read_dir(root.join(kind).join(name)) else {
                     continue;
                 };
                 for entry in entries {
-                    let path = entry.unwrap().path();
-                    target(&std::fs::read(&path).unwrap());
-                    inputs += 1;
+                    target(&std::fs::read(entry.unwrap().path()).unwrap());
+                    seeds += (kind == "seeds") as usize;
                 }
             }
-            assert!(inputs > 0, "target {name} has no committed corpus");
-            total += inputs;
+            assert!(seeds > 0, "target {name} has no seeds in fuzz/seeds/{name}");
         }
-        assert!(total >= TARGETS.len());
     }
 }

@@ -235,11 +235,14 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<[String; 2]> {
         local.sort_by_key(|(l, r, _)| (ids[l], ids[r]));
         merges.extend(local);
     }
+    // -0.0 is made 0.0 (they tie in Python); `total_cmp` keeps the order
+    // total when a file holds NaN scores (a partial order makes sort panic:
+    // found by fuzzing).
+    let score = |s: f32| if s == 0.0 { 0.0 } else { s };
     merges.sort_by(|a, b| {
-        let key = |m: &(&str, &str, f32)| (m.2, m.0.chars().count(), m.1.chars().count());
+        let key = |m: &(&str, &str, f32)| (score(m.2), m.0.chars().count(), m.1.chars().count());
         let (ka, kb) = (key(a), key(b));
-        kb.0.partial_cmp(&ka.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
+        kb.0.total_cmp(&ka.0)
             .then(kb.1.cmp(&ka.1))
             .then(kb.2.cmp(&ka.2))
     });

@@ -26,15 +26,11 @@ impl Tokenizer {
         // inside a component (`expect("Helper")` in its decoder helper).
         let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| Error::Tokenizer(format!("not JSON: {e}")))?;
-        // And it may still panic on a malformed component (found by
-        // fuzzing): a bad file is an error here, never a crash.
-        match std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(value)) {
-            Ok(Ok(inner)) => Ok(Tokenizer { inner }),
-            Ok(Err(e)) => Err(Error::Tokenizer(e.to_string())),
-            Err(_) => Err(Error::Tokenizer(
-                "a component is malformed (the tokenizers crate panicked reading it)".into(),
-            )),
-        }
+        // And it may still panic on a malformed component.
+        let inner = guarded("reading it", || {
+            serde_json::from_value::<tokenizers::Tokenizer>(value).map_err(|e| e.to_string())
+        })?;
+        Ok(Tokenizer { inner })
     }
 
     /// The tokenizer as `tokenizer.json` text.
@@ -47,10 +43,12 @@ impl Tokenizer {
     /// Encodes `text`; special-token strings in it become their ids.
     /// `add_special` adds what the post-processor adds (e.g. a BOS token).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, Error> {
-        self.inner
-            .encode(text, add_special)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        guarded("encoding", || {
+            self.inner
+                .encode(text, add_special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// Like [`Tokenizer::encode`], with each token's byte range in `text`.
@@ -59,10 +57,11 @@ impl Tokenizer {
         text: &str,
         add_special: bool,
     ) -> Result<Vec<(u32, Span)>, Error> {
-        let enc = self
-            .inner
-            .encode(text, add_special)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = guarded("encoding", || {
+            self.inner
+                .encode(text, add_special)
+                .map_err(|e| e.to_string())
+        })?;
         Ok(enc
             .get_ids()
             .iter()
@@ -72,9 +71,11 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, Error> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        guarded("decoding", || {
+            self.inner
+                .decode(ids, skip_special)
+                .map_err(|e| e.to_string())
+        })
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -87,5 +88,17 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+/// Runs a call into the `tokenizers` crate, which panics on some malformed
+/// tokenizer files (found by fuzzing, in parsing and in encoding): a bad
+/// file is an error here, never a crash.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Error> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result.map_err(Error::Tokenizer),
+        Err(_) => Err(Error::Tokenizer(format!(
+            "the tokenizer is malformed: the tokenizers crate failed {what}"
+        ))),
     }
 }
