@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::Device;
-use common::{fixture, logits, temp_dir};
+use common::{fixture, logits, losses, one_run, temp_dir};
 use keel_adapters::peft::AdapterFile;
 use keel_model::LoadedModel;
 use keel_recipe::Recipe;
@@ -25,23 +25,6 @@ fn recipe(out: &Path, adapter: &str, set: &[&str]) -> Recipe {
     let mut set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
     set.push(format!("output.dir={}", out.display()));
     Recipe::parse(&text, &path, &set).unwrap()
-}
-
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
-        .collect()
-}
-
-/// Burn's CPU random generator is one per process: one run at a time.
-static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_run() -> std::sync::MutexGuard<'static, ()> {
-    ONE_RUN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 const NORMS: [&str; 7] = [

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture, temp_dir};
+use common::{fixture, losses, one_run, temp_dir};
 use keel_adapters::peft::AdapterFile;
 use keel_recipe::Recipe;
 use keel_train::{NanSite, RunOptions};
@@ -18,26 +18,8 @@ fn recipe(out: &Path, extra: &[&str]) -> Recipe {
     Recipe::load(&fixture("../../recipes/tiny.toml"), &set).unwrap()
 }
 
-fn losses(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
-        .collect()
-}
-
 fn opts() -> RunOptions {
     RunOptions::default()
-}
-
-/// Burn's CPU random generator is one per process: runs in parallel test
-/// threads would reseed each other's dropout. One run at a time.
-static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_run() -> std::sync::MutexGuard<'static, ()> {
-    ONE_RUN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[test]

@@ -201,3 +201,22 @@ pub fn python_judge(script: &str, args: &[&std::ffi::OsStr]) {
     assert!(out.status.success(), "{script} failed: {text}");
     eprintln!("{}", text.trim());
 }
+
+/// (step, loss) of every training row in a run's metrics.jsonl.
+pub fn losses(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// Burn's CPU random generator is one per process: training runs in
+/// parallel test threads would reseed each other's dropout. One at a time.
+static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn one_run() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RUN.lock().unwrap_or_else(|e| e.into_inner())
+}
