@@ -688,14 +688,12 @@ pub fn write(
         tensor: "-".into(),
         reason: e.to_string(),
     })?;
-    std::fs::write(&tmp_weights, host::sorted_header(bytes))
-        .and_then(|()| std::fs::File::open(&tmp_weights)?.sync_all())
-        .map_err(keel_fs::io(&tmp_weights))?;
+    keel_fs::write_synced(&tmp_weights, &host::sorted_header(bytes))?;
     let config = dir.join(CONFIG_FILE);
     let tmp_config = dir.join(format!(".{CONFIG_FILE}.tmp"));
     let text = serde_json::to_string_pretty(&config_json(&cfg.on_original_base(), base_model))
         .expect("JSON");
-    std::fs::write(&tmp_config, text).map_err(keel_fs::io(&tmp_config))?;
+    keel_fs::write_synced(&tmp_config, text.as_bytes())?;
     std::fs::rename(&tmp_weights, &weights).map_err(keel_fs::io(&weights))?;
     std::fs::rename(&tmp_config, &config).map_err(keel_fs::io(&config))?;
     Ok(tensors.len())

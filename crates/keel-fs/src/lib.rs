@@ -29,11 +29,16 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IoError> {
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents).map_err(io(&tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&tmp))?;
+    write_synced(&tmp, contents)?;
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Writes `contents` to `path` and syncs it to disk, without a rename: for
+/// callers that put several such files in place together.
+pub fn write_synced(path: &Path, contents: &[u8]) -> Result<(), IoError> {
+    std::fs::write(path, contents)
+        .and_then(|()| std::fs::File::open(path)?.sync_all())
+        .map_err(io(path))
 }
 
 #[cfg(test)]
