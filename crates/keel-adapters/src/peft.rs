@@ -117,16 +117,20 @@ fn parse_config(path: &Path) -> Result<(AdapterConfig, Option<String>), Error> {
             format!("{b:?} is not supported (only \"none\")"),
         ));
     }
-    let modules_to_save = match raw.modules_to_save {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
+    // A JSON list of module names, for `key`.
+    let names = |items: &[Value], key: &str| -> Result<Vec<String>, Error> {
+        items
             .iter()
             .map(|v| {
                 v.as_str()
                     .map(String::from)
-                    .ok_or_else(|| bad("modules_to_save", format!("{v} is not a module name")))
+                    .ok_or_else(|| bad(key, format!("{v} is not a string")))
             })
-            .collect::<Result<_, _>>()?,
+            .collect()
+    };
+    let modules_to_save = match raw.modules_to_save {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => names(&items, "modules_to_save")?,
         Some(other) => {
             return Err(bad(
                 "modules_to_save",
@@ -136,16 +140,7 @@ fn parse_config(path: &Path) -> Result<(AdapterConfig, Option<String>), Error> {
     };
     let targets = match raw.target_modules {
         Some(Value::String(re)) => TargetModules::Regex(re),
-        Some(Value::Array(items)) => TargetModules::Names(
-            items
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .ok_or_else(|| bad("target_modules", format!("{v} is not a string")))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
+        Some(Value::Array(items)) => TargetModules::Names(names(&items, "target_modules")?),
         other => {
             return Err(bad(
                 "target_modules",

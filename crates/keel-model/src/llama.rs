@@ -372,15 +372,16 @@ impl Llama {
         let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
         for (i, l) in self.layers.iter().enumerate() {
             let (a, m) = (&l.self_attn, &l.mlp);
-            for (name, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
+            let layers = [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ];
+            for (name, lin) in PROJECTIONS.iter().zip(layers) {
                 out.push((format!("model.layers.{i}.{name}"), lin));
             }
         }
@@ -423,11 +424,7 @@ impl Llama {
                 post_attention_layernorm,
                 mlp,
             } = l;
-            out.extend(
-                projections_mut(i, self_attn, mlp)
-                    .into_iter()
-                    .map(|(n, l)| (n, FullModule::Linear(l))),
-            );
+            out.extend(projections_mut(i, self_attn, mlp).map(|(n, l)| (n, FullModule::Linear(l))));
             norms.push((
                 format!("model.layers.{i}.input_layernorm"),
                 FullModule::Norm(input_layernorm),
@@ -446,20 +443,35 @@ impl Llama {
     }
 }
 
+/// A decoder layer's projections, HF names under `model.layers.N.`, in the
+/// order [`Llama::linears`] lists them.
+const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 /// The seven projections of decoder layer `i`, with their HF names.
 fn projections_mut<'a>(
     i: usize,
     a: &'a mut Attention,
     m: &'a mut Mlp,
-) -> [(String, &'a mut Linear); 7] {
-    [
-        ("self_attn.q_proj", &mut a.q_proj),
-        ("self_attn.k_proj", &mut a.k_proj),
-        ("self_attn.v_proj", &mut a.v_proj),
-        ("self_attn.o_proj", &mut a.o_proj),
-        ("mlp.gate_proj", &mut m.gate_proj),
-        ("mlp.up_proj", &mut m.up_proj),
-        ("mlp.down_proj", &mut m.down_proj),
-    ]
-    .map(|(name, lin)| (format!("model.layers.{i}.{name}"), lin))
+) -> impl Iterator<Item = (String, &'a mut Linear)> {
+    let layers = [
+        &mut a.q_proj,
+        &mut a.k_proj,
+        &mut a.v_proj,
+        &mut a.o_proj,
+        &mut m.gate_proj,
+        &mut m.up_proj,
+        &mut m.down_proj,
+    ];
+    PROJECTIONS
+        .iter()
+        .zip(layers)
+        .map(move |(name, lin)| (format!("model.layers.{i}.{name}"), lin))
 }

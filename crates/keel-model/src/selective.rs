@@ -126,23 +126,12 @@ impl FullModule<'_> {
 }
 
 impl Llama {
-    /// Names of [`Llama::full_modules_mut`].
-    pub fn full_module_names(&mut self) -> Vec<String> {
-        self.full_modules_mut()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect()
-    }
-
     /// The saved form of the named modules.
     pub fn saved_modules(&mut self, names: &[String]) -> Vec<(String, SavedModule)> {
         self.full_modules_mut()
             .into_iter()
             .filter(|(n, _)| names.contains(n))
-            .map(|(n, m)| {
-                let saved = m.saved();
-                (n, saved)
-            })
+            .map(|(n, m)| (n, m.saved()))
             .collect()
     }
 

@@ -277,15 +277,11 @@ fn prepare_output(out: &Path, opts: &RunOptions) -> Result<(), Error> {
         });
     }
     if opts.overwrite && !opts.resume {
-        for name in ["checkpoints", "adapter"] {
+        for name in OUTPUTS {
             let p = out.join(name);
-            if p.exists() {
+            if p.is_dir() {
                 std::fs::remove_dir_all(&p).map_err(keel_fs::io(&p))?;
-            }
-        }
-        for name in ["metrics.jsonl", "latest", "report.json"] {
-            let p = out.join(name);
-            if p.exists() {
+            } else if p.exists() {
                 std::fs::remove_file(&p).map_err(keel_fs::io(&p))?;
             }
         }
