@@ -1,14 +1,19 @@
 //! `keel train` on the tiny recipe: the loss falls on a memorisable set, a
 //! resumed run follows the uninterrupted one exactly, non-finite losses stop
 //! the run keeping the last good checkpoint, the output folder is guarded,
-//! and wgpu trains as flex does.
+//! wgpu trains as flex does, and per-block activation checkpointing gives
+//! the plain gradients.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture, losses, one_run, temp_dir};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::{ALL, fixture, load_tiny, losses, make_adapter, max_abs_diff, one_run, temp_dir};
+use keel_adapters::AdapterConfig;
 use keel_adapters::peft::AdapterFile;
+use keel_model::Llama;
 use keel_recipe::Recipe;
 use keel_train::{NanSite, RunOptions};
 
@@ -240,6 +245,89 @@ fn trains_on_a_bf16_base() {
     let report = keel_train::train(&recipe(&dir, &["model.base_dtype=\"bf16\""]), &opts()).unwrap();
     assert!(report.final_loss.unwrap() < 0.5, "{:?}", report.final_loss);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every gradient in `grads`, by parameter, read to the host.
+fn by_param(model: &Llama, grads: &burn::tensor::Gradients) -> Vec<(ParamId, Vec<f32>)> {
+    struct Collect<'a>(&'a burn::tensor::Gradients, Vec<(ParamId, Vec<f32>)>);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(g) = p.val().grad(self.0) {
+                self.1.push((p.id, g.try_into_vec_as::<f32>().unwrap()));
+            }
+        }
+    }
+    let mut c = Collect(grads, Vec::new());
+    model.visit(&mut c);
+    c.1
+}
+
+/// Per-block checkpointing recomputes each layer in backward. With LoRA
+/// dropout on, the recomputed layer must draw its first pass's masks: the
+/// gradients then equal those of one plain backward seeded alike. Adapters
+/// on the last two layers only also check that backward stops at the
+/// lowest layer that trains.
+#[test]
+fn per_block_checkpointing_gives_the_plain_gradients() {
+    let _run = one_run();
+    let device = Device::flex().autodiff();
+    let seed = |i: usize| device.seed(1000 + i as u64);
+    let ids: Vec<i64> = (0..2 * 24).map(|i| (i * 37 % 250) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
+    let loss = |logits: Tensor<3>| logits.powf_scalar(2.0).mean().reshape([1]);
+    for layers in [None, Some(vec![1, 2])] {
+        let mut model = load_tiny("tiny-llama", &device);
+        let mut cfg = AdapterConfig::lora(4, 8.0, &ALL);
+        cfg.dropout = 0.3;
+        cfg.layers = layers.clone();
+        make_adapter(&mut model, &cfg, 7, 0.1);
+
+        seed(0);
+        let hidden = model.forward_hidden_tapped(tokens.clone(), None, |i, _| seed(i + 1));
+        let plain = by_param(&model, &loss(model.logits(hidden)).backward());
+
+        let mut summed: Vec<(ParamId, Vec<f32>)> = Vec::new();
+        let mut segments = 0;
+        model.backward_checkpointed(
+            tokens.clone(),
+            |h| loss(model.logits(h)),
+            seed,
+            |g| {
+                segments += 1;
+                for (id, g) in by_param(&model, &g) {
+                    match summed.iter_mut().find(|(i, _)| *i == id) {
+                        Some((_, acc)) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                        None => summed.push((id, g)),
+                    }
+                }
+            },
+        );
+        // The head, then each layer from the lowest that trains.
+        assert_eq!(segments, 1 + if layers.is_some() { 2 } else { 3 });
+        assert_eq!(summed.len(), plain.len(), "{layers:?}");
+        assert_eq!(plain.len(), 7 * 2 * layers.as_ref().map_or(3, Vec::len));
+        for (id, want) in &plain {
+            let got = &summed.iter().find(|(i, _)| i == id).unwrap().1;
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let (diff, _) = max_abs_diff(got, want);
+            assert!(
+                diff <= 1e-5 * scale.max(1e-3),
+                "{layers:?} {id}: {diff} of {scale}"
+            );
+        }
+
+        // Other masks give other gradients: the comparison above can fail.
+        let reseed = |i: usize| device.seed(2000 + i as u64);
+        reseed(0);
+        let hidden = model.forward_hidden_tapped(tokens.clone(), None, |i, _| reseed(i + 1));
+        let other = by_param(&model, &loss(model.logits(hidden)).backward());
+        let moved = plain
+            .iter()
+            .zip(&other)
+            .map(|((_, a), (_, b))| max_abs_diff(a, b).0);
+        let moved = moved.fold(0f32, f32::max);
+        assert!(moved > 1e-4, "{moved}");
+    }
 }
 
 #[test]

@@ -5,11 +5,11 @@
 //! names are HF's, so `model.layers.7.self_attn.q_proj` names the same
 //! projection here, in a safetensors file and in a PEFT adapter.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Gradients, Int, Tensor, TensorData};
 
 use keel_adapters::Linear;
 
@@ -335,6 +335,78 @@ impl Llama {
         self.logits(self.forward_hidden(tokens, None))
     }
 
+    /// Forward and backward with activation checkpointing per decoder
+    /// block: the forward pass keeps only each layer's input, and backward
+    /// recomputes one layer at a time and back-propagates through it alone,
+    /// so at most one layer's activations are alive (Burn's own
+    /// checkpointing recomputes elementwise ops only). Costs one more
+    /// forward pass.
+    ///
+    /// `head` maps the final hidden states (after the final norm) to the
+    /// scalar loss. `before_layer(i)` runs before each forward of layer `i`:
+    /// reseed the device there so that dropout draws the same masks when the
+    /// layer is recomputed. `grads` receives each segment's gradients, to be
+    /// summed per parameter. Returns the loss, detached.
+    pub fn backward_checkpointed(
+        &self,
+        tokens: Tensor<2, Int>,
+        head: impl FnOnce(Tensor<3>) -> Tensor<1>,
+        mut before_layer: impl FnMut(usize),
+        mut grads: impl FnMut(Gradients),
+    ) -> Tensor<1> {
+        let [_, s] = tokens.dims();
+        let (cos, sin) = self.rope.tables(0, s, &tokens.device());
+        let rope = (&cos, &sin);
+        let embedded = embedding(self.embed_tokens.val(), tokens).cast(DType::F32);
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = embedded.clone().detach();
+        for (i, layer) in self.layers.iter().enumerate() {
+            inputs.push(x.clone());
+            before_layer(i);
+            // Untracked parameters record no graph: Burn frees a recorded
+            // one only at the next backward, so detaching is not enough.
+            x = layer.clone().no_grad().forward(x, rope, None, None);
+        }
+        let x = x.require_grad();
+        let loss = head(self.norm.forward(x.clone()));
+        let mut upstream = Self::segment(loss.clone(), &x, &mut grads);
+        // Below the lowest layer that trains, and with frozen embeddings,
+        // nothing needs a gradient.
+        let lowest = match self.embed_tokens.is_require_grad() {
+            true => 0,
+            false => self
+                .layers
+                .iter()
+                .position(trains)
+                .unwrap_or(self.layers.len()),
+        };
+        for (i, layer) in self.layers.iter().enumerate().skip(lowest).rev() {
+            let x = inputs[i].clone().require_grad();
+            before_layer(i);
+            let out = layer.forward(x.clone(), rope, None, None);
+            upstream = Self::segment(out.mul(upstream).sum(), &x, &mut grads);
+        }
+        if self.embed_tokens.is_require_grad() {
+            grads(embedded.mul(upstream).sum().backward());
+        }
+        loss.detach()
+    }
+
+    /// Back-propagates `objective`, hands its gradients to `grads`, and
+    /// returns the gradient reaching `input`.
+    fn segment(
+        objective: Tensor<1>,
+        input: &Tensor<3>,
+        grads: &mut impl FnMut(Gradients),
+    ) -> Tensor<3> {
+        let g = objective.backward();
+        let upstream = input
+            .grad(&g)
+            .expect("the loss depends on every decoder layer's input");
+        grads(g);
+        upstream
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }
@@ -456,6 +528,19 @@ const PROJECTIONS: [&str; 7] = [
 ];
 
 /// The seven projections of decoder layer `i`, with their HF names.
+/// Whether any of `layer`'s parameters is trained.
+fn trains(layer: &DecoderLayer) -> bool {
+    struct Trains(bool);
+    impl ModuleVisitor for Trains {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 |= param.is_require_grad();
+        }
+    }
+    let mut v = Trains(false);
+    layer.visit(&mut v);
+    v.0
+}
+
 fn projections_mut<'a>(
     i: usize,
     a: &'a mut Attention,

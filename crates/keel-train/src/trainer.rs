@@ -189,6 +189,43 @@ fn grad_norm<'a>(grads: &GradientsParams, params: &'a [Trained]) -> (f64, Option
     (sq.sqrt(), bad)
 }
 
+/// How a step back-propagates: through the whole graph, or one decoder
+/// block at a time (`model.activation_checkpointing`).
+struct Backprop<'a> {
+    device: &'a Device,
+    params: &'a [Trained],
+    checkpointed: bool,
+}
+
+impl Backprop<'_> {
+    /// Back-propagates `objective(logits of inputs)` and adds its gradients
+    /// to `acc`. With checkpointing, the device is reseeded from `seed`
+    /// before each layer so a recomputed layer draws the dropout masks of
+    /// its first pass.
+    fn run(
+        &self,
+        model: &Llama,
+        inputs: Tensor<2, Int>,
+        seed: u64,
+        acc: &mut GradientsParams,
+        objective: impl FnOnce(Tensor<3>) -> Tensor<1>,
+    ) {
+        let mut add = |g| accumulate(acc, GradientsParams::from_grads(g, model), self.params);
+        if !self.checkpointed {
+            return add(objective(model.forward(inputs)).backward());
+        }
+        model.backward_checkpointed(
+            inputs,
+            |hidden| objective(model.logits(hidden)),
+            |layer| {
+                let mix = (layer as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                self.device.seed(seed.rotate_left(17) ^ mix)
+            },
+            add,
+        );
+    }
+}
+
 /// Multiplies every gradient by `factor`; splits off B's (LoRA+).
 fn scale_and_split(
     mut grads: GradientsParams,
@@ -428,10 +465,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
     STOP.store(false, Ordering::SeqCst);
 
-    let device = match recipe.model.activation_checkpointing {
-        true => device_of(recipe)?.autodiff().gradient_checkpointing(),
-        false => device_of(recipe)?.autodiff(),
-    };
+    let device = device_of(recipe)?.autodiff();
     let loaded = ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
     let tokenizer = loaded.tokenizer()?.clone();
     let template = loaded.chat_template.clone();
@@ -631,7 +665,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         }
         // Reseeding per step makes dropout masks a function of the step:
         // a resumed run draws the same ones.
-        device.seed(o.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let step_seed = o.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        device.seed(step_seed);
         let micro: Vec<Batch> = (0..o.grad_accum)
             .map(|_| {
                 let idx = batcher.next_indices();
@@ -642,7 +677,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
         let targets_total: usize = micro.iter().map(Batch::target_tokens).sum::<usize>().max(1);
         let mut grads = GradientsParams::new();
         let (mut loss_sum, mut penalty_sum) = (0.0f64, 0.0f64);
-        for batch in &micro {
+        let backprop = Backprop {
+            device: &device,
+            params: &params,
+            checkpointed: recipe.model.activation_checkpointing,
+        };
+        for (m, batch) in micro.iter().enumerate() {
             let (inputs, targets, weights) = batch_tensors(batch, &device);
             // The reference for constrained SFT is the same model with the
             // adapter off: no second copy of the weights.
@@ -652,34 +692,40 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
                     targets.clone(),
                 )
             });
-            let log_p = target_log_probs(model.forward(inputs), targets);
-            let nll = weighted_nll(log_p.clone(), weights.clone()).div_scalar(targets_total as f64);
-            let objective = match reference {
-                Some(r) => {
-                    let betas = Tensor::from_data(
-                        TensorData::new(
-                            response_betas(&batch.weights, batch.seq),
-                            [batch.batch, batch.seq],
-                        ),
-                        &device,
-                    );
-                    constrained_sft(log_p, r, betas, weights).div_scalar(targets_total as f64)
+            let mut nll = None;
+            backprop.run(&model, inputs, step_seed ^ m as u64, &mut grads, |logits| {
+                let log_p = target_log_probs(logits, targets);
+                let n =
+                    weighted_nll(log_p.clone(), weights.clone()).div_scalar(targets_total as f64);
+                nll = Some(n.clone().detach());
+                match reference {
+                    Some(r) => {
+                        let betas = Tensor::from_data(
+                            TensorData::new(
+                                response_betas(&batch.weights, batch.seq),
+                                [batch.batch, batch.seq],
+                            ),
+                            &device,
+                        );
+                        constrained_sft(log_p, r, betas, weights).div_scalar(targets_total as f64)
+                    }
+                    None => n,
                 }
-                None => nll.clone(),
-            };
+            });
+            loss_sum += nll.expect("the objective ran").into_scalar::<f32>() as f64;
             let penalty = subspace
                 .as_ref()
                 .filter(|_| al.asft_lambda > 0.0)
                 .and_then(|s| asft::penalty(&model.linears(), ADAPTER, s))
                 .map(|p| p.mul_scalar(al.asft_lambda / o.grad_accum as f64));
-            let loss = match &penalty {
-                Some(p) => objective + p.clone(),
-                None => objective,
-            };
-            let g = GradientsParams::from_grads(loss.backward(), &model);
-            loss_sum += nll.into_scalar::<f32>() as f64;
-            penalty_sum += penalty.map_or(0.0, |p| p.into_scalar::<f32>() as f64);
-            accumulate(&mut grads, g, &params);
+            if let Some(p) = penalty {
+                accumulate(
+                    &mut grads,
+                    GradientsParams::from_grads(p.backward(), &model),
+                    &params,
+                );
+                penalty_sum += p.into_scalar::<f32>() as f64;
+            }
         }
         let mut anchor_kl = None;
         if !anchors.is_empty() {
@@ -690,17 +736,17 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             let batch = Batch::collate(&refs, pad);
             let (inputs, _, weights) = batch_tensors(&batch, &device);
             let reference = reference_logits(&mut model, inputs.clone());
-            let kl = token_kl(reference, model.forward(inputs))
-                .mul(weights)
-                .sum()
-                .div_scalar(batch.target_tokens().max(1) as f64);
-            let loss = kl.clone().mul_scalar(al.anchor_lambda);
-            accumulate(
-                &mut grads,
-                GradientsParams::from_grads(loss.backward(), &model),
-                &params,
-            );
-            anchor_kl = Some(kl.into_scalar::<f32>() as f64);
+            let mut kl = None;
+            let seed = step_seed ^ micro.len() as u64;
+            backprop.run(&model, inputs, seed, &mut grads, |logits| {
+                let k = token_kl(reference, logits)
+                    .mul(weights)
+                    .sum()
+                    .div_scalar(batch.target_tokens().max(1) as f64);
+                kl = Some(k.clone().detach());
+                k.mul_scalar(al.anchor_lambda)
+            });
+            anchor_kl = Some(kl.expect("the objective ran").into_scalar::<f32>() as f64);
         }
         match opts.debug_nan {
             Some((step, NanSite::Loss)) if step == state.step + 1 => loss_sum = f64::NAN,
