@@ -346,14 +346,14 @@ impl Llama {
     /// scalar loss. `before_layer(i)` runs before each forward of layer `i`:
     /// reseed the device there so that dropout draws the same masks when the
     /// layer is recomputed. `grads` receives each segment's gradients, to be
-    /// summed per parameter. Returns the loss, detached.
+    /// summed per parameter.
     pub fn backward_checkpointed(
         &self,
         tokens: Tensor<2, Int>,
         head: impl FnOnce(Tensor<3>) -> Tensor<1>,
         mut before_layer: impl FnMut(usize),
         mut grads: impl FnMut(Gradients),
-    ) -> Tensor<1> {
+    ) {
         let [_, s] = tokens.dims();
         let (cos, sin) = self.rope.tables(0, s, &tokens.device());
         let rope = (&cos, &sin);
@@ -369,7 +369,7 @@ impl Llama {
         }
         let x = x.require_grad();
         let loss = head(self.norm.forward(x.clone()));
-        let mut upstream = Self::segment(loss.clone(), &x, &mut grads);
+        let mut upstream = Self::segment(loss, &x, &mut grads);
         // Below the lowest layer that trains, and with frozen embeddings,
         // nothing needs a gradient.
         let lowest = match self.embed_tokens.is_require_grad() {
@@ -389,7 +389,6 @@ impl Llama {
         if self.embed_tokens.is_require_grad() {
             grads(embedded.mul(upstream).sum().backward());
         }
-        loss.detach()
     }
 
     /// Back-propagates `objective`, hands its gradients to `grads`, and
