@@ -226,14 +226,28 @@ fn wgpu_trains_as_flex_does() {
     if !common::required("KEEL_TEST_WGPU", "wgpu training") {
         return;
     }
-    let steps = ["optim.steps=5"];
-    let (f, w) = (temp_dir("train-flex"), temp_dir("train-wgpu"));
-    keel_train::train(&recipe(&f, &steps), &opts()).unwrap();
-    keel_train::train(&recipe(&w, &[steps[0], "model.device=\"wgpu\""]), &opts()).unwrap();
-    for ((s, a), (_, b)) in losses(&f).iter().zip(&losses(&w)) {
-        assert!((a - b).abs() < 1e-3, "step {s}: flex {a}, wgpu {b}");
+    let steps = "optim.steps=5";
+    let wgpu = "model.device=\"wgpu\"";
+    let (f, w, c) = (
+        temp_dir("train-flex"),
+        temp_dir("train-wgpu"),
+        temp_dir("train-wgpu-ckpt"),
+    );
+    keel_train::train(&recipe(&f, &[steps]), &opts()).unwrap();
+    keel_train::train(&recipe(&w, &[steps, wgpu]), &opts()).unwrap();
+    let ckpt = [steps, wgpu, "model.activation_checkpointing=true"];
+    keel_train::train(&recipe(&c, &ckpt), &opts()).unwrap();
+    for run in [&w, &c] {
+        let wgpu = losses(run);
+        assert_eq!(wgpu.len(), 5);
+        for ((s, a), (_, b)) in losses(&f).iter().zip(&wgpu) {
+            assert!(
+                (a - b).abs() < 1e-3,
+                "step {s}: flex {a}, wgpu {b} ({run:?})"
+            );
+        }
     }
-    for d in [f, w] {
+    for d in [f, w, c] {
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -972,15 +972,25 @@ mod tests {
     fn the_loss_at_the_loss_positions_is_the_full_loss() {
         let device = Device::flex();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
-        let model = ModelSource::open(&dir).unwrap().load_as(&device, DType::F32).unwrap().model;
+        let model = ModelSource::open(&dir)
+            .unwrap()
+            .load_as(&device, DType::F32)
+            .unwrap()
+            .model;
         let (b, s) = (2, 12);
-        let ids = |k: i64| (0..(b * s) as i64).map(|i| (i * k) % 250).collect::<Vec<_>>();
+        let ids = |k: i64| {
+            (0..(b * s) as i64)
+                .map(|i| (i * k) % 250)
+                .collect::<Vec<_>>()
+        };
         let batch = Batch {
             batch: b,
             seq: s,
             inputs: ids(7),
             targets: ids(11),
-            weights: (0..b * s).map(|i| (i % s >= 7 + i / s) as u8 as f32).collect(),
+            weights: (0..b * s)
+                .map(|i| (i % s >= 7 + i / s) as u8 as f32)
+                .collect(),
         };
         let on = OnDevice::new(&batch, &device);
         assert_eq!(on.targets.dims(), [1, 9]);
