@@ -11,7 +11,8 @@ usage: python3 scripts/alignment_results.py [--only NAME,NAME] [--table-only]
 Each condition trains recipes/smollm2-pubmedqa.toml with `--set` overrides
 into runs/align/NAME (about 40 minutes each on 2 CPU cores), or, for
 post-hoc methods, derives its adapter from another condition's. A condition
-whose drift report exists is not rerun; --table-only only rewrites the table.
+whose drift report exists is not rerun, an interrupted training run resumes
+from its latest checkpoint; --table-only only rewrites the table.
 """
 import json
 import os
@@ -69,9 +70,12 @@ def make(name):
     if (out / "drift" / "report.json").exists():
         return
     start = time.time()
+    resumed = False
     if "train" in how:
         if not (out / "report.json").exists():  # a finished run is kept
-            run([keel(), "train", RECIPE, "--overwrite", "--set", f"output.dir={out}"]
+            # An interrupted run goes on from its latest checkpoint.
+            resumed = (out / "latest").exists()
+            run([keel(), "train", RECIPE, "--resume" if resumed else "--overwrite", "--set", f"output.dir={out}"]
                 + [x for s in how["train"] for x in ("--set", s)])
     else:
         source, args = how["posthoc"]
@@ -79,7 +83,11 @@ def make(name):
         run([keel(), "align", "safe-lora", "--model", ALIGNED, "--adapter", RUNS / source / "adapter",
              "--reference", SAFETY, "--out", out / "adapter"] + args)
     if not (out / "wall.json").exists():
-        (out / "wall.json").write_text(json.dumps({"adapt_s": time.time() - start}))
+        wall = {"adapt_s": time.time() - start}
+        if resumed:  # this process saw only part of the run: count its steps instead
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            wall = {"adapt_s": sum(r.get("step_s", 0.0) for r in rows), "resumed": True}
+        (out / "wall.json").write_text(json.dumps(wall))
     run([keel(), "drift", "--base", ALIGNED, "--adapter", out / "adapter", "--reference", SAFETY,
          "--out", out / "drift"], ok=(0, 3))
 
@@ -115,7 +123,7 @@ def table():
         base = {s["name"]: s for s in d["base"]["sets"]}
         kl = {k["set"]: k["kl"]["value"] for k in d["kl"]}
         loss = eval_loss(name)
-        wall = json.loads((RUNS / name / "wall.json").read_text())["adapt_s"] if (RUNS / name / "wall.json").exists() else None
+        wall = json.loads((RUNS / name / "wall.json").read_text()) if (RUNS / name / "wall.json").exists() else {}
         rows.append((name, what, sets["harmful"]["refusal"]["value"], sets["xstest-safe"]["refusal"]["value"],
                      kl.get("benign"), loss, wall, d["verdict"]))
     if not rows:
@@ -142,7 +150,8 @@ def table():
         vs = f" ({100 * (loss / vanilla_loss - 1):+.1f}%)" if loss and vanilla_loss and name != "vanilla" else ""
         lines.append(
             f"| {name} | {what} | {100 * harm:.1f}% | {kept} | {100 * safe:.1f}% ({100 * (safe - b_safe):+.1f}) | "
-            f"{kl:.4f} | {f'{loss:.4f}{vs}' if loss else '-'} | {duration(wall)} | {verdict} |"
+            f"{kl:.4f} | {f'{loss:.4f}{vs}' if loss else '-'} | {duration(wall.get('adapt_s'))}"
+            f"{' (steps only: resumed)' if wall.get('resumed') else ''} | {verdict} |"
         )
     lines += [
         "",
