@@ -72,8 +72,9 @@ def make(name):
     start = time.time()
     resumed = False
     if "train" in how:
-        if not (out / "report.json").exists():  # a finished run is kept
-            # An interrupted run goes on from its latest checkpoint.
+        report = out / "report.json"
+        finished = report.exists() and not json.loads(report.read_text())["stopped_early"]
+        if not finished:  # a finished run is kept; an interrupted one goes on from its latest checkpoint
             resumed = (out / "latest").exists()
             run([keel(), "train", RECIPE, "--resume" if resumed else "--overwrite", "--set", f"output.dir={out}"]
                 + [x for s in how["train"] for x in ("--set", s)])
