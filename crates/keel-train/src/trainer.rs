@@ -198,10 +198,10 @@ struct Backprop<'a> {
 }
 
 impl Backprop<'_> {
-    /// Back-propagates `objective(logits at the batch's loss positions)` and adds its gradients
-    /// to `acc`. With checkpointing, the device is reseeded from `seed`
-    /// before each layer so a recomputed layer draws the dropout masks of
-    /// its first pass.
+    /// Back-propagates `objective(logits at the batch's loss positions)`
+    /// and adds its gradients to `acc`. With checkpointing, the device is
+    /// reseeded from `seed` before each layer so a recomputed layer draws
+    /// the dropout masks of its first pass.
     fn run(
         &self,
         model: &Llama,
@@ -251,6 +251,7 @@ fn scale_and_split(
 /// tokens, and the head over a 49k vocabulary is a fifth of SmolLM2's
 /// FLOPs and most of its activation memory.
 struct OnDevice {
+    shape: [usize; 2],
     inputs: Tensor<2, Int>,
     /// Flattened positions with a loss weight; `None` when that is all of
     /// them (or none: then every weight is 0 and so is the loss).
@@ -273,6 +274,7 @@ impl OnDevice {
         });
         let positions = rows.as_ref().map(|(idx, _)| idx.as_slice());
         OnDevice {
+            shape,
             inputs: Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
             targets: Tensor::from_data(at_positions(positions, &batch.targets, shape), device),
             weights: Tensor::from_data(at_positions(positions, &batch.weights, shape), device),
@@ -281,9 +283,9 @@ impl OnDevice {
     }
 
     /// `values`, one per position of a `[batch, seq]` batch, at the loss positions.
-    fn values(&self, values: &[f32], shape: [usize; 2], device: &Device) -> Tensor<2> {
+    fn values(&self, values: &[f32], device: &Device) -> Tensor<2> {
         let positions = self.rows.as_ref().map(|(idx, _)| idx.as_slice());
-        Tensor::from_data(at_positions(positions, values, shape), device)
+        Tensor::from_data(at_positions(positions, values, self.shape), device)
     }
 
     /// Hidden states `[batch, seq, d]` at the loss positions.
@@ -306,6 +308,8 @@ impl OnDevice {
     }
 }
 
+/// `values` of a `[batch, seq]` batch at `positions` (flattened), as
+/// `[1, n]`; all of them, as `shape`, without.
 fn at_positions<T: Element>(
     positions: Option<&[usize]>,
     values: &[T],
@@ -759,9 +763,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
                 nll = Some(n.clone().detach());
                 match reference {
                     Some(r) => {
-                        let shape = [batch.batch, batch.seq];
-                        let betas = response_betas(&batch.weights, batch.seq);
-                        let betas = b.values(&betas, shape, &device);
+                        let betas = b.values(&response_betas(&batch.weights, batch.seq), &device);
                         constrained_sft(log_p, r, betas, b.weights.clone())
                             .div_scalar(targets_total as f64)
                     }
