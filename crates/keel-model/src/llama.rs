@@ -372,7 +372,8 @@ impl Llama {
         let mut upstream = Self::segment(loss, &x, &mut grads);
         // Below the lowest layer that trains, and with frozen embeddings,
         // nothing needs a gradient.
-        let lowest = match self.embed_tokens.is_require_grad() {
+        let embeddings_train = self.embed_tokens.is_require_grad();
+        let lowest = match embeddings_train {
             true => 0,
             false => self
                 .layers
@@ -386,7 +387,7 @@ impl Llama {
             let out = layer.forward(x.clone(), rope, None, None);
             upstream = Self::segment(out.mul(upstream).sum(), &x, &mut grads);
         }
-        if self.embed_tokens.is_require_grad() {
+        if embeddings_train {
             grads(embedded.mul(upstream).sum().backward());
         }
     }
@@ -526,7 +527,6 @@ const PROJECTIONS: [&str; 7] = [
     "mlp.down_proj",
 ];
 
-/// The seven projections of decoder layer `i`, with their HF names.
 /// Whether any of `layer`'s parameters is trained.
 fn trains(layer: &DecoderLayer) -> bool {
     struct Trains(bool);
@@ -540,6 +540,7 @@ fn trains(layer: &DecoderLayer) -> bool {
     v.0
 }
 
+/// The seven projections of decoder layer `i`, with their HF names.
 fn projections_mut<'a>(
     i: usize,
     a: &'a mut Attention,
