@@ -1,7 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::Device;
 
 use crate::error::Error;
 
@@ -47,7 +47,7 @@ impl DeviceChoice {
     pub fn device(self) -> Result<Device, Error> {
         match self {
             DeviceChoice::Flex => Ok(Device::flex()),
-            DeviceChoice::Wgpu => Ok(Device::wgpu(DeviceKind::DefaultDevice)),
+            DeviceChoice::Wgpu => wgpu_device(),
             DeviceChoice::Ndarray => ndarray_device(),
         }
     }
@@ -65,5 +65,19 @@ fn ndarray_device() -> Result<Device, Error> {
     Err(Error::Device(
         "ndarray".into(),
         "this keel was built without the `ndarray` feature".into(),
+    ))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device, Error> {
+    Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+}
+
+// Off only in the fuzz build: wgpu's instrumented code made every fuzz input slower.
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device() -> Result<Device, Error> {
+    Err(Error::Device(
+        "wgpu".into(),
+        "this keel was built without the `wgpu` feature".into(),
     ))
 }
