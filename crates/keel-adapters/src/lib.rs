@@ -11,6 +11,7 @@
 
 mod config;
 mod error;
+pub mod frozen;
 pub mod host;
 mod init;
 mod linear;

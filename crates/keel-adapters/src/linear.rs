@@ -1,10 +1,10 @@
 //! The adaptable linear layer: a frozen base weight plus named adapters.
 
 use burn::module::{Module, Param};
-use burn::tensor::module::linear;
 use burn::tensor::{DType, Tensor};
 
 use crate::error::Error;
+use crate::frozen;
 use crate::lora::Adapter;
 
 /// `y = x·W + b + Σ adapter(x)` over the active, unmerged adapters. `W` is
@@ -42,15 +42,14 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight_as(x.dtype());
-        let base = linear(x.clone(), weight.clone(), None);
+        let base = frozen::matmul(x.clone(), self.weight.val());
         let mut out = base.clone();
         for adapter in self
             .adapters
             .iter()
             .filter(|a| a.active && a.merged.is_none())
         {
-            out = out + adapter.forward(x.clone(), &base, &weight);
+            out = out + adapter.forward(x.clone(), &base, || self.weight_as(x.dtype()));
         }
         match &self.bias {
             Some(b) => out + b.val().unsqueeze::<D>(),

@@ -121,12 +121,12 @@ impl Adapter {
     }
 
     /// This adapter's contribution to `base(x)`, given `x`, the base output
-    /// without bias and the base weight.
+    /// without bias and the base weight (asked for by DoRA only).
     pub fn forward<const D: usize>(
         &self,
         x: Tensor<D>,
         base: &Tensor<D>,
-        weight: &Tensor<2>,
+        weight: impl Fn() -> Tensor<2>,
     ) -> Tensor<D> {
         let dropped = self.dropout.forward(x.clone());
         let lora = linear(
@@ -140,11 +140,11 @@ impl Adapter {
         };
         // With dropout active the base part also sees the dropped input (PEFT).
         let base = if self.dropout.prob > 0.0 && dropped.device().is_autodiff() {
-            linear(dropped, weight.clone(), None)
+            linear(dropped, weight(), None)
         } else {
             base.clone()
         };
-        let factor = self.dora_factor(magnitude, weight).unsqueeze::<D>();
+        let factor = self.dora_factor(magnitude, &weight()).unsqueeze::<D>();
         base.mul(factor.clone().sub_scalar(1.0)) + lora.mul(factor)
     }
 
