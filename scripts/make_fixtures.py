@@ -227,6 +227,25 @@ def manual_greedy(model, prompt: list[int], n: int) -> list[int]:
     return ids[len(prompt):]
 
 
+def write_bf16_input_logits(ref, prompts, path: Path):
+    """The logits of a bf16-weight model whose every linear layer (the tied LM
+    head included) rounds its input to bf16 and accumulates in f32: what
+    keel's bf16 kernel computes for a bf16-stored base."""
+    import torch
+    hooks = [m.register_forward_pre_hook(lambda _, args: (args[0].to(torch.bfloat16).float(),))
+             for m in ref.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        logits = [ref(torch.tensor([p])).logits[0].float().numpy() for p in prompts]
+    for h in hooks:
+        h.remove()
+    write_json(path, {
+        "compute": "float32, inputs of every nn.Linear rounded to bfloat16",
+        "sig_digits": SIG_DIGITS,
+        "prompts": prompts,
+        "logits": [rnd_list(l) for l in logits],
+    }, row_keys=("prompts", "logits"))
+
+
 def make_tiny(name: str, spec: dict, out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -317,6 +336,8 @@ def make_tiny(name: str, spec: dict, out: Path) -> dict:
         "prompts": prompts,
         "logits": [rnd_list(l) for l in logits],
     }, row_keys=("prompts", "logits"))
+    if spec["save_dtype"] == "bfloat16":
+        write_bf16_input_logits(ref, prompts, d / "logits_bf16.json")
     write_json(d / "greedy.json", {
         "model": name,
         "prompt": gp,
