@@ -55,6 +55,8 @@ def run_target(name, seconds, jobs):
     t = time.time()
     p = subprocess.run(cmd, cwd=FUZZ, env=env(), capture_output=True, text=True)
     wall = time.time() - t
+    for scratch in Path(env()["TMPDIR"]).glob("keel-fuzz-*"):  # the targets' scratch files, in RAM
+        shutil.rmtree(scratch, ignore_errors=True)
     out = p.stdout + p.stderr
     if jobs > 1:  # each worker logs to fuzz-N.log
         for log in FUZZ.glob("fuzz-*.log"):
@@ -81,6 +83,8 @@ def reproduces(name, f):
     inputs by the wall clock, so a fuzzer that was paused (SIGSTOP) or
     starved reports inputs that are not."""
     binary = Path(env()["CARGO_TARGET_DIR"]) / "x86_64-unknown-linux-gnu" / "release" / name
+    if not binary.exists():
+        sys.exit(f"{binary} is missing: run `cargo +nightly fuzz build -O --features model` in fuzz/")
     t = time.time()
     p = subprocess.run([str(binary), str(f)] + LIMITS, env=env(), capture_output=True)
     return p.returncode != 0 or time.time() - t > 10
@@ -102,7 +106,8 @@ def recheck(ledger):
     for name, totals in ledger.items():
         folder = FUZZ / "regressions" / name
         slow = [f for f in folder.iterdir() if f.name.startswith(SLOW)] if folder.exists() else []
-        totals.update({k: v for k, v in classify(name, slow).items() if k != "crash"})
+        kinds = classify(name, slow)
+        totals.update({k: kinds[k] for k in (*SLOW, "unreproduced")})
 
 
 def minimize(name, features):

@@ -159,7 +159,11 @@ fn bf16_stored_base_computes_in_bf16() {
     );
     let rounded = reference_logits(&fixture("tiny-llama3/logits_bf16.json"));
     let upcast = reference_logits(&fixture("tiny-llama3/logits.json"));
-    for ((ids, expected), (_, f32_logits)) in rounded.iter().zip(&upcast) {
+    for ((ids, expected), (f32_ids, f32_logits)) in rounded.iter().zip(&upcast) {
+        assert_eq!(
+            ids, f32_ids,
+            "logits_bf16.json and logits.json differ in their prompts"
+        );
         let got = logits(&half.model, ids, &device);
         if !keel_gemm::available() {
             assert_eq!(got, logits(&full.model, ids, &device));

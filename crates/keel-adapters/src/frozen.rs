@@ -80,13 +80,20 @@ fn product(a: &FlexTensor, w: &FlexTensor, layout: Weight) -> FlexTensor {
         Weight::KN => (rows, cols),
         Weight::NK => (cols, rows),
     };
+    let mut dims = a.layout().shape().as_slice().to_vec();
+    let inner = dims
+        .last_mut()
+        .expect("frozen matmul: activations with no dimension");
+    assert_eq!(
+        *inner, k,
+        "frozen matmul: activations' last dimension against the weight's {k}"
+    );
+    *inner = n;
+    let m = dims[..dims.len() - 1].iter().product();
     let (a, w) = (a.to_contiguous(), w.to_contiguous());
     let a_values = a.as_slice::<f32>().expect("frozen matmul: f32 activations");
     let w_values = w.as_slice::<bf16>().expect("frozen matmul: a bf16 weight");
-    let m = a_values.len() / k;
     let out = keel_gemm::matmul_bf16(a_values, w_values, m, k, n, layout);
-    let mut dims = a.layout().shape().as_slice().to_vec();
-    *dims.last_mut().expect("a matrix") = n;
     FlexTensor::new(
         Bytes::from_elems(out),
         Layout::contiguous(Shape::from(dims)),
@@ -103,10 +110,7 @@ impl Backward<Flex, 1> for FrozenMatmulBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let flipped = match self.0 {
-            Weight::KN => Weight::NK,
-            Weight::NK => Weight::KN,
-        };
+        let flipped = self.0.transposed();
         let w = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |dy| product(&dy, &w, flipped));
     }
@@ -117,6 +121,11 @@ fn tracked<C: CheckpointStrategy>(
     w: FloatTensor<Autodiff<Flex, C>>,
     layout: Weight,
 ) -> FloatTensor<Autodiff<Flex, C>> {
+    // Its graph would be dropped here: only frozen weights come this way.
+    assert!(
+        !w.is_tracked(),
+        "frozen matmul: the weight is being trained"
+    );
     let w = w.into_primitive();
     let backward = FrozenMatmulBackward(layout);
     match backward.prepare::<C>([x.node()]).compute_bound().stateful() {
@@ -201,6 +210,41 @@ mod tests {
                 "a frozen weight got a gradient"
             );
         }
+    }
+
+    /// A strided view as input, a 2-D input, and a broadcast (stride-0)
+    /// gradient from `sum()`.
+    #[test]
+    fn strided_inputs_and_gradients() {
+        if !keel_gemm::available() {
+            return;
+        }
+        let device = Device::flex().autodiff();
+        let uniform = Distribution::Uniform(-1.0, 1.0);
+        let w = Tensor::<2>::random([40, 35], uniform, &device).cast(DType::BF16);
+        let dense = w.clone().cast(DType::F32);
+        let leaf = Tensor::<3>::random([2, 40, 13], uniform, &device).require_grad();
+        let x = leaf.clone().swap_dims(1, 2);
+        let y = matmul(x.clone(), w.clone());
+        assert_close(
+            y.clone().detach(),
+            rounded(x.detach()).matmul(dense.clone().unsqueeze()),
+            "strided forward",
+        );
+        let grads = y.sum().backward();
+        let want =
+            Tensor::<3>::ones([2, 13, 35], &device).matmul(dense.clone().transpose().unsqueeze());
+        assert_close(
+            leaf.grad(&grads).unwrap().swap_dims(1, 2),
+            want,
+            "gradient of a sum",
+        );
+        let flat = Tensor::<2>::random([7, 40], uniform, &device);
+        assert_close(
+            matmul(flat.clone(), w),
+            rounded(flat).matmul(dense),
+            "2-D forward",
+        );
     }
 
     /// f32 weights and trained weights stay on Burn's matmul.

@@ -35,8 +35,8 @@ impl Linear {
         self.weight.dims()[1]
     }
 
-    /// The base weight in `dtype`: a half-precision base is stored in half
-    /// and computed with in the activations' precision.
+    /// The base weight in `dtype`, for merging into (a half-precision base
+    /// is stored in half).
     fn weight_as(&self, dtype: DType) -> Tensor<2> {
         self.weight.val().cast(dtype)
     }
@@ -49,7 +49,7 @@ impl Linear {
             .iter()
             .filter(|a| a.active && a.merged.is_none())
         {
-            out = out + adapter.forward(x.clone(), &base, || self.weight_as(x.dtype()));
+            out = out + adapter.forward(x.clone(), &base, &self.weight.val());
         }
         match &self.bias {
             Some(b) => out + b.val().unsqueeze::<D>(),

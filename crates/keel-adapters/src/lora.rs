@@ -112,7 +112,8 @@ impl Adapter {
     /// column, `[1, out]`. The norm is detached, as in the DoRA paper and
     /// PEFT: gradients flow through `m` and the low-rank path only.
     fn dora_factor(&self, magnitude: &Param<Tensor<1>>, weight: &Tensor<2>) -> Tensor<2> {
-        let norm = (weight.clone() + self.delta_weight())
+        let delta = self.delta_weight();
+        let norm = (weight.clone().cast(delta.dtype()) + delta)
             .detach()
             .square()
             .sum_dim(0)
@@ -121,12 +122,12 @@ impl Adapter {
     }
 
     /// This adapter's contribution to `base(x)`, given `x`, the base output
-    /// without bias and the base weight (asked for by DoRA only).
+    /// without bias and the frozen base weight as stored (DoRA uses it).
     pub fn forward<const D: usize>(
         &self,
         x: Tensor<D>,
         base: &Tensor<D>,
-        weight: impl Fn() -> Tensor<2>,
+        weight: &Tensor<2>,
     ) -> Tensor<D> {
         let dropped = self.dropout.forward(x.clone());
         let lora = linear(
@@ -140,11 +141,11 @@ impl Adapter {
         };
         // With dropout active the base part also sees the dropped input (PEFT).
         let base = if self.dropout.prob > 0.0 && dropped.device().is_autodiff() {
-            linear(dropped, weight(), None)
+            crate::frozen::matmul(dropped, weight.clone())
         } else {
             base.clone()
         };
-        let factor = self.dora_factor(magnitude, &weight()).unsqueeze::<D>();
+        let factor = self.dora_factor(magnitude, weight).unsqueeze::<D>();
         base.mul(factor.clone().sub_scalar(1.0)) + lora.mul(factor)
     }
 

@@ -36,6 +36,16 @@ pub enum Weight {
     NK,
 }
 
+impl Weight {
+    /// The same matrix read as its transpose.
+    pub fn transposed(self) -> Self {
+        match self {
+            Weight::KN => Weight::NK,
+            Weight::NK => Weight::KN,
+        }
+    }
+}
+
 /// Whether this CPU runs [`matmul_bf16`].
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -44,6 +54,7 @@ pub fn available() -> bool {
         *AVAILABLE.get_or_init(|| {
             is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512bf16")
         })
     }
@@ -66,21 +77,27 @@ pub fn matmul_bf16(
     layout: Weight,
 ) -> Vec<f32> {
     assert!(available(), "matmul_bf16 needs a CPU with AVX-512 BF16");
+    let size = |r: usize, c: usize| r.checked_mul(c).expect("matmul_bf16: size overflows");
     assert_eq!(
         a.len(),
-        m * k,
+        size(m, k),
         "matmul_bf16: activations are not [{m}, {k}]"
     );
-    assert_eq!(w.len(), k * n, "matmul_bf16: weight is not {k} x {n}");
-    let mut out = vec![0f32; m * n];
-    if m == 0 || n == 0 {
+    assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
+    let mut out = vec![0f32; size(m, n)];
+    if m == 0 || n == 0 || k == 0 {
         return out;
     }
     #[cfg(target_arch = "x86_64")]
     {
         let pairs = k.div_ceil(2);
-        let a = x86::pack_activations(a, m, k);
-        let b = x86::pack_weight(w, k, n, layout);
+        // SAFETY: `available()` was asserted.
+        let (a, b) = unsafe {
+            (
+                x86::pack_activations(a, m, k),
+                x86::pack_weight(w, k, n, layout),
+            )
+        };
         let strips = n.div_ceil(NR);
         let tasks: Vec<(usize, usize)> = (0..m.div_ceil(MC))
             .flat_map(|i| (0..strips.div_ceil(STRIPS_PER_TASK)).map(move |j| (i, j)))
@@ -93,8 +110,10 @@ pub fn matmul_bf16(
                 let cols = NR.min(n - s * NR);
                 for r in rows.clone().step_by(MR) {
                     let tile = &a[r * pairs..(r + MR) * pairs];
-                    // SAFETY: `available()` was asserted; tasks write disjoint
-                    // tiles of `out`, rows `r..r+MR` ∩ `..m` and columns of strip `s`.
+                    // SAFETY: `available()` was asserted; `tile` and `strip`
+                    // hold `MR` rows and `NR` columns of `pairs`; tasks write
+                    // disjoint tiles of `out`, rows `r..r+MR` ∩ `..m` and the
+                    // columns of strip `s`, all inside its `m × n`.
                     unsafe {
                         x86::tile(
                             tile,
@@ -121,8 +140,9 @@ unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the buffer.
+    /// # Safety
+    /// `offset` is inside the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
         unsafe { self.0.add(offset) }
     }
 }
@@ -132,6 +152,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use half::bf16;
+    use half::slice::HalfFloatSliceExt;
     use rayon::prelude::*;
 
     use super::{MR, NR, Weight};
@@ -139,7 +160,10 @@ mod x86 {
     /// The activations as bf16 pairs: row `r`, pair `p` is element
     /// `r * pairs + p`, with `k` padded to even and the rows to a multiple
     /// of [`MR`] (with zeros).
-    pub fn pack_activations(a: &[f32], m: usize, k: usize) -> Vec<u32> {
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 BF16 (see [`super::available`]).
+    pub unsafe fn pack_activations(a: &[f32], m: usize, k: usize) -> Vec<u32> {
         let pairs = k.div_ceil(2);
         let mut packed = vec![0u32; m.div_ceil(MR) * MR * pairs];
         packed
@@ -185,18 +209,22 @@ mod x86 {
 
     /// A 32-bit lane mask widened to the 16-bit elements it covers.
     fn mask_pairs(mask: u16) -> u32 {
-        (0..16)
-            .filter(|i| mask >> i & 1 == 1)
-            .fold(0, |acc, i| acc | 3 << (2 * i))
+        match mask.count_ones() {
+            16 => u32::MAX,
+            lanes => (1 << (2 * lanes)) - 1,
+        }
     }
 
     /// The weight in strips of [`NR`] columns: strip `s`, pair `p`, column
     /// `c` is element `(s * pairs + p) * NR + c`, a `u32` whose low half is
     /// `B[2p, sNR + c]` and high half `B[2p + 1, sNR + c]` (zero past the edges).
-    pub fn pack_weight(w: &[bf16], k: usize, n: usize, layout: Weight) -> Vec<u32> {
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 BF16 (see [`super::available`]).
+    pub unsafe fn pack_weight(w: &[bf16], k: usize, n: usize, layout: Weight) -> Vec<u32> {
         let pairs = k.div_ceil(2);
         let mut packed = vec![0u32; n.div_ceil(NR) * pairs * NR];
-        let w: &[u16] = bytemuck_u16(w);
+        let w: &[u16] = w.reinterpret_cast();
         packed
             .par_chunks_mut(pairs * NR)
             .enumerate()
@@ -249,17 +277,13 @@ mod x86 {
         }
     }
 
-    fn bytemuck_u16(w: &[bf16]) -> &[u16] {
-        // SAFETY: bf16 is a transparent u16.
-        unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), w.len()) }
-    }
-
     /// One `MR × NR` output tile: `a` holds [`MR`] packed rows, `b` one
     /// packed strip; the first `rows × cols` of the tile go to `c` (row
     /// stride `ldc`).
     ///
     /// # Safety
-    /// The CPU has AVX-512 BF16; `c` is valid for those writes.
+    /// The CPU has AVX-512 BF16; `a` holds `MR * pairs` lanes and `b`
+    /// `pairs * NR`; `c` is valid for those writes.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn tile(
         a: &[u32],
