@@ -201,6 +201,9 @@ fn read_shard_index(path: &Path) -> Result<Vec<String>, Error> {
             shards.push(file.to_string());
         }
     }
+    if shards.is_empty() {
+        return Err(bad("`weight_map` names no tensor".into()));
+    }
     Ok(shards)
 }
 
