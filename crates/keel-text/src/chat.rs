@@ -1,3 +1,4 @@
+use minijinja::value::Serde;
 use minijinja::{Environment, ErrorKind, Value, context};
 use serde::Serialize;
 
@@ -20,8 +21,10 @@ impl Message {
 }
 
 /// Bounds the work one render may do: templates come from model files made
-/// by strangers, and a loop must not hang keel. Real templates use a few
-/// thousand units per message.
+/// by strangers, and a loop must not hang keel. minijinja 3 charges fuel per
+/// instruction and per 64 bytes a value or the output grows by, so this also
+/// bounds memory (a string doubling in a loop stops near 300 MB). Real
+/// templates use a few thousand units per message.
 const FUEL: u64 = 5_000_000;
 
 /// A model's Jinja chat template with the special tokens it refers to.
@@ -54,10 +57,10 @@ impl ChatTemplate {
             .map_err(|e| Error::Template(e.to_string()))?;
         let tmpl = env.get_template("chat").expect("template was just added");
         tmpl.render(context! {
-            messages => messages,
+            messages => Value::from(Serde(messages)),
             add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
         })
         .map_err(|e| Error::Template(e.to_string()))
     }
@@ -96,6 +99,29 @@ mod tests {
         let t = template(
             "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
         );
+        let err = t.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("fuel"), "{err}");
+    }
+
+    /// Work that is cheap in instructions but huge in bytes: a string that
+    /// doubles each turn (2^33 bytes here). minijinja 2 built all 8 GB.
+    #[test]
+    fn runaway_growth_is_stopped() {
+        let t = template(
+            "{% set ns = namespace(s='x') %}{% for i in range(33) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        );
+        let err = t.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("fuel"), "{err}");
+    }
+
+    /// Found by fuzzing (fuzz/regressions/chat_template): constant
+    /// expressions were folded while the template compiled, outside the fuel
+    /// budget, and a 63 MB repetition under a chain of subtractions was
+    /// rebuilt at every level (24 s). minijinja 3 folds only small values, so
+    /// these repetitions are charged at render time instead of rendering.
+    #[test]
+    fn huge_constants_are_charged_fuel() {
+        let t = template(&"{{ '<INNST{' * 9096948 <= 58 }}".repeat(7));
         let err = t.render(&[], false).unwrap_err().to_string();
         assert!(err.contains("fuel"), "{err}");
     }
