@@ -44,17 +44,20 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let base = frozen::matmul(x.clone(), self.weight.val());
         let mut out = base.clone();
-        for adapter in self
-            .adapters
-            .iter()
-            .filter(|a| a.active && a.merged.is_none())
-        {
+        for adapter in self.live_adapters() {
             out = out + adapter.forward(x.clone(), &base, &self.weight.val());
         }
         match &self.bias {
             Some(b) => out + b.val().unsqueeze::<D>(),
             None => out,
         }
+    }
+
+    /// The adapters the forward pass adds: active and not merged.
+    pub fn live_adapters(&self) -> impl Iterator<Item = &Adapter> {
+        self.adapters
+            .iter()
+            .filter(|a| a.active && a.merged.is_none())
     }
 
     pub fn adapter(&self, name: &str) -> Option<&Adapter> {

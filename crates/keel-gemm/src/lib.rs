@@ -1,6 +1,7 @@
-//! The matrix product of f32 activations with a frozen bf16 weight, on CPUs
-//! with AVX-512 BF16 (`vdpbf16ps`: AMD Zen 4 and later, Intel Cooper Lake,
-//! Sapphire Rapids and later).
+//! keel's CPU kernels, optimised in every build profile: the matrix product
+//! of f32 activations with a frozen bf16 weight, on CPUs with AVX-512 BF16
+//! (`vdpbf16ps`: AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and
+//! later), and the LM head's row log-softmax ([`log_softmax_row`]).
 //!
 //! Why: a bf16 base weight is what makes LoRA training cheap, but the `gemm`
 //! crate behind Burn's CPU backend has no bf16 dot-product kernel, so a bf16
@@ -17,6 +18,9 @@
 
 use half::bf16;
 use rayon::prelude::*;
+
+mod softmax;
+pub use softmax::log_softmax_row;
 
 /// Rows of the output tile a microkernel call computes.
 const MR: usize = 12;
@@ -76,66 +80,105 @@ pub fn matmul_bf16(
     n: usize,
     layout: Weight,
 ) -> Vec<f32> {
-    assert!(available(), "matmul_bf16 needs a CPU with AVX-512 BF16");
-    let size = |r: usize, c: usize| r.checked_mul(c).expect("matmul_bf16: size overflows");
-    assert_eq!(
-        a.len(),
-        size(m, k),
-        "matmul_bf16: activations are not [{m}, {k}]"
-    );
-    assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
     let mut out = vec![0f32; size(m, n)];
-    if m == 0 || n == 0 || k == 0 {
-        return out;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let pairs = k.div_ceil(2);
-        // SAFETY: `available()` was asserted.
-        let (a, b) = unsafe {
-            (
-                x86::pack_activations(a, m, k),
-                x86::pack_weight(w, k, n, layout),
-            )
-        };
-        let strips = n.div_ceil(NR);
-        let tasks: Vec<(usize, usize)> = (0..m.div_ceil(MC))
-            .flat_map(|i| (0..strips.div_ceil(STRIPS_PER_TASK)).map(move |j| (i, j)))
-            .collect();
-        let c = SharedOut(out.as_mut_ptr());
-        tasks.into_par_iter().for_each(|(i, j)| {
-            let rows = i * MC..(m.min((i + 1) * MC));
-            for s in j * STRIPS_PER_TASK..strips.min((j + 1) * STRIPS_PER_TASK) {
-                let strip = &b[s * pairs * NR..(s + 1) * pairs * NR];
-                let cols = NR.min(n - s * NR);
-                for r in rows.clone().step_by(MR) {
-                    let tile = &a[r * pairs..(r + MR) * pairs];
-                    // SAFETY: `available()` was asserted; `tile` and `strip`
-                    // hold `MR` rows and `NR` columns of `pairs`; tasks write
-                    // disjoint tiles of `out`, rows `r..r+MR` ∩ `..m` and the
-                    // columns of strip `s`, all inside its `m × n`.
-                    unsafe {
-                        x86::tile(
-                            tile,
-                            strip,
-                            pairs,
-                            c.at(r * n + s * NR),
-                            n,
-                            MR.min(m - r),
-                            cols,
-                        )
-                    };
-                }
-            }
-        });
-    }
+    PackedWeight::new(w, k, n, layout).matmul_into(a, m, &mut out);
     out
+}
+
+fn size(r: usize, c: usize) -> usize {
+    r.checked_mul(c).expect("matmul_bf16: size overflows")
+}
+
+/// A weight repacked for the microkernel, for multiplying it many times
+/// (packing reads the whole weight: for a product with few rows it costs
+/// as much as the multiply).
+pub struct PackedWeight {
+    packed: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedWeight {
+    /// Packs `w` seen as `B[k, n]` through `layout`.
+    ///
+    /// # Panics
+    /// If the CPU lacks AVX-512 BF16 or `w` is not `k × n`.
+    pub fn new(w: &[bf16], k: usize, n: usize, layout: Weight) -> Self {
+        assert!(available(), "matmul_bf16 needs a CPU with AVX-512 BF16");
+        assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` was asserted.
+        let packed = unsafe { x86::pack_weight(w, k, n, layout) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let packed = Vec::new();
+        PackedWeight { packed, k, n }
+    }
+
+    /// `out[m, n] = a[m, k] · B`; `out` is overwritten.
+    ///
+    /// # Panics
+    /// If `a` is not `m × k` or `out` not `m × n`.
+    pub fn matmul_into(&self, a: &[f32], m: usize, out: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
+        assert_eq!(
+            a.len(),
+            size(m, k),
+            "matmul_bf16: activations are not [{m}, {k}]"
+        );
+        assert_eq!(
+            out.len(),
+            size(m, n),
+            "matmul_bf16: output is not [{m}, {n}]"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            return out.fill(0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let pairs = k.div_ceil(2);
+            // SAFETY: `available()` was asserted when packing.
+            let a = unsafe { x86::pack_activations(a, m, k) };
+            let strips = n.div_ceil(NR);
+            let tasks: Vec<(usize, usize)> = (0..m.div_ceil(MC))
+                .flat_map(|i| (0..strips.div_ceil(STRIPS_PER_TASK)).map(move |j| (i, j)))
+                .collect();
+            let c = SharedOut(out.as_mut_ptr());
+            tasks.into_par_iter().for_each(|(i, j)| {
+                let rows = i * MC..(m.min((i + 1) * MC));
+                for s in j * STRIPS_PER_TASK..strips.min((j + 1) * STRIPS_PER_TASK) {
+                    let strip = &self.packed[s * pairs * NR..(s + 1) * pairs * NR];
+                    let cols = NR.min(n - s * NR);
+                    for r in rows.clone().step_by(MR) {
+                        let tile = &a[r * pairs..(r + MR) * pairs];
+                        // SAFETY: `available()` was asserted; `tile` and `strip`
+                        // hold `MR` rows and `NR` columns of `pairs`; tasks write
+                        // disjoint tiles of `out`, rows `r..r+MR` ∩ `..m` and the
+                        // columns of strip `s`, all inside its `m × n`.
+                        unsafe {
+                            x86::tile(
+                                tile,
+                                strip,
+                                pairs,
+                                c.at(r * n + s * NR),
+                                n,
+                                MR.min(m - r),
+                                cols,
+                            )
+                        };
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// The output buffer, shared by tasks that write disjoint tiles of it.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: tasks only write disjoint tiles (see `matmul_bf16`).
+// SAFETY: tasks only write disjoint tiles (see `PackedWeight::matmul_into`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

@@ -5,6 +5,7 @@ mod config;
 mod device;
 mod error;
 mod generate;
+mod head;
 mod hf_export;
 mod llama;
 mod load;
@@ -17,6 +18,7 @@ pub use error::Error;
 pub use generate::{
     Sampling, decode, generate, generate_batch, last_logits, prefill, token_tensor,
 };
+pub use head::gather_log_probs;
 pub use hf_export::{hf_tensors, save_hf_dir};
 pub use keel_adapters::Linear;
 pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};

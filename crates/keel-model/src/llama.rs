@@ -12,8 +12,10 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Gradients, Int, Tensor, TensorData};
 
 use keel_adapters::Linear;
+use keel_gemm::Weight;
 
 use crate::config::Config;
+use crate::head;
 use crate::selective::FullModule;
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`.
@@ -318,6 +320,20 @@ impl Llama {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => keel_adapters::frozen::matmul_transposed(hidden, self.embed_tokens.val()),
+        }
+    }
+
+    /// `log p(targets)` `[batch, seq]` from hidden states of
+    /// [`Llama::forward_hidden`]: the head fused with the log-softmax where
+    /// it is a plain frozen product (see head.rs), through the logits
+    /// otherwise.
+    pub fn target_log_probs(&self, hidden: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+        match &self.lm_head {
+            None => head::target_log_probs(hidden, self.embed_tokens.val(), Weight::NK, targets),
+            Some(h) if h.bias.is_none() && h.live_adapters().next().is_none() => {
+                head::target_log_probs(hidden, h.weight.val(), Weight::KN, targets)
+            }
+            Some(_) => head::gather_log_probs(self.logits(hidden), targets),
         }
     }
 

@@ -1,12 +1,5 @@
-use burn::tensor::activation::{log_sigmoid, log_softmax};
-use burn::tensor::{Int, Tensor};
-
-/// log p(target) at every position, `[batch, seq]`.
-pub fn target_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
-    log_softmax(logits, 2)
-        .gather(2, targets.unsqueeze_dim(2))
-        .squeeze_dim::<2>(2)
-}
+use burn::tensor::Tensor;
+use burn::tensor::activation::log_sigmoid;
 
 /// Sum over positions of `-log p(target) · weight`: next-token cross
 /// entropy on the trained tokens only. Divide by the weight sum for the mean.

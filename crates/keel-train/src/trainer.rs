@@ -21,7 +21,7 @@ use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::checkpoint::{self, TrainState};
 use crate::error::Error;
-use crate::loss::{constrained_sft, response_betas, target_log_probs, weighted_nll};
+use crate::loss::{constrained_sft, response_betas, weighted_nll};
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
 use crate::selective::Selection;
@@ -198,7 +198,8 @@ struct Backprop<'a> {
 }
 
 impl Backprop<'_> {
-    /// Back-propagates `objective(logits at the batch's loss positions)`
+    /// Back-propagates `objective(final hidden states at the batch's loss
+    /// positions)`
     /// and adds its gradients to `acc`. With checkpointing, the device is
     /// reseeded from `seed` before each layer so a recomputed layer draws
     /// the dropout masks of its first pass.
@@ -212,11 +213,11 @@ impl Backprop<'_> {
     ) {
         let mut add = |g| accumulate(acc, GradientsParams::from_grads(g, model), self.params);
         if !self.checkpointed {
-            return add(objective(batch.logits(model)).backward());
+            return add(objective(batch.hidden(model)).backward());
         }
         model.backward_checkpointed(
             batch.inputs.clone(),
-            |hidden| objective(model.logits(batch.at(hidden))),
+            |hidden| objective(batch.at(hidden)),
             |layer| {
                 let mix = (layer as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
                 self.device.seed(seed.rotate_left(17) ^ mix)
@@ -302,9 +303,14 @@ impl OnDevice {
         }
     }
 
-    /// The model's logits at the loss positions.
-    fn logits(&self, model: &Llama) -> Tensor<3> {
-        model.logits(self.at(model.forward_hidden(self.inputs.clone(), None)))
+    /// The model's final hidden states at the loss positions.
+    fn hidden(&self, model: &Llama) -> Tensor<3> {
+        self.at(model.forward_hidden(self.inputs.clone(), None))
+    }
+
+    /// `log p(target)` at the loss positions.
+    fn log_probs(&self, model: &Llama) -> Tensor<2> {
+        model.target_log_probs(self.hidden(model), self.targets.clone())
     }
 }
 
@@ -337,7 +343,7 @@ fn evaluate(
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = Batch::collate(&refs, pad);
         let b = OnDevice::new(&batch, device);
-        let nll = weighted_nll(target_log_probs(b.logits(&model), b.targets), b.weights).detach();
+        let nll = weighted_nll(b.log_probs(&model), b.weights).detach();
         total += nll.into_scalar::<f32>() as f64;
         count += batch.target_tokens();
     }
@@ -434,13 +440,16 @@ impl Optimizers {
 
 /// Runs `recipe`: trains, evaluates, checkpoints, and writes the adapter to
 /// `<output>/adapter` and the report to `<output>/report.json`.
-/// Logits of the reference, the model with its adapter switched off (no
+/// `f` of the reference, the model with its adapter switched off (no
 /// second copy of the weights), off the autodiff graph.
-fn reference_logits(model: &mut Llama, batch: &OnDevice) -> Tensor<3> {
+fn with_reference<const D: usize>(
+    model: &mut Llama,
+    f: impl FnOnce(&Llama) -> Tensor<D>,
+) -> Tensor<D> {
     model.activate_adapters(&[]);
-    let logits = batch.logits(model).detach();
+    let out = f(model).detach();
     model.activate_adapters(&[ADAPTER]);
-    logits
+    out
 }
 
 /// The recipe's training set (with any safety replay mixed in, packed if
@@ -754,10 +763,10 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
             // adapter off: no second copy of the weights.
             let reference = al
                 .constrained_sft
-                .then(|| target_log_probs(reference_logits(&mut model, &b), b.targets.clone()));
+                .then(|| with_reference(&mut model, |m| b.log_probs(m)));
             let mut nll = None;
-            backprop.run(&model, &b, step_seed ^ m as u64, &mut grads, |logits| {
-                let log_p = target_log_probs(logits, b.targets.clone());
+            backprop.run(&model, &b, step_seed ^ m as u64, &mut grads, |hidden| {
+                let log_p = model.target_log_probs(hidden, b.targets.clone());
                 let n =
                     weighted_nll(log_p.clone(), b.weights.clone()).div_scalar(targets_total as f64);
                 nll = Some(n.clone().detach());
@@ -793,11 +802,11 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
                 .collect();
             let batch = Batch::collate(&refs, pad);
             let b = OnDevice::new(&batch, &device);
-            let reference = reference_logits(&mut model, &b);
+            let reference = with_reference(&mut model, |m| m.logits(b.hidden(m)));
             let mut kl = None;
             let seed = step_seed ^ micro.len() as u64;
-            backprop.run(&model, &b, seed, &mut grads, |logits| {
-                let k = token_kl(reference, logits)
+            backprop.run(&model, &b, seed, &mut grads, |hidden| {
+                let k = token_kl(reference, model.logits(hidden))
                     .mul(b.weights.clone())
                     .sum()
                     .div_scalar(batch.target_tokens().max(1) as f64);
@@ -968,6 +977,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_model::gather_log_probs;
 
     /// The head run at the loss positions only gives the loss of the full head.
     #[test]
@@ -996,15 +1006,17 @@ mod tests {
         };
         let on = OnDevice::new(&batch, &device);
         assert_eq!(on.targets.dims(), [1, 9]);
-        let loss = |logits, targets, weights| {
-            weighted_nll(target_log_probs(logits, targets), weights).into_scalar::<f32>()
-        };
-        let part = loss(on.logits(&model), on.targets.clone(), on.weights.clone());
-        let full = loss(
-            model.forward(on.inputs.clone()),
-            Tensor::from_data(TensorData::new(batch.targets.clone(), [b, s]), &device),
+        // The fused head at the loss positions against the log-softmax of
+        // every position's logits.
+        let part = weighted_nll(on.log_probs(&model), on.weights.clone()).into_scalar::<f32>();
+        let full = weighted_nll(
+            gather_log_probs(
+                model.forward(on.inputs.clone()),
+                Tensor::from_data(TensorData::new(batch.targets.clone(), [b, s]), &device),
+            ),
             Tensor::from_data(TensorData::new(batch.weights.clone(), [b, s]), &device),
-        );
+        )
+        .into_scalar::<f32>();
         assert!((part - full).abs() <= 1e-5 * full.abs(), "{part} vs {full}");
     }
 }

@@ -1,0 +1,463 @@
+//! The log-probability of each target token under the LM head, with the
+//! head fused into the log-softmax on the CPU.
+//!
+//! Training needs only `log p(target)` per position, yet the plain path
+//! materialises `[tokens, vocab]` logits (49k wide for SmolLM2: 200 MB per
+//! 1k tokens), their log-softmax, and as many again in backward, with two
+//! scalar `exp` per element. On flex, with a frozen head, [`target_log_probs`]
+//! goes through the rows a chunk at a time instead: the chunk's logits,
+//! log-sum-exp and softmax live in one small buffer. The output is one
+//! scalar per row, so its gradient with respect to the row's hidden state,
+//! `W[t] − softmax·W`, is computed in the forward pass and kept (`[tokens,
+//! hidden]`); backward only scales it. The two products with `W` are the
+//! ones the plain path does (logits forward, input gradient backward).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, Backend, Bytes, Dispatch, Flex, backend_extension};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{DType, Device, Int, Shape, Tensor};
+use half::bf16;
+use keel_gemm::{PackedWeight, Weight};
+use rayon::prelude::*;
+
+/// Rows per chunk: a chunk's logits are `CHUNK × vocab` f32 (50 MB for a
+/// 49k vocabulary, against 200 MB per 1k rows unfused); gemm repacks an
+/// f32 weight for every product, so fewer, larger chunks.
+const CHUNK: usize = 256;
+
+/// `log p(targets)` `[batch, seq]` from hidden states `[batch, seq, d]` and
+/// the head's weight: `[vocab, d]` when `layout` is [`Weight::NK`] (tied
+/// embeddings), `[d, vocab]` for [`Weight::KN`] (a linear layer's).
+pub fn target_log_probs(
+    hidden: Tensor<3>,
+    w: Tensor<2>,
+    layout: Weight,
+    targets: Tensor<2, Int>,
+) -> Tensor<2> {
+    let [b, s, d] = hidden.dims();
+    if !fusable(&hidden, &w) {
+        let logits = match layout {
+            Weight::NK => keel_adapters::frozen::matmul_transposed(hidden, w),
+            Weight::KN => keel_adapters::frozen::matmul(hidden, w),
+        };
+        return gather_log_probs(logits, targets);
+    }
+    let out = <Dispatch as FrozenHead>::frozen_head_log_probs(
+        hidden.reshape([b * s, d]).into_dispatch(),
+        w.into_dispatch(),
+        targets.reshape([b * s]).into_dispatch(),
+        layout == Weight::NK,
+    );
+    Tensor::<1>::from_dispatch(out).reshape([b, s])
+}
+
+/// `log p(targets)` `[batch, seq]` from logits `[batch, seq, vocab]`.
+pub fn gather_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    log_softmax(logits, 2)
+        .gather(2, targets.unsqueeze_dim(2))
+        .squeeze_dim::<2>(2)
+}
+
+/// The fused path needs flex, f32 activations, and a frozen f32 head or a
+/// bf16 one with keel-gemm's kernel.
+fn fusable(hidden: &Tensor<3>, w: &Tensor<2>) -> bool {
+    let kernel = match w.dtype() {
+        DType::F32 => true,
+        DType::BF16 => keel_gemm::available(),
+        _ => false,
+    };
+    kernel
+        && hidden.dtype() == DType::F32
+        && !w.is_require_grad()
+        // Equal for flex with and without autodiff.
+        && hidden.device() == Device::flex()
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FrozenHead: Backend {
+    /// `hidden [n, d]`, `w` as [`target_log_probs`] says, `targets [n]`.
+    fn frozen_head_log_probs(
+        hidden: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        vocab_major: bool,
+    ) -> FloatTensor<Self>;
+}
+
+fn layout(vocab_major: bool) -> Weight {
+    if vocab_major { Weight::NK } else { Weight::KN }
+}
+
+impl FrozenHead for Flex {
+    fn frozen_head_log_probs(
+        hidden: FlexTensor,
+        w: FlexTensor,
+        targets: FlexTensor,
+        vocab_major: bool,
+    ) -> FlexTensor {
+        let w = w.to_contiguous();
+        Head::new(&w, layout(vocab_major), false)
+            .log_probs(&hidden, &targets)
+            .0
+    }
+}
+
+/// The head's weight, read in place.
+enum Values<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+/// The weight as the two products read it: `x · B` for the logits
+/// (`B [d, vocab]`) and `softmax · B` for the gradient (`B [vocab, d]`).
+/// A bf16 weight is packed for the kernel once per call, not per chunk.
+struct Head<'a> {
+    w: Values<'a>,
+    layout: Weight,
+    vocab: usize,
+    d: usize,
+    jacobian: bool,
+    packed: Option<(PackedWeight, Option<PackedWeight>)>,
+}
+
+impl<'a> Head<'a> {
+    /// `w` must be contiguous; `jacobian` packs for the second product too.
+    fn new(w: &'a FlexTensor, layout: Weight, jacobian: bool) -> Self {
+        let [rows, cols] = w.layout().shape().dims::<2>();
+        let (vocab, d) = match layout {
+            Weight::NK => (rows, cols),
+            Weight::KN => (cols, rows),
+        };
+        let (w, packed) = match w.dtype() {
+            DType::F32 => (
+                Values::F32(w.as_slice::<f32>().expect("frozen head: f32 weight")),
+                None,
+            ),
+            DType::BF16 => {
+                let w = w.as_slice::<bf16>().expect("frozen head: bf16 weight");
+                let logits = PackedWeight::new(w, d, vocab, layout);
+                let expected =
+                    jacobian.then(|| PackedWeight::new(w, vocab, d, layout.transposed()));
+                (Values::Bf16(w), Some((logits, expected)))
+            }
+            other => panic!("frozen head: a {other:?} weight"),
+        };
+        Head {
+            w,
+            layout,
+            vocab,
+            d,
+            jacobian,
+            packed,
+        }
+    }
+
+    /// `out [m, n] = a [m, k] · B`: the logits (`k = d`, `n = vocab`), or
+    /// with `expected` the softmax times the weight (`k = vocab`, `n = d`).
+    fn product(&self, a: &[f32], m: usize, expected: bool, out: &mut [f32]) {
+        let (k, n) = if expected {
+            (self.vocab, self.d)
+        } else {
+            (self.d, self.vocab)
+        };
+        match (&self.w, &self.packed) {
+            (Values::Bf16(_), Some((logits, grad))) => {
+                let w = if expected {
+                    grad.as_ref().expect("packed for the gradient")
+                } else {
+                    logits
+                };
+                w.matmul_into(a, m, out)
+            }
+            (Values::F32(w), _) => {
+                // Stored row-major as `[vocab, d]` (NK) or `[d, vocab]` (KN):
+                // B's row steps and column steps through it.
+                let cols = (if self.layout == Weight::NK {
+                    self.d
+                } else {
+                    self.vocab
+                }) as isize;
+                let along_rows = (self.layout == Weight::KN) != expected;
+                let (row_stride, col_stride) = if along_rows { (cols, 1) } else { (1, cols) };
+                // SAFETY: `a` is `m × k` and `out` `m × n`, row-major; `w`
+                // holds `k × n` elements at these strides.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        col_stride,
+                        row_stride,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(0),
+                    )
+                };
+            }
+            (Values::Bf16(_), None) => unreachable!("a bf16 head is packed"),
+        }
+    }
+
+    /// Row `t` of the weight as the head sees it: token `t`'s `d` values.
+    fn token_row(&self, t: usize, out: &mut [f32]) {
+        let at = |i: usize| match self.w {
+            Values::F32(w) => w[i],
+            Values::Bf16(w) => w[i].to_f32(),
+        };
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = match self.layout {
+                Weight::NK => at(t * self.d + j),
+                Weight::KN => at(j * self.vocab + t),
+            };
+        }
+    }
+
+    /// `log p(targets)` `[n]` for `hidden [n, d]` and, when the head was
+    /// made for it, its gradient with respect to each row, `[n, d]`.
+    fn log_probs(&self, hidden: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, FlexTensor) {
+        let [n, d] = hidden.layout().shape().dims::<2>();
+        assert_eq!(d, self.d, "frozen head: hidden size against the weight's");
+        let hidden = hidden.to_contiguous();
+        let h = hidden
+            .as_slice::<f32>()
+            .expect("frozen head: f32 hidden states");
+        let targets = token_ids(targets, self.vocab);
+        assert_eq!(targets.len(), n, "frozen head: one target per row");
+        let mut log_p = vec![0f32; n];
+        let mut jac = vec![0f32; if self.jacobian { n * d } else { 0 }];
+        // One buffer for every chunk: fresh pages cost the kernel a zeroing each.
+        let mut logits = vec![0f32; CHUNK.min(n) * self.vocab];
+        let mut expected = vec![0f32; if self.jacobian { CHUNK.min(n) * d } else { 0 }];
+        for start in (0..n).step_by(CHUNK) {
+            let m = CHUNK.min(n - start);
+            let rows = start..start + m;
+            let logits = &mut logits[..m * self.vocab];
+            self.product(&h[rows.start * d..rows.end * d], m, false, logits);
+            logits
+                .par_chunks_mut(self.vocab)
+                .zip(&mut log_p[rows.clone()])
+                .zip(&targets[rows.clone()])
+                .for_each(|((row, lp), &t)| {
+                    *lp = keel_gemm::log_softmax_row(row, t, self.jacobian)
+                });
+            if self.jacobian {
+                // W[t] − softmax · W.
+                let expected = &mut expected[..m * d];
+                self.product(logits, m, true, expected);
+                jac[rows.start * d..rows.end * d]
+                    .par_chunks_mut(d)
+                    .zip(expected.par_chunks(d))
+                    .zip(&targets[rows])
+                    .for_each(|((j, e), &t)| {
+                        self.token_row(t, j);
+                        j.iter_mut().zip(e).for_each(|(j, e)| *j -= e);
+                    });
+            }
+        }
+        let tensor = |values: Vec<f32>, shape: Shape| {
+            FlexTensor::new(
+                Bytes::from_elems(values),
+                Layout::contiguous(shape),
+                DType::F32,
+            )
+        };
+        (
+            tensor(log_p, Shape::from([n])),
+            tensor(jac, Shape::from([n, d])),
+        )
+    }
+}
+
+/// The targets as indices, each checked against the vocabulary.
+fn token_ids(targets: &FlexTensor, vocab: usize) -> Vec<usize> {
+    let targets = targets.to_contiguous();
+    let ids: Vec<i64> = match targets.dtype() {
+        DType::I64 => targets.as_slice::<i64>().map(<[i64]>::to_vec),
+        DType::I32 => targets
+            .as_slice::<i32>()
+            .map(|s| s.iter().map(|&x| x as i64).collect()),
+        other => panic!("frozen head: {other:?} targets"),
+    }
+    .expect("frozen head: readable targets");
+    ids.into_iter()
+        .map(|t| {
+            usize::try_from(t)
+                .ok()
+                .filter(|&t| t < vocab)
+                .unwrap_or_else(|| {
+                    panic!("frozen head: target {t} outside the {vocab}-token vocabulary")
+                })
+        })
+        .collect()
+}
+
+/// Backward: the kept per-row gradient, scaled by the incoming one.
+#[derive(Debug)]
+struct FrozenHeadBackward;
+
+impl Backward<Flex, 1> for FrozenHeadBackward {
+    /// `∂ log p(t) / ∂ hidden`, `[n, d]`.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let jac = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
+            let [n, d] = jac.layout().shape().dims::<2>();
+            let dy = dy.to_contiguous();
+            let dy = dy.as_slice::<f32>().expect("frozen head: f32 gradient");
+            let jac_values = jac.as_slice::<f32>().expect("frozen head: f32 state");
+            let mut out = vec![0f32; n * d];
+            out.par_chunks_mut(d)
+                .zip(jac_values.par_chunks(d))
+                .zip(dy)
+                .for_each(|((o, j), &g)| o.iter_mut().zip(j).for_each(|(o, j)| *o = g * j));
+            FlexTensor::new(
+                Bytes::from_elems(out),
+                Layout::contiguous(Shape::from([n, d])),
+                DType::F32,
+            )
+        });
+    }
+}
+
+impl<C: CheckpointStrategy> FrozenHead for Autodiff<Flex, C> {
+    fn frozen_head_log_probs(
+        hidden: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        vocab_major: bool,
+    ) -> FloatTensor<Self> {
+        // Its graph would be dropped here: only frozen heads come this way.
+        assert!(!w.is_tracked(), "frozen head: the weight is being trained");
+        let w = w.into_primitive().to_contiguous();
+        match FrozenHeadBackward
+            .prepare::<C>([hidden.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let head = Head::new(&w, layout(vocab_major), true);
+                let (log_p, jac) = head.log_probs(&hidden.into_primitive(), &targets);
+                prep.finish(jac, log_p)
+            }
+            OpsKind::UnTracked(prep) => {
+                let head = Head::new(&w, layout(vocab_major), false);
+                prep.finish(head.log_probs(&hidden.into_primitive(), &targets).0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, TensorData};
+
+    use super::*;
+
+    fn assert_close<const D: usize>(got: Tensor<D>, want: Tensor<D>, tolerance: f32, what: &str) {
+        let (got, want) = (
+            got.into_data().try_to_vec::<f32>().unwrap(),
+            want.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= tolerance * scale,
+                "{what}: element {i} is {g}, expected {w}"
+            );
+        }
+    }
+
+    /// The fused head's log-probabilities and input gradient equal
+    /// log-softmax-and-gather over Burn's logits, for a tied (`[vocab, d]`)
+    /// and a linear (`[d, vocab]`) head, f32 and bf16. 300 rows cross a
+    /// chunk boundary.
+    #[test]
+    fn fused_head_matches_log_softmax_of_the_logits() {
+        let device = Device::flex().autodiff();
+        let uniform = Distribution::Uniform(-2.0, 2.0);
+        let (b, s, d, vocab) = (3, 100, 24, 50);
+        let ids: Vec<i64> = (0..b * s).map(|i| (i * 7 % vocab) as i64).collect();
+        let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
+        let upstream = Tensor::<2>::random([b, s], uniform, &device);
+        let leaf = Tensor::<3>::random([b, s, d], uniform, &device);
+        for dtype in [DType::F32, DType::BF16] {
+            if dtype == DType::BF16 && !keel_gemm::available() {
+                eprintln!("bf16 skipped: this CPU has no AVX-512 BF16");
+                continue;
+            }
+            // What the bf16 kernel multiplies: activations rounded to bf16.
+            let input = match dtype {
+                DType::F32 => leaf.clone(),
+                _ => leaf.clone().cast(DType::BF16).cast(DType::F32),
+            };
+            // Rounding the softmax for the backward product costs bf16 precision.
+            let tolerance = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            for layout in [Weight::NK, Weight::KN] {
+                let shape = match layout {
+                    Weight::NK => [vocab, d],
+                    Weight::KN => [d, vocab],
+                };
+                let w = Tensor::<2>::random(shape, uniform, &device).cast(dtype);
+                let h = leaf.clone().require_grad();
+                assert!(fusable(&h, &w));
+                let fused = target_log_probs(h.clone(), w.clone(), layout, targets.clone());
+                let dense = w.clone().cast(DType::F32);
+                let dense = match layout {
+                    Weight::NK => dense.transpose(),
+                    Weight::KN => dense,
+                };
+                let x = input.clone().require_grad();
+                let want = gather_log_probs(x.clone().matmul(dense.unsqueeze()), targets.clone());
+                let what = format!("{dtype:?} {layout:?}");
+                assert_close(fused.clone().detach(), want.clone().detach(), 1e-5, &what);
+                let got = h
+                    .grad(&(fused * upstream.clone()).sum().backward())
+                    .unwrap();
+                let want = x.grad(&(want * upstream.clone()).sum().backward()).unwrap();
+                assert_close(got, want, tolerance, &format!("{what} gradient"));
+            }
+        }
+    }
+
+    /// Off the autodiff graph the same values come back; a target outside
+    /// the vocabulary is refused by name.
+    #[test]
+    fn untracked_values_and_bad_targets() {
+        let device = Device::flex();
+        let h = Tensor::<3>::random([1, 3, 8], Distribution::Default, &device);
+        let w = Tensor::<2>::random([10, 8], Distribution::Default, &device);
+        let targets =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 9, 4], [1, 3]), &device);
+        let want = gather_log_probs(
+            h.clone().matmul(w.clone().transpose().unsqueeze()),
+            targets.clone(),
+        );
+        let got = target_log_probs(h.clone(), w.clone(), Weight::NK, targets);
+        assert_close(got, want, 1e-5, "untracked");
+        let bad = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 10, 4], [1, 3]), &device);
+        let err = std::panic::catch_unwind(|| target_log_probs(h, w, Weight::NK, bad))
+            .expect_err("a target outside the vocabulary");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains("target 10 outside the 10-token vocabulary"),
+            "{msg}"
+        );
+    }
+}
