@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use half::bf16;
-use keel_gemm::{Weight, available, matmul_bf16};
+use keel_gemm::{Weight, available, matmul_bf16, matmul_f32_into};
 
 fn gflops(m: usize, k: usize, n: usize, f: impl Fn()) -> f64 {
     f();
@@ -19,30 +19,7 @@ fn gflops(m: usize, k: usize, n: usize, f: impl Fn()) -> f64 {
 
 fn gemm_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut c = vec![0f32; m * n];
-    // SAFETY: the slices are row-major m×k, k×n and m×n.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        )
-    };
+    matmul_f32_into(a, b, m, k, n, Weight::KN, &mut c);
     c
 }
 

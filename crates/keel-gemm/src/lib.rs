@@ -85,6 +85,65 @@ pub fn matmul_bf16(
     out
 }
 
+/// `out[m, n] = a[m, k] · B[k, n]` in f32, `B` read from `w` as `layout`
+/// says, through the `gemm` crate (what Burn's flex backend calls): the f32
+/// counterpart of [`PackedWeight::matmul_into`], and the baseline of
+/// `benches/gflops.rs`.
+///
+/// # Panics
+/// If a length does not match its dimensions.
+pub fn matmul_f32_into(
+    a: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    layout: Weight,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        a.len(),
+        size(m, k),
+        "matmul_f32: activations are not [{m}, {k}]"
+    );
+    assert_eq!(w.len(), size(k, n), "matmul_f32: weight is not {k} x {n}");
+    assert_eq!(
+        out.len(),
+        size(m, n),
+        "matmul_f32: output is not [{m}, {n}]"
+    );
+    // gemm reads B at `row * row_stride + col * col_stride`.
+    let (row_stride, col_stride) = match layout {
+        Weight::KN => (n as isize, 1),
+        Weight::NK => (1, k as isize),
+    };
+    // SAFETY: the lengths were checked; `a` and `out` are row-major, `w`
+    // holds `B`'s `k × n` elements at these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            col_stride,
+            row_stride,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
 fn size(r: usize, c: usize) -> usize {
     r.checked_mul(c).expect("matmul_bf16: size overflows")
 }
@@ -391,11 +450,12 @@ mod tests {
             .collect()
     }
 
-    /// The product in f64 of the bf16-rounded operands, and the sum of the
-    /// terms' magnitudes (the scale of f32's accumulation error).
+    /// The product in f64 of `a` and `B` read from `w` as `layout` says,
+    /// and the sum of the terms' magnitudes (the scale of f32's
+    /// accumulation error).
     fn reference(
-        a: &[f32],
-        w: &[bf16],
+        a: &[f64],
+        w: &[f64],
         m: usize,
         k: usize,
         n: usize,
@@ -406,52 +466,75 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 for l in 0..k {
-                    let x = f64::from(bf16::from_f32(a[i * k + l]).to_f32());
-                    let y = f64::from(
-                        match layout {
-                            Weight::KN => w[l * n + j],
-                            Weight::NK => w[j * k + l],
-                        }
-                        .to_f32(),
-                    );
-                    out[i * n + j] += x * y;
-                    scale[i * n + j] += (x * y).abs();
+                    let y = match layout {
+                        Weight::KN => w[l * n + j],
+                        Weight::NK => w[j * k + l],
+                    };
+                    out[i * n + j] += a[i * k + l] * y;
+                    scale[i * n + j] += (a[i * k + l] * y).abs();
                 }
             }
         }
         (out, scale)
     }
 
-    /// Every edge: rows not a multiple of the tile, columns not a multiple of
-    /// a strip or of 16, odd `k`, a single row or column, both layouts.
+    fn assert_matches(got: &[f32], want: (Vec<f64>, Vec<f64>), what: &str) {
+        let (want, scale) = want;
+        for i in 0..got.len() {
+            let err = (f64::from(got[i]) - want[i]).abs();
+            assert!(
+                err <= 1e-6 * scale[i] + 1e-30,
+                "{what}: element {i} is {} but the product is {}",
+                got[i],
+                want[i]
+            );
+        }
+    }
+
+    /// Edge shapes: rows not a multiple of the tile, columns not a multiple
+    /// of a strip or of 16, odd `k`, a single row or column.
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (13, 7, 5),
+        (12, 64, 32),
+        (29, 33, 47),
+        (100, 96, 300),
+        (3, 576, 192),
+        (2, 3, 1),
+    ];
+
+    /// The bf16 product equals the f64 product of the bf16-rounded operands
+    /// at every edge shape, both layouts.
     #[test]
     fn the_product_is_the_bf16_rounded_product() {
         if !available() {
             eprintln!("skipped: this CPU has no AVX-512 BF16");
             return;
         }
-        for &(m, k, n) in &[
-            (1, 1, 1),
-            (13, 7, 5),
-            (12, 64, 32),
-            (29, 33, 47),
-            (100, 96, 300),
-            (3, 576, 192),
-        ] {
+        for (m, k, n) in SHAPES {
             for layout in [Weight::KN, Weight::NK] {
                 let a = values(m * k, 1);
                 let w: Vec<bf16> = values(k * n, 2).into_iter().map(bf16::from_f32).collect();
                 let got = matmul_bf16(&a, &w, m, k, n, layout);
-                let (want, scale) = reference(&a, &w, m, k, n, layout);
-                for i in 0..m * n {
-                    let err = (f64::from(got[i]) - want[i]).abs();
-                    assert!(
-                        err <= 1e-6 * scale[i] + 1e-30,
-                        "{m}x{k}x{n} {layout:?}: element {i} is {} but the bf16 product is {}",
-                        got[i],
-                        want[i]
-                    );
-                }
+                let rounded: Vec<f64> = a.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
+                let w64: Vec<f64> = w.iter().map(|x| x.to_f64()).collect();
+                let want = reference(&rounded, &w64, m, k, n, layout);
+                assert_matches(&got, want, &format!("bf16 {m}x{k}x{n} {layout:?}"));
+            }
+        }
+    }
+
+    /// The f32 product through gemm, read through both layouts.
+    #[test]
+    fn the_f32_product_reads_both_layouts() {
+        for (m, k, n) in SHAPES {
+            for layout in [Weight::KN, Weight::NK] {
+                let (a, w) = (values(m * k, 3), values(k * n, 4));
+                let mut got = vec![f32::NAN; m * n];
+                matmul_f32_into(&a, &w, m, k, n, layout, &mut got);
+                let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+                let want = reference(&wide(&a), &wide(&w), m, k, n, layout);
+                assert_matches(&got, want, &format!("f32 {m}x{k}x{n} {layout:?}"));
             }
         }
     }

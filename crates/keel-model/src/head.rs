@@ -175,40 +175,12 @@ impl<'a> Head<'a> {
                 w.matmul_into(a, m, out)
             }
             (Values::F32(w), _) => {
-                // Stored row-major as `[vocab, d]` (NK) or `[d, vocab]` (KN):
-                // B's row steps and column steps through it.
-                let cols = (if self.layout == Weight::NK {
-                    self.d
+                let layout = if expected {
+                    self.layout.transposed()
                 } else {
-                    self.vocab
-                }) as isize;
-                let along_rows = (self.layout == Weight::KN) != expected;
-                let (row_stride, col_stride) = if along_rows { (cols, 1) } else { (1, cols) };
-                // SAFETY: `a` is `m × k` and `out` `m × n`, row-major; `w`
-                // holds `k × n` elements at these strides.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        out.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        a.as_ptr(),
-                        1,
-                        k as isize,
-                        w.as_ptr(),
-                        col_stride,
-                        row_stride,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::Rayon(0),
-                    )
+                    self.layout
                 };
+                keel_gemm::matmul_f32_into(a, w, m, k, n, layout, out)
             }
             (Values::Bf16(_), None) => unreachable!("a bf16 head is packed"),
         }
@@ -370,18 +342,15 @@ mod tests {
 
     use super::*;
 
+    /// `got` is within `tolerance` of `want`, relative to `want`'s largest
+    /// magnitude.
     fn assert_close<const D: usize>(got: Tensor<D>, want: Tensor<D>, tolerance: f32, what: &str) {
-        let (got, want) = (
-            got.into_data().try_to_vec::<f32>().unwrap(),
-            want.into_data().try_to_vec::<f32>().unwrap(),
+        let scale = want.clone().abs().max().into_scalar::<f32>();
+        let diff = (got - want).abs().max().into_scalar::<f32>();
+        assert!(
+            diff <= tolerance * scale,
+            "{what}: off by {diff} (scale {scale})"
         );
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= tolerance * scale,
-                "{what}: element {i} is {g}, expected {w}"
-            );
-        }
     }
 
     /// The fused head's log-probabilities and input gradient equal
