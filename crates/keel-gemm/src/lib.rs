@@ -1,7 +1,8 @@
 //! keel's CPU kernels, optimised in every build profile: the matrix product
 //! of f32 activations with a frozen bf16 weight, on CPUs with AVX-512 BF16
 //! (`vdpbf16ps`: AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and
-//! later), and the LM head's row log-softmax ([`log_softmax_row`]).
+//! later), the LM head's row log-softmax ([`log_softmax_row`]) and the MLP's
+//! SwiGLU ([`swiglu`]).
 //!
 //! Why: a bf16 base weight is what makes LoRA training cheap, but the `gemm`
 //! crate behind Burn's CPU backend has no bf16 dot-product kernel, so a bf16
@@ -20,7 +21,9 @@ use half::bf16;
 use rayon::prelude::*;
 
 mod softmax;
+mod swiglu;
 pub use softmax::log_softmax_row;
+pub use swiglu::{swiglu, swiglu_backward};
 
 /// Rows of the output tile a microkernel call computes.
 const MR: usize = 12;

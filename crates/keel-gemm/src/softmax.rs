@@ -64,7 +64,7 @@ fn log_softmax_row_portable(row: &mut [f32], target: f32, softmax: bool) -> f32 
 /// exponent bits. Below −87 it returns about `e^−87` (1.6e−38), which a sum
 /// of exponentials of which one is 1 cannot tell from 0.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // 1.5 · 2^23: adding it rounds to an integer held in the low mantissa bits.

@@ -10,6 +10,7 @@ mod hf_export;
 mod llama;
 mod load;
 mod selective;
+mod swiglu;
 mod weights;
 
 pub use config::{Architecture, Config, HfConfig, RopeScaling};

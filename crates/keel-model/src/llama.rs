@@ -6,7 +6,6 @@
 //! projection here, in a safetensors file and in a PEFT adapter.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Gradients, Int, Tensor, TensorData};
@@ -17,6 +16,7 @@ use keel_gemm::Weight;
 use crate::config::Config;
 use crate::head;
 use crate::selective::FullModule;
+use crate::swiglu::swiglu;
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`.
 #[derive(Module, Debug)]
@@ -243,8 +243,9 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate.mul(self.up_proj.forward(x)))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(swiglu(gate, self.up_proj.forward(x)))
     }
 }
 
