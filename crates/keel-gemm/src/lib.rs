@@ -1,8 +1,8 @@
 //! keel's CPU kernels, optimised in every build profile: the matrix product
 //! of f32 activations with a frozen bf16 weight, on CPUs with AVX-512 BF16
 //! (`vdpbf16ps`: AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and
-//! later), the LM head's row log-softmax ([`log_softmax_row`]) and the MLP's
-//! SwiGLU ([`swiglu`]).
+//! later), causal self-attention ([`causal_attention`]), the LM head's row
+//! log-softmax ([`log_softmax_row`]) and the MLP's SwiGLU ([`swiglu`]).
 //!
 //! Why: a bf16 base weight is what makes LoRA training cheap, but the `gemm`
 //! crate behind Burn's CPU backend has no bf16 dot-product kernel, so a bf16
@@ -20,8 +20,10 @@
 use half::bf16;
 use rayon::prelude::*;
 
+mod attention;
 mod softmax;
 mod swiglu;
+pub use attention::{AttentionShape, causal_attention, causal_attention_backward};
 pub use softmax::log_softmax_row;
 pub use swiglu::{swiglu, swiglu_backward};
 
@@ -51,6 +53,23 @@ impl Weight {
             Weight::NK => Weight::KN,
         }
     }
+}
+
+/// Runs `f` compiled for AVX-512 where the CPU has it.
+#[inline(always)]
+pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { avx512(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 /// Whether this CPU runs [`matmul_bf16`].

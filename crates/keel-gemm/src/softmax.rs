@@ -1,31 +1,25 @@
 //! The row log-softmax of an LM head's logits.
 
+use crate::vectorised;
+
 /// `log p(t)` of one row of logits, `log_softmax(row)[t]`; with `softmax`,
 /// the row becomes the softmax (else it holds `exp(x - max)`). One
 /// `exp` per element, vectorised: libm's scalar `exp` was a tenth of a
 /// training step.
 pub fn log_softmax_row(row: &mut [f32], t: usize, softmax: bool) -> f32 {
     let target = row[t];
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { log_softmax_row_avx512(row, target, softmax) };
-    }
-    log_softmax_row_portable(row, target, softmax)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn log_softmax_row_avx512(row: &mut [f32], target: f32, softmax: bool) -> f32 {
-    log_softmax_row_portable(row, target, softmax)
+    target - vectorised(|| softmax_in_place(row, softmax))
 }
 
 /// Lanes of the accumulators: enough for the compiler to vectorise the
 /// reductions (floating-point sums are not reassociated otherwise).
 const LANES: usize = 16;
 
+/// Replaces `row` by `exp(x − max)`, divided by its sum when `normalise`,
+/// and returns the row's log-sum-exp. Inlined into callers that
+/// [`vectorised`] compiles for AVX-512.
 #[inline(always)]
-fn log_softmax_row_portable(row: &mut [f32], target: f32, softmax: bool) -> f32 {
+pub(crate) fn softmax_in_place(row: &mut [f32], normalise: bool) -> f32 {
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
@@ -51,11 +45,11 @@ fn log_softmax_row_portable(row: &mut [f32], target: f32, softmax: bool) -> f32 
         *x = exp_nonpositive(*x - max);
         sum += *x;
     }
-    if softmax {
+    if normalise {
         let scale = 1.0 / sum;
         row.iter_mut().for_each(|x| *x *= scale);
     }
-    target - max - sum.ln()
+    max + sum.ln()
 }
 
 /// `e^x` for `x ≤ 0` without branches, so that it vectorises: split

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use crate::softmax::exp_nonpositive;
+use crate::vectorised;
 
 /// Elements per parallel task.
 const TASK: usize = 1 << 14;
@@ -45,23 +46,6 @@ pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32], dg: &mut [f32], du: &mu
                 .zip(dh.par_chunks(TASK)),
         )
         .for_each(|((dg, du), ((g, u), dh))| vectorised(|| backward(g, u, dh, dg, du)));
-}
-
-/// Runs `f` compiled for AVX-512 where the CPU has it.
-#[inline(always)]
-fn vectorised(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { avx512(f) };
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn avx512(f: impl FnOnce()) {
-    f()
 }
 
 #[inline(always)]

@@ -1,6 +1,7 @@
 //! The Llama-family decoder keel adapts: configuration, weight loading from
 //! HF folders and GGUF files, and generation with a KV cache.
 
+mod attention;
 mod config;
 mod device;
 mod error;

@@ -6,13 +6,13 @@
 //! projection here, in a safetensors file and in a PEFT adapter.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::module::{attention, embedding};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Device, Gradients, Int, Tensor, TensorData};
 
 use keel_adapters::Linear;
 use keel_gemm::Weight;
 
+use crate::attention;
 use crate::config::Config;
 use crate::head;
 use crate::selective::FullModule;
@@ -47,7 +47,8 @@ impl Rope {
         }
     }
 
-    /// `cos` and `sin` tables, `[1, 1, len, head_dim]`, for positions `start..start+len`.
+    /// `cos` and `sin` tables, `[1, len, 1, head_dim]` (token-major), for
+    /// positions `start..start+len`.
     fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
         let half = self.inv_freq.len();
         let (mut cos, mut sin) = (
@@ -64,14 +65,14 @@ impl Rope {
                 }
             }
         }
-        let shape = [1, 1, len, 2 * half];
+        let shape = [1, len, 1, 2 * half];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
     }
 
-    /// Rotates `x` of shape `[batch, heads, seq, head_dim]`.
+    /// Rotates `x` of shape `[batch, seq, heads, head_dim]`.
     fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
         let half = x.dims()[3] / 2;
         let x1 = x.clone().narrow(3, 0, half);
@@ -171,23 +172,10 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// `[batch, seq, n · head_dim]` → token-major `[batch, seq, n, head_dim]`.
     fn heads(&self, x: Tensor<3>, n: usize) -> Tensor<4> {
         let [b, s, _] = x.dims();
-        x.reshape([b, s, n, self.head_dim]).swap_dims(1, 2)
-    }
-
-    /// Repeats each key/value head for its group of query heads. Burn's fused
-    /// attention supports fewer K/V heads only outside autodiff, and under
-    /// autodiff silently returns wrong numbers, so keel always expands.
-    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
-        let n_rep = self.n_heads / self.n_kv_heads;
-        if n_rep == 1 {
-            return x;
-        }
-        let [b, h, s, d] = x.dims();
-        x.unsqueeze_dim::<5>(2)
-            .expand([b, h, n_rep, s, d])
-            .reshape([b, h * n_rep, s, d])
+        x.reshape([b, s, n, self.head_dim])
     }
 
     fn forward(
@@ -203,33 +191,30 @@ impl Attention {
             rope.0,
             rope.1,
         );
-        let mut k = Rope::apply(
+        let k = Rope::apply(
             self.heads(self.k_proj.forward(x.clone()), self.n_kv_heads),
             rope.0,
             rope.1,
         );
-        let mut v = self.heads(self.v_proj.forward(x), self.n_kv_heads);
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.take() {
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
+        let v = self.heads(self.v_proj.forward(x), self.n_kv_heads);
+        let out = match cache {
+            None => attention::causal_self_attention(q, k, v),
+            Some(slot) => {
+                // The cache holds keys and values head-major, as Burn's
+                // attention takes them.
+                let (mut k, mut v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+                if let Some((pk, pv)) = slot.take() {
+                    k = Tensor::cat(vec![pk, k], 2);
+                    v = Tensor::cat(vec![pv, v], 2);
+                }
+                *slot = Some((k.clone(), v.clone()));
+                let keys = k.dims()[2];
+                let mask = padding.map(|m| m.clone().expand([b, self.n_heads, s, keys]));
+                attention::attend(q.swap_dims(1, 2), k, v, mask).swap_dims(1, 2)
             }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        // Causal masking is aligned bottom-right, so it also holds when cached
-        // keys precede the queries.
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
         };
-        let keys = k.dims()[2];
-        let mask = padding.map(|m| m.clone().expand([b, self.n_heads, s, keys]));
-        let out = attention(q, self.repeat_kv(k), self.repeat_kv(v), mask, None, options);
-        self.o_proj.forward(
-            out.swap_dims(1, 2)
-                .reshape([b, s, self.n_heads * self.head_dim]),
-        )
+        self.o_proj
+            .forward(out.reshape([b, s, self.n_heads * self.head_dim]))
     }
 }
 

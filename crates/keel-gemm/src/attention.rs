@@ -1,0 +1,554 @@
+//! Causal self-attention, forward and backward, that never keeps the
+//! `[seq, seq]` probabilities: forward saves each query's log-sum-exp and
+//! backward rebuilds the probabilities from it (FlashAttention's
+//! recomputation, Dao et al. 2022). Burn's autodiff attention keeps several
+//! `[batch, heads, seq, seq]` tensors per layer and walks them with scalar
+//! elementwise ops.
+//!
+//! Queries come in blocks of [`BLOCK`] rows, and a block multiplies only
+//! the keys up to its last row, so the masked upper triangle is mostly
+//! skipped. Grouped-query heads read their shared key/value head in place.
+//! Each task owns one key/value head of one sequence (the query heads of
+//! its group included), so tasks write disjoint elements.
+
+use rayon::prelude::*;
+
+use crate::softmax::{exp_nonpositive, softmax_in_place};
+use crate::vectorised;
+
+/// Query rows per block.
+const BLOCK: usize = 64;
+
+/// The shapes of a causal self-attention. Every tensor is token-major and
+/// contiguous: queries and outputs `[batch, seq, heads, head_dim]`, keys and
+/// values `[batch, seq, kv_heads, head_dim]`, log-sum-exps
+/// `[batch, heads, seq]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// Elements of a query or output tensor.
+    pub fn query_len(&self) -> usize {
+        self.batch * self.seq * self.heads * self.head_dim
+    }
+
+    /// Elements of a key or value tensor.
+    pub fn kv_len(&self) -> usize {
+        self.batch * self.seq * self.kv_heads * self.head_dim
+    }
+
+    /// Elements of the log-sum-exps.
+    pub fn lse_len(&self) -> usize {
+        self.batch * self.heads * self.seq
+    }
+
+    fn check(&self, what: &str, lens: &[(usize, usize, &str)]) {
+        assert!(
+            self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
+            "{what}: {} query heads do not share {} key/value heads evenly",
+            self.heads,
+            self.kv_heads
+        );
+        for &(got, want, name) in lens {
+            assert_eq!(
+                got, want,
+                "{what}: {name} has {got} elements, expected {want}"
+            );
+        }
+    }
+
+    /// Offset of query row `i` of head `h` in sequence `b`.
+    fn q(&self, b: usize, i: usize, h: usize) -> usize {
+        ((b * self.seq + i) * self.heads + h) * self.head_dim
+    }
+
+    /// Offset of key/value row `j` of key/value head `g` in sequence `b`.
+    fn kv(&self, b: usize, j: usize, g: usize) -> usize {
+        ((b * self.seq + j) * self.kv_heads + g) * self.head_dim
+    }
+
+    fn q_stride(&self) -> isize {
+        (self.heads * self.head_dim) as isize
+    }
+
+    fn kv_stride(&self) -> isize {
+        (self.kv_heads * self.head_dim) as isize
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    /// Query heads that share one key/value head.
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// The query blocks: `(first row, rows)`; a block sees keys
+    /// `0..first + rows`.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> {
+        let seq = self.seq;
+        (0..seq)
+            .step_by(BLOCK)
+            .map(move |r0| (r0, BLOCK.min(seq - r0)))
+    }
+}
+
+/// `out = softmax(q kᵀ / √head_dim + causal mask) v`, and each query's
+/// log-sum-exp of its scaled scores in `lse` (what the backward needs).
+///
+/// # Panics
+/// If a length does not match `shape`, or the heads do not group evenly.
+pub fn causal_attention(
+    shape: AttentionShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    shape.check(
+        "causal_attention",
+        &[
+            (q.len(), shape.query_len(), "q"),
+            (k.len(), shape.kv_len(), "k"),
+            (v.len(), shape.kv_len(), "v"),
+            (out.len(), shape.query_len(), "out"),
+            (lse.len(), shape.lse_len(), "lse"),
+        ],
+    );
+    let (out, lse) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
+    (0..shape.batch * shape.kv_heads)
+        .into_par_iter()
+        .for_each(|task| {
+            let (b, g) = (task / shape.kv_heads, task % shape.kv_heads);
+            // SAFETY: the lengths were checked; this task writes only the
+            // rows of sequence `b`'s query heads in group `g`.
+            vectorised(|| unsafe { forward_task(shape, b, g, q, k, v, out.get(), lse.get()) })
+        });
+}
+
+/// The gradients of [`causal_attention`] for the output gradient `dout`,
+/// from its inputs, output and log-sum-exps; `dq`, `dk` and `dv` are
+/// overwritten.
+///
+/// # Panics
+/// If a length does not match `shape`, or the heads do not group evenly.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_backward(
+    shape: AttentionShape,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    shape.check(
+        "causal_attention_backward",
+        &[
+            (q.len(), shape.query_len(), "q"),
+            (k.len(), shape.kv_len(), "k"),
+            (v.len(), shape.kv_len(), "v"),
+            (out.len(), shape.query_len(), "out"),
+            (lse.len(), shape.lse_len(), "lse"),
+            (dout.len(), shape.query_len(), "dout"),
+            (dq.len(), shape.query_len(), "dq"),
+            (dk.len(), shape.kv_len(), "dk"),
+            (dv.len(), shape.kv_len(), "dv"),
+        ],
+    );
+    let grads = [dq, dk, dv].map(|g| Shared(g.as_mut_ptr()));
+    (0..shape.batch * shape.kv_heads)
+        .into_par_iter()
+        .for_each(|task| {
+            let (b, g) = (task / shape.kv_heads, task % shape.kv_heads);
+            let [dq, dk, dv] = grads.map(Shared::get);
+            // SAFETY: the lengths were checked; this task writes only the
+            // rows of sequence `b`'s heads in group `g`.
+            vectorised(|| unsafe {
+                backward_task(shape, b, g, [q, k, v, out, lse, dout], [dq, dk, dv])
+            })
+        });
+}
+
+/// An output pointer that tasks writing disjoint elements share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+
+// SAFETY: each task writes elements no other task touches.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Through a method, so closures capture the `Sync` wrapper rather than
+    /// its raw pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A strided matrix: element `(r, c)` at `ptr + r·rows + c·cols`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rows: isize,
+    cols: isize,
+}
+
+impl View {
+    /// Row-major with row stride `stride`, from `offset`.
+    fn rows(data: &[f32], offset: usize, stride: isize) -> Self {
+        View {
+            ptr: data[offset..].as_ptr(),
+            rows: stride,
+            cols: 1,
+        }
+    }
+
+    /// The transpose of [`View::rows`].
+    fn transposed(data: &[f32], offset: usize, stride: isize) -> Self {
+        View {
+            ptr: data[offset..].as_ptr(),
+            rows: 1,
+            cols: stride,
+        }
+    }
+}
+
+/// `dst[m × n] = scale · lhs[m × k] · rhs[k × n]`, plus `dst` when
+/// `accumulate`; `dst` row-major with row stride `dst_stride`. Single
+/// threaded: the tasks already fill the cores.
+///
+/// # Safety
+/// Every view must cover its matrix, and `dst` its `m × n` elements.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_stride: isize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_stride,
+            accumulate,
+            lhs.ptr,
+            lhs.cols,
+            lhs.rows,
+            rhs.ptr,
+            rhs.cols,
+            rhs.rows,
+            if accumulate { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// # Safety
+/// `out` and `lse` must hold `shape`'s elements, and no other thread may
+/// touch the rows of sequence `b`'s heads in group `g`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn forward_task(
+    shape: AttentionShape,
+    b: usize,
+    g: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: *mut f32,
+    lse: *mut f32,
+) {
+    let (seq, d) = (shape.seq, shape.head_dim);
+    let mut scores = vec![0f32; BLOCK * seq];
+    for h in g * shape.group()..(g + 1) * shape.group() {
+        for (r0, m) in shape.blocks() {
+            let n = r0 + m;
+            let scores = &mut scores[..m * n];
+            // SAFETY: the views cover rows `0..n` of their heads, and the
+            // output rows are this task's.
+            unsafe {
+                matmul(
+                    (m, n, d),
+                    scores.as_mut_ptr(),
+                    n as isize,
+                    false,
+                    View::rows(q, shape.q(b, r0, h), shape.q_stride()),
+                    View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
+                    shape.scale(),
+                );
+            }
+            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                let (seen, future) = row.split_at_mut(r0 + i + 1);
+                future.fill(0.0);
+                // SAFETY: `lse` holds `[batch, heads, seq]`; this row is ours.
+                unsafe {
+                    *lse.add((b * shape.heads + h) * seq + r0 + i) = softmax_in_place(seen, true)
+                };
+            }
+            // SAFETY: as above.
+            unsafe {
+                matmul(
+                    (m, d, n),
+                    out.add(shape.q(b, r0, h)),
+                    shape.q_stride(),
+                    false,
+                    View::rows(scores, 0, n as isize),
+                    View::rows(v, shape.kv(b, 0, g), shape.kv_stride()),
+                    1.0,
+                );
+            }
+        }
+    }
+}
+
+/// With `p = softmax(s)` and `dp` the gradient reaching `p`, the gradient
+/// reaching the scores `s` is `p ∘ (dp − Σ p ∘ dp)`, and `Σ p ∘ dp` equals
+/// `dout · out` for the row: one dot product of `head_dim` elements.
+///
+/// # Safety
+/// As [`forward_task`], for `dq`, `dk` and `dv`.
+#[inline(always)]
+unsafe fn backward_task(
+    shape: AttentionShape,
+    b: usize,
+    g: usize,
+    [q, k, v, out, lse, dout]: [&[f32]; 6],
+    [dq, dk, dv]: [*mut f32; 3],
+) {
+    let (seq, d) = (shape.seq, shape.head_dim);
+    for j in 0..seq {
+        // SAFETY: key/value rows of head `g` in sequence `b` are this task's.
+        unsafe {
+            std::ptr::write_bytes(dk.add(shape.kv(b, j, g)), 0, d);
+            std::ptr::write_bytes(dv.add(shape.kv(b, j, g)), 0, d);
+        }
+    }
+    let (mut p, mut ds) = (vec![0f32; BLOCK * seq], vec![0f32; BLOCK * seq]);
+    for h in g * shape.group()..(g + 1) * shape.group() {
+        for (r0, m) in shape.blocks() {
+            let n = r0 + m;
+            let (p, ds) = (&mut p[..m * n], &mut ds[..m * n]);
+            let query_rows = View::rows(q, shape.q(b, r0, h), shape.q_stride());
+            let dout_rows = View::rows(dout, shape.q(b, r0, h), shape.q_stride());
+            // SAFETY: the views cover rows `0..n` of their heads.
+            unsafe {
+                matmul(
+                    (m, n, d),
+                    p.as_mut_ptr(),
+                    n as isize,
+                    false,
+                    query_rows,
+                    View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
+                    shape.scale(),
+                );
+                matmul(
+                    (m, n, d),
+                    ds.as_mut_ptr(),
+                    n as isize,
+                    false,
+                    dout_rows,
+                    View::transposed(v, shape.kv(b, 0, g), shape.kv_stride()),
+                    1.0,
+                );
+            }
+            for (i, (p, ds)) in p
+                .chunks_exact_mut(n)
+                .zip(ds.chunks_exact_mut(n))
+                .enumerate()
+            {
+                let at = shape.q(b, r0 + i, h);
+                let dot: f32 = dout[at..at + d]
+                    .iter()
+                    .zip(&out[at..at + d])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                let lse = lse[(b * shape.heads + h) * seq + r0 + i];
+                let seen = r0 + i + 1;
+                for (p, ds) in p[..seen].iter_mut().zip(&mut ds[..seen]) {
+                    *p = exp_nonpositive(*p - lse);
+                    *ds = *p * (*ds - dot);
+                }
+                p[seen..].fill(0.0);
+                ds[seen..].fill(0.0);
+            }
+            // SAFETY: the views cover their matrices; the rows written are
+            // this task's.
+            unsafe {
+                matmul(
+                    (m, d, n),
+                    dq.add(shape.q(b, r0, h)),
+                    shape.q_stride(),
+                    false,
+                    View::rows(ds, 0, n as isize),
+                    View::rows(k, shape.kv(b, 0, g), shape.kv_stride()),
+                    shape.scale(),
+                );
+                matmul(
+                    (n, d, m),
+                    dk.add(shape.kv(b, 0, g)),
+                    shape.kv_stride(),
+                    true,
+                    View::transposed(ds, 0, n as isize),
+                    query_rows,
+                    shape.scale(),
+                );
+                matmul(
+                    (n, d, m),
+                    dv.add(shape.kv(b, 0, g)),
+                    shape.kv_stride(),
+                    true,
+                    View::transposed(p, 0, n as isize),
+                    dout_rows,
+                    1.0,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in about [-2, 2].
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 500.0)
+            .collect()
+    }
+
+    /// The definition in f64: per head, scores, masked softmax, product;
+    /// and the gradients of `Σ out ∘ dout` by the chain rule written out.
+    fn reference(
+        s: AttentionShape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dout: &[f32],
+    ) -> [Vec<f64>; 4] {
+        let d = s.head_dim;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut out = vec![0f64; s.query_len()];
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f64; s.query_len()],
+            vec![0f64; s.kv_len()],
+            vec![0f64; s.kv_len()],
+        );
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+        };
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let g = h / s.group();
+                for i in 0..s.seq {
+                    let qi = &q[s.q(b, i, h)..][..d];
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|j| scale * dot(qi, &k[s.kv(b, j, g)..][..d]))
+                        .collect();
+                    let max = sc.iter().cloned().fold(f64::MIN, f64::max);
+                    let sum: f64 = sc.iter().map(|x| (x - max).exp()).sum();
+                    let p: Vec<f64> = sc.iter().map(|x| (x - max).exp() / sum).collect();
+                    let doi = &dout[s.q(b, i, h)..][..d];
+                    let dp: Vec<f64> = (0..=i)
+                        .map(|j| dot(doi, &v[s.kv(b, j, g)..][..d]))
+                        .collect();
+                    let pdp: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                    for j in 0..=i {
+                        let dsij = p[j] * (dp[j] - pdp) * scale;
+                        for c in 0..d {
+                            out[s.q(b, i, h) + c] += p[j] * v[s.kv(b, j, g) + c] as f64;
+                            dq[s.q(b, i, h) + c] += dsij * k[s.kv(b, j, g) + c] as f64;
+                            dk[s.kv(b, j, g) + c] += dsij * qi[c] as f64;
+                            dv[s.kv(b, j, g) + c] += p[j] * doi[c] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        [out, dq, dk, dv]
+    }
+
+    /// Against the f64 definition, grouped heads, a sequence that leaves
+    /// a ragged last block, both passes.
+    #[test]
+    fn matches_the_definition() {
+        for s in [
+            AttentionShape {
+                batch: 2,
+                seq: BLOCK * 2 + 5,
+                heads: 6,
+                kv_heads: 2,
+                head_dim: 16,
+            },
+            AttentionShape {
+                batch: 1,
+                seq: 3,
+                heads: 2,
+                kv_heads: 2,
+                head_dim: 8,
+            },
+        ] {
+            let (q, k, v) = (
+                values(s.query_len(), 1),
+                values(s.kv_len(), 2),
+                values(s.kv_len(), 3),
+            );
+            let dout = values(s.query_len(), 4);
+            let (mut out, mut lse) = (vec![0f32; s.query_len()], vec![0f32; s.lse_len()]);
+            causal_attention(s, &q, &k, &v, &mut out, &mut lse);
+            // Garbage in the gradients: they must be overwritten.
+            let (mut dq, mut dk, mut dv) = (
+                vec![7f32; s.query_len()],
+                vec![7f32; s.kv_len()],
+                vec![7f32; s.kv_len()],
+            );
+            causal_attention_backward(
+                s,
+                (&q, &k, &v),
+                &out,
+                &lse,
+                &dout,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+            );
+            let want = reference(s, &q, &k, &v, &dout);
+            for ((got, want), what) in [&out, &dq, &dk, &dv]
+                .into_iter()
+                .zip(&want)
+                .zip(["out", "dq", "dk", "dv"])
+            {
+                let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-5 * scale,
+                        "{what}[{i}] of {s:?}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
