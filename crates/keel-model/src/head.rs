@@ -107,22 +107,26 @@ impl FrozenHead for Flex {
     }
 }
 
-/// The head's weight, read in place.
+/// The head's weight, read in place; a bf16 one also packed for the
+/// kernel, once per call rather than per chunk: for the logits and, with a
+/// Jacobian, for the gradient.
 enum Values<'a> {
     F32(&'a [f32]),
-    Bf16(&'a [bf16]),
+    Bf16 {
+        w: &'a [bf16],
+        logits: PackedWeight,
+        expected: Option<PackedWeight>,
+    },
 }
 
 /// The weight as the two products read it: `x · B` for the logits
 /// (`B [d, vocab]`) and `softmax · B` for the gradient (`B [vocab, d]`).
-/// A bf16 weight is packed for the kernel once per call, not per chunk.
 struct Head<'a> {
     w: Values<'a>,
     layout: Weight,
     vocab: usize,
     d: usize,
     jacobian: bool,
-    packed: Option<(PackedWeight, Option<PackedWeight>)>,
 }
 
 impl<'a> Head<'a> {
@@ -133,17 +137,15 @@ impl<'a> Head<'a> {
             Weight::NK => (rows, cols),
             Weight::KN => (cols, rows),
         };
-        let (w, packed) = match w.dtype() {
-            DType::F32 => (
-                Values::F32(w.as_slice::<f32>().expect("frozen head: f32 weight")),
-                None,
-            ),
+        let w = match w.dtype() {
+            DType::F32 => Values::F32(w.as_slice::<f32>().expect("frozen head: f32 weight")),
             DType::BF16 => {
                 let w = w.as_slice::<bf16>().expect("frozen head: bf16 weight");
-                let logits = PackedWeight::new(w, d, vocab, layout);
-                let expected =
-                    jacobian.then(|| PackedWeight::new(w, vocab, d, layout.transposed()));
-                (Values::Bf16(w), Some((logits, expected)))
+                Values::Bf16 {
+                    w,
+                    logits: PackedWeight::new(w, d, vocab, layout),
+                    expected: jacobian.then(|| PackedWeight::new(w, vocab, d, layout.transposed())),
+                }
             }
             other => panic!("frozen head: a {other:?} weight"),
         };
@@ -153,7 +155,6 @@ impl<'a> Head<'a> {
             vocab,
             d,
             jacobian,
-            packed,
         }
     }
 
@@ -165,8 +166,12 @@ impl<'a> Head<'a> {
         } else {
             (self.d, self.vocab)
         };
-        match (&self.w, &self.packed) {
-            (Values::Bf16(_), Some((logits, grad))) => {
+        match &self.w {
+            Values::Bf16 {
+                logits,
+                expected: grad,
+                ..
+            } => {
                 let w = if expected {
                     grad.as_ref().expect("packed for the gradient")
                 } else {
@@ -174,7 +179,7 @@ impl<'a> Head<'a> {
                 };
                 w.matmul_into(a, m, out)
             }
-            (Values::F32(w), _) => {
+            Values::F32(w) => {
                 let layout = if expected {
                     self.layout.transposed()
                 } else {
@@ -182,7 +187,6 @@ impl<'a> Head<'a> {
                 };
                 keel_gemm::matmul_f32_into(a, w, m, k, n, layout, out)
             }
-            (Values::Bf16(_), None) => unreachable!("a bf16 head is packed"),
         }
     }
 
@@ -190,7 +194,7 @@ impl<'a> Head<'a> {
     fn token_row(&self, t: usize, out: &mut [f32]) {
         let at = |i: usize| match self.w {
             Values::F32(w) => w[i],
-            Values::Bf16(w) => w[i].to_f32(),
+            Values::Bf16 { w, .. } => w[i].to_f32(),
         };
         for (j, o) in out.iter_mut().enumerate() {
             *o = match self.layout {
