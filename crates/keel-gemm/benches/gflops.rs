@@ -5,7 +5,10 @@
 use std::time::Instant;
 
 use half::bf16;
-use keel_gemm::{Weight, available, matmul_bf16, matmul_f32_into};
+use keel_gemm::{
+    AttentionShape, Weight, available, causal_attention, causal_attention_backward, matmul_bf16,
+    matmul_f32_into,
+};
 
 fn gflops(m: usize, k: usize, n: usize, f: impl Fn()) -> f64 {
     f();
@@ -24,10 +27,15 @@ fn gemm_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 }
 
 fn main() {
-    if !available() {
-        eprintln!("this CPU has no AVX-512 BF16");
-        return;
+    if available() {
+        matmuls();
+    } else {
+        eprintln!("this CPU has no AVX-512 BF16: the matmul table is skipped");
     }
+    attention();
+}
+
+fn matmuls() {
     println!(
         "{:>22} {:>6} {:>12} {:>12} {:>12}",
         "m x k x n", "", "gemm f32", "bf16 x.W", "bf16 x.Wt"
@@ -56,4 +64,65 @@ fn main() {
             "GFLOPS"
         );
     }
+}
+
+/// Causal attention on SmolLM2's shape (4 × 256 tokens, 9 query and 3
+/// key/value heads of 64): GFLOPS counting the unmasked half of each
+/// product only, as useful work.
+fn attention() {
+    let s = AttentionShape {
+        batch: 4,
+        seq: 256,
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+    };
+    let fill = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    };
+    let (q, k, v) = (
+        fill(s.query_len(), 1),
+        fill(s.kv_len(), 2),
+        fill(s.kv_len(), 3),
+    );
+    let (mut out, mut lse) = (vec![0f32; s.query_len()], vec![0f32; s.lse_len()]);
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; s.query_len()],
+        vec![0f32; s.kv_len()],
+        vec![0f32; s.kv_len()],
+    );
+    // One causal product: half of `seq × seq × head_dim` multiply-adds per head.
+    let product = (s.batch * s.heads * s.seq * (s.seq + 1) / 2 * s.head_dim) as f64;
+    let rate = |products: f64, f: &mut dyn FnMut()| {
+        f();
+        let reps = 20;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        2.0 * products * product * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+    };
+    let forward = rate(2.0, &mut || {
+        causal_attention(s, &q, &k, &v, &mut out, &mut lse)
+    });
+    let dout = fill(s.query_len(), 4);
+    // Backward recomputes the scores, then four products.
+    let backward = rate(5.0, &mut || {
+        causal_attention_backward(
+            s,
+            (&q, &k, &v),
+            &out,
+            &lse,
+            &dout,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        )
+    });
+    println!();
+    println!(
+        "causal attention, 4 x 256 tokens, 9/3 heads of 64: forward {forward:.1} GFLOPS, backward {backward:.1} GFLOPS"
+    );
 }
