@@ -8,8 +8,9 @@
 //! Queries come in blocks of [`BLOCK`] rows, and a block multiplies only
 //! the keys up to its last row, so the masked upper triangle is mostly
 //! skipped. Grouped-query heads read their shared key/value head in place.
-//! Each task owns one key/value head of one sequence (the query heads of
-//! its group included), so tasks write disjoint elements.
+//! A forward task owns one query head of one sequence; a backward task one
+//! key/value head (whose gradients its query heads sum into), so tasks
+//! write disjoint elements.
 
 use rayon::prelude::*;
 
@@ -124,13 +125,13 @@ pub fn causal_attention(
         ],
     );
     let (out, lse) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
-    (0..shape.batch * shape.kv_heads)
+    (0..shape.batch * shape.heads)
         .into_par_iter()
         .for_each(|task| {
-            let (b, g) = (task / shape.kv_heads, task % shape.kv_heads);
+            let (b, h) = (task / shape.heads, task % shape.heads);
             // SAFETY: the lengths were checked; this task writes only the
-            // rows of sequence `b`'s query heads in group `g`.
-            vectorised(|| unsafe { forward_task(shape, b, g, q, k, v, out.get(), lse.get()) })
+            // rows of sequence `b`'s head `h`.
+            vectorised(|| unsafe { forward_task(shape, b, h, q, k, v, out.get(), lse.get()) })
         });
 }
 
@@ -268,13 +269,13 @@ unsafe fn matmul(
 
 /// # Safety
 /// `out` and `lse` must hold `shape`'s elements, and no other thread may
-/// touch the rows of sequence `b`'s heads in group `g`.
+/// touch the rows of sequence `b`'s head `h`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn forward_task(
     shape: AttentionShape,
     b: usize,
-    g: usize,
+    h: usize,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -282,44 +283,43 @@ unsafe fn forward_task(
     lse: *mut f32,
 ) {
     let (seq, d) = (shape.seq, shape.head_dim);
+    let g = h / shape.group();
     let mut scores = vec![0f32; BLOCK * seq];
-    for h in g * shape.group()..(g + 1) * shape.group() {
-        for (r0, m) in shape.blocks() {
-            let n = r0 + m;
-            let scores = &mut scores[..m * n];
-            // SAFETY: the views cover rows `0..n` of their heads, and the
-            // output rows are this task's.
+    for (r0, m) in shape.blocks() {
+        let n = r0 + m;
+        let scores = &mut scores[..m * n];
+        // SAFETY: the views cover rows `0..n` of their heads, and the
+        // output rows are this task's.
+        unsafe {
+            matmul(
+                (m, n, d),
+                scores.as_mut_ptr(),
+                n as isize,
+                false,
+                View::rows(q, shape.q(b, r0, h), shape.q_stride()),
+                View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
+                shape.scale(),
+            );
+        }
+        for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+            let (seen, future) = row.split_at_mut(r0 + i + 1);
+            future.fill(0.0);
+            // SAFETY: `lse` holds `[batch, heads, seq]`; this row is ours.
             unsafe {
-                matmul(
-                    (m, n, d),
-                    scores.as_mut_ptr(),
-                    n as isize,
-                    false,
-                    View::rows(q, shape.q(b, r0, h), shape.q_stride()),
-                    View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
-                    shape.scale(),
-                );
-            }
-            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                let (seen, future) = row.split_at_mut(r0 + i + 1);
-                future.fill(0.0);
-                // SAFETY: `lse` holds `[batch, heads, seq]`; this row is ours.
-                unsafe {
-                    *lse.add((b * shape.heads + h) * seq + r0 + i) = softmax_in_place(seen, true)
-                };
-            }
-            // SAFETY: as above.
-            unsafe {
-                matmul(
-                    (m, d, n),
-                    out.add(shape.q(b, r0, h)),
-                    shape.q_stride(),
-                    false,
-                    View::rows(scores, 0, n as isize),
-                    View::rows(v, shape.kv(b, 0, g), shape.kv_stride()),
-                    1.0,
-                );
-            }
+                *lse.add((b * shape.heads + h) * seq + r0 + i) = softmax_in_place(seen, true)
+            };
+        }
+        // SAFETY: as above.
+        unsafe {
+            matmul(
+                (m, d, n),
+                out.add(shape.q(b, r0, h)),
+                shape.q_stride(),
+                false,
+                View::rows(scores, 0, n as isize),
+                View::rows(v, shape.kv(b, 0, g), shape.kv_stride()),
+                1.0,
+            );
         }
     }
 }
@@ -329,7 +329,8 @@ unsafe fn forward_task(
 /// `dout · out` for the row: one dot product of `head_dim` elements.
 ///
 /// # Safety
-/// As [`forward_task`], for `dq`, `dk` and `dv`.
+/// `dq`, `dk` and `dv` must hold `shape`'s elements, and no other thread
+/// may touch the rows of sequence `b`'s heads in group `g`.
 #[inline(always)]
 unsafe fn backward_task(
     shape: AttentionShape,
