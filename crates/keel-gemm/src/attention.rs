@@ -8,9 +8,9 @@
 //! Queries come in blocks of [`BLOCK`] rows, and a block multiplies only
 //! the keys up to its last row, so the masked upper triangle is mostly
 //! skipped. Grouped-query heads read their shared key/value head in place.
-//! A forward task owns one query head of one sequence; a backward task one
-//! key/value head (whose gradients its query heads sum into), so tasks
-//! write disjoint elements.
+//! A task owns one query head of one sequence, so tasks write disjoint
+//! elements; in backward each writes its own partial key/value gradients,
+//! which a last pass sums over the heads of a group.
 
 use rayon::prelude::*;
 
@@ -36,17 +36,17 @@ pub struct AttentionShape {
 impl AttentionShape {
     /// Elements of a query or output tensor.
     pub fn query_len(&self) -> usize {
-        self.batch * self.seq * self.heads * self.head_dim
+        product(&[self.batch, self.seq, self.heads, self.head_dim])
     }
 
     /// Elements of a key or value tensor.
     pub fn kv_len(&self) -> usize {
-        self.batch * self.seq * self.kv_heads * self.head_dim
+        product(&[self.batch, self.seq, self.kv_heads, self.head_dim])
     }
 
     /// Elements of the log-sum-exps.
     pub fn lse_len(&self) -> usize {
-        self.batch * self.heads * self.seq
+        product(&[self.batch, self.heads, self.seq])
     }
 
     fn check(&self, what: &str, lens: &[(usize, usize, &str)]) {
@@ -166,18 +166,62 @@ pub fn causal_attention_backward(
             (dv.len(), shape.kv_len(), "dv"),
         ],
     );
-    let grads = [dq, dk, dv].map(|g| Shared(g.as_mut_ptr()));
-    (0..shape.batch * shape.kv_heads)
-        .into_par_iter()
-        .for_each(|task| {
-            let (b, g) = (task / shape.kv_heads, task % shape.kv_heads);
-            let [dq, dk, dv] = grads.map(Shared::get);
+    // Each query head's share of its key/value head's gradients, `[seq, head_dim]`.
+    let part = shape.seq * shape.head_dim;
+    let (mut dk_part, mut dv_part) = (
+        vec![0f32; shape.batch * shape.heads * part],
+        vec![0f32; shape.batch * shape.heads * part],
+    );
+    let dq = Shared(dq.as_mut_ptr());
+    dk_part
+        .par_chunks_mut(part)
+        .zip(dv_part.par_chunks_mut(part))
+        .enumerate()
+        .for_each(|(task, (dk, dv))| {
+            let (b, h) = (task / shape.heads, task % shape.heads);
             // SAFETY: the lengths were checked; this task writes only the
-            // rows of sequence `b`'s heads in group `g`.
+            // `dq` rows of sequence `b`'s head `h`.
             vectorised(|| unsafe {
-                backward_task(shape, b, g, [q, k, v, out, lse, dout], [dq, dk, dv])
+                backward_task(shape, b, h, [q, k, v, out, lse, dout], dq.get(), (dk, dv))
             })
         });
+    // Sum the parts per key/value row: `[batch · seq]` rows of `kv_heads` heads.
+    let (row, group, d) = (
+        shape.kv_heads * shape.head_dim,
+        shape.group(),
+        shape.head_dim,
+    );
+    dk.par_chunks_mut(row)
+        .zip(dv.par_chunks_mut(row))
+        .enumerate()
+        .for_each(|(r, (dk, dv))| {
+            let (b, j) = (r / shape.seq, r % shape.seq);
+            for (g, (dk, dv)) in dk
+                .chunks_exact_mut(d)
+                .zip(dv.chunks_exact_mut(d))
+                .enumerate()
+            {
+                dk.fill(0.0);
+                dv.fill(0.0);
+                for h in g * group..(g + 1) * group {
+                    let at = (b * shape.heads + h) * part + j * d;
+                    dk.iter_mut()
+                        .zip(&dk_part[at..at + d])
+                        .for_each(|(a, x)| *a += x);
+                    dv.iter_mut()
+                        .zip(&dv_part[at..at + d])
+                        .for_each(|(a, x)| *a += x);
+                }
+            }
+        });
+}
+
+/// `Π dims`, which must not overflow: the lengths are what the bounds of
+/// every view are checked against.
+fn product(dims: &[usize]) -> usize {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .expect("attention: the shape's element count overflows")
 }
 
 /// An output pointer that tasks writing disjoint elements share.
@@ -226,11 +270,10 @@ impl View {
 
 /// `dst[m × n] = scale · lhs[m × k] · rhs[k × n]`, plus `dst` when
 /// `accumulate`; `dst` row-major with row stride `dst_stride`. Single
-/// threaded: the tasks already fill the cores.
+/// threaded: the tasks (one per head and sequence) already fill the cores.
 ///
 /// # Safety
 /// Every view must cover its matrix, and `dst` its `m × n` elements.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
@@ -288,8 +331,8 @@ unsafe fn forward_task(
     for (r0, m) in shape.blocks() {
         let n = r0 + m;
         let scores = &mut scores[..m * n];
-        // SAFETY: the views cover rows `0..n` of their heads, and the
-        // output rows are this task's.
+        // SAFETY: the key view covers rows `0..n` of its head, the query
+        // view rows `r0..n` of its; the output rows are this task's.
         unsafe {
             matmul(
                 (m, n, d),
@@ -328,104 +371,101 @@ unsafe fn forward_task(
 /// reaching the scores `s` is `p ∘ (dp − Σ p ∘ dp)`, and `Σ p ∘ dp` equals
 /// `dout · out` for the row: one dot product of `head_dim` elements.
 ///
+/// Head `h`'s key and value gradients go to `dk` and `dv`, `[seq,
+/// head_dim]`, zeroed.
+///
 /// # Safety
-/// `dq`, `dk` and `dv` must hold `shape`'s elements, and no other thread
-/// may touch the rows of sequence `b`'s heads in group `g`.
+/// `dq` must hold `shape`'s elements, and no other thread may touch the
+/// rows of sequence `b`'s head `h`.
 #[inline(always)]
 unsafe fn backward_task(
     shape: AttentionShape,
     b: usize,
-    g: usize,
+    h: usize,
     [q, k, v, out, lse, dout]: [&[f32]; 6],
-    [dq, dk, dv]: [*mut f32; 3],
+    dq: *mut f32,
+    (dk, dv): (&mut [f32], &mut [f32]),
 ) {
     let (seq, d) = (shape.seq, shape.head_dim);
-    for j in 0..seq {
-        // SAFETY: key/value rows of head `g` in sequence `b` are this task's.
-        unsafe {
-            std::ptr::write_bytes(dk.add(shape.kv(b, j, g)), 0, d);
-            std::ptr::write_bytes(dv.add(shape.kv(b, j, g)), 0, d);
-        }
-    }
+    let g = h / shape.group();
     let (mut p, mut ds) = (vec![0f32; BLOCK * seq], vec![0f32; BLOCK * seq]);
-    for h in g * shape.group()..(g + 1) * shape.group() {
-        for (r0, m) in shape.blocks() {
-            let n = r0 + m;
-            let (p, ds) = (&mut p[..m * n], &mut ds[..m * n]);
-            let query_rows = View::rows(q, shape.q(b, r0, h), shape.q_stride());
-            let dout_rows = View::rows(dout, shape.q(b, r0, h), shape.q_stride());
-            // SAFETY: the views cover rows `0..n` of their heads.
-            unsafe {
-                matmul(
-                    (m, n, d),
-                    p.as_mut_ptr(),
-                    n as isize,
-                    false,
-                    query_rows,
-                    View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
-                    shape.scale(),
-                );
-                matmul(
-                    (m, n, d),
-                    ds.as_mut_ptr(),
-                    n as isize,
-                    false,
-                    dout_rows,
-                    View::transposed(v, shape.kv(b, 0, g), shape.kv_stride()),
-                    1.0,
-                );
+    for (r0, m) in shape.blocks() {
+        let n = r0 + m;
+        let (p, ds) = (&mut p[..m * n], &mut ds[..m * n]);
+        let query_rows = View::rows(q, shape.q(b, r0, h), shape.q_stride());
+        let dout_rows = View::rows(dout, shape.q(b, r0, h), shape.q_stride());
+        // SAFETY: the key and value views cover rows `0..n` of their
+        // head, the query and `dout` views rows `r0..n` of theirs.
+        unsafe {
+            matmul(
+                (m, n, d),
+                p.as_mut_ptr(),
+                n as isize,
+                false,
+                query_rows,
+                View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
+                shape.scale(),
+            );
+            matmul(
+                (m, n, d),
+                ds.as_mut_ptr(),
+                n as isize,
+                false,
+                dout_rows,
+                View::transposed(v, shape.kv(b, 0, g), shape.kv_stride()),
+                1.0,
+            );
+        }
+        for (i, (p, ds)) in p
+            .chunks_exact_mut(n)
+            .zip(ds.chunks_exact_mut(n))
+            .enumerate()
+        {
+            let at = shape.q(b, r0 + i, h);
+            let dot: f32 = dout[at..at + d]
+                .iter()
+                .zip(&out[at..at + d])
+                .map(|(a, b)| a * b)
+                .sum();
+            let lse = lse[(b * shape.heads + h) * seq + r0 + i];
+            let seen = r0 + i + 1;
+            for (p, ds) in p[..seen].iter_mut().zip(&mut ds[..seen]) {
+                *p = exp_nonpositive(*p - lse);
+                *ds = *p * (*ds - dot);
             }
-            for (i, (p, ds)) in p
-                .chunks_exact_mut(n)
-                .zip(ds.chunks_exact_mut(n))
-                .enumerate()
-            {
-                let at = shape.q(b, r0 + i, h);
-                let dot: f32 = dout[at..at + d]
-                    .iter()
-                    .zip(&out[at..at + d])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                let lse = lse[(b * shape.heads + h) * seq + r0 + i];
-                let seen = r0 + i + 1;
-                for (p, ds) in p[..seen].iter_mut().zip(&mut ds[..seen]) {
-                    *p = exp_nonpositive(*p - lse);
-                    *ds = *p * (*ds - dot);
-                }
-                p[seen..].fill(0.0);
-                ds[seen..].fill(0.0);
-            }
-            // SAFETY: the views cover their matrices; the rows written are
-            // this task's.
-            unsafe {
-                matmul(
-                    (m, d, n),
-                    dq.add(shape.q(b, r0, h)),
-                    shape.q_stride(),
-                    false,
-                    View::rows(ds, 0, n as isize),
-                    View::rows(k, shape.kv(b, 0, g), shape.kv_stride()),
-                    shape.scale(),
-                );
-                matmul(
-                    (n, d, m),
-                    dk.add(shape.kv(b, 0, g)),
-                    shape.kv_stride(),
-                    true,
-                    View::transposed(ds, 0, n as isize),
-                    query_rows,
-                    shape.scale(),
-                );
-                matmul(
-                    (n, d, m),
-                    dv.add(shape.kv(b, 0, g)),
-                    shape.kv_stride(),
-                    true,
-                    View::transposed(p, 0, n as isize),
-                    dout_rows,
-                    1.0,
-                );
-            }
+            p[seen..].fill(0.0);
+            ds[seen..].fill(0.0);
+        }
+        // SAFETY: the views cover their matrices; the rows written are
+        // this task's.
+        unsafe {
+            matmul(
+                (m, d, n),
+                dq.add(shape.q(b, r0, h)),
+                shape.q_stride(),
+                false,
+                View::rows(ds, 0, n as isize),
+                View::rows(k, shape.kv(b, 0, g), shape.kv_stride()),
+                shape.scale(),
+            );
+            matmul(
+                (n, d, m),
+                dk.as_mut_ptr(),
+                d as isize,
+                true,
+                View::transposed(ds, 0, n as isize),
+                query_rows,
+                shape.scale(),
+            );
+            matmul(
+                (n, d, m),
+                dv.as_mut_ptr(),
+                d as isize,
+                true,
+                View::transposed(p, 0, n as isize),
+                dout_rows,
+                1.0,
+            );
         }
     }
 }

@@ -96,11 +96,17 @@ fn values(t: &FlexTensor) -> &[f32] {
         .expect("causal attention: contiguous f32 values")
 }
 
-fn shape_of(q: &FlexTensor, k: &FlexTensor) -> AttentionShape {
-    let ([batch, seq, heads, head_dim], [_, keys, kv_heads, _]) = (dims(q), dims(k));
-    assert_eq!(
-        seq, keys,
-        "causal self-attention: {seq} queries but {keys} keys"
+/// The kernel checks lengths only: the dimensions are checked here.
+fn shape_of(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> AttentionShape {
+    let [batch, seq, heads, head_dim] = dims(q);
+    let [_, _, kv_heads, _] = dims(k);
+    let kv = [batch, seq, kv_heads, head_dim];
+    assert!(
+        dims(k) == kv && dims(v) == kv,
+        "causal self-attention: queries {:?} need keys and values {kv:?}, got {:?} and {:?}",
+        dims(q),
+        dims(k),
+        dims(v)
     );
     AttentionShape {
         batch,
@@ -125,7 +131,7 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
 
 /// The output and the log-sum-exps, from contiguous inputs.
 fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> (FlexTensor, Vec<f32>) {
-    let shape = shape_of(q, k);
+    let shape = shape_of(q, k, v);
     let (mut out, mut lse) = (vec![0f32; shape.query_len()], vec![0f32; shape.lse_len()]);
     keel_gemm::causal_attention(shape, values(q), values(k), values(v), &mut out, &mut lse);
     (tensor(out, q.layout().shape().clone()), lse)
@@ -151,7 +157,7 @@ impl Backward<Flex, 3> for CausalAttentionBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let Saved { q, k, v, out, lse } = ops.state;
         let dout = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let shape = shape_of(&q, &k);
+        let shape = shape_of(&q, &k, &v);
         let (mut dq, mut dk, mut dv) = (
             vec![0f32; shape.query_len()],
             vec![0f32; shape.kv_len()],

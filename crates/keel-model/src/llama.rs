@@ -197,17 +197,19 @@ impl Attention {
             rope.1,
         );
         let v = self.heads(self.v_proj.forward(x), self.n_kv_heads);
-        let out = match cache {
-            None => attention::causal_self_attention(q, k, v),
-            Some(slot) => {
+        let out = match (cache, padding) {
+            (None, None) => attention::causal_self_attention(q, k, v),
+            (cache, padding) => {
                 // The cache holds keys and values head-major, as Burn's
                 // attention takes them.
                 let (mut k, mut v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
-                if let Some((pk, pv)) = slot.take() {
-                    k = Tensor::cat(vec![pk, k], 2);
-                    v = Tensor::cat(vec![pv, v], 2);
+                if let Some(slot) = cache {
+                    if let Some((pk, pv)) = slot.take() {
+                        k = Tensor::cat(vec![pk, k], 2);
+                        v = Tensor::cat(vec![pv, v], 2);
+                    }
+                    *slot = Some((k.clone(), v.clone()));
                 }
-                *slot = Some((k.clone(), v.clone()));
                 let keys = k.dims()[2];
                 let mask = padding.map(|m| m.clone().expand([b, self.n_heads, s, keys]));
                 attention::attend(q.swap_dims(1, 2), k, v, mask).swap_dims(1, 2)
