@@ -113,12 +113,9 @@ fn attention() {
         causal_attention_backward(
             s,
             (&q, &k, &v),
-            &out,
-            &lse,
+            (&out, &lse),
             &dout,
-            &mut dq,
-            &mut dk,
-            &mut dv,
+            (&mut dq, &mut dk, &mut dv),
         )
     });
     println!();

@@ -49,14 +49,29 @@ impl AttentionShape {
         product(&[self.batch, self.heads, self.seq])
     }
 
-    fn check(&self, what: &str, lens: &[(usize, usize, &str)]) {
+    /// Checks the inputs and the forward's outputs, and `more`'s
+    /// `(length, expected, name)`.
+    fn check(
+        &self,
+        what: &str,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (out, lse): (&[f32], &[f32]),
+        more: &[(usize, usize, &str)],
+    ) {
         assert!(
             self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
             "{what}: {} query heads do not share {} key/value heads evenly",
             self.heads,
             self.kv_heads
         );
-        for &(got, want, name) in lens {
+        let lens = [
+            (q.len(), self.query_len(), "q"),
+            (k.len(), self.kv_len(), "k"),
+            (v.len(), self.kv_len(), "v"),
+            (out.len(), self.query_len(), "out"),
+            (lse.len(), self.lse_len(), "lse"),
+        ];
+        for &(got, want, name) in lens.iter().chain(more) {
             assert_eq!(
                 got, want,
                 "{what}: {name} has {got} elements, expected {want}"
@@ -91,6 +106,73 @@ impl AttentionShape {
         self.heads / self.kv_heads
     }
 
+    /// `dst [m × n] = scale · x[r0..n] · y[0..n]ᵀ` with `n = r0 + m`: rows
+    /// of query head `h` in sequence `b` (queries or output gradients)
+    /// against those of its key/value head (keys or values).
+    fn against_keys(
+        &self,
+        (b, h, r0, m): (usize, usize, usize, usize),
+        x: &[f32],
+        y: &[f32],
+        scale: f32,
+        dst: &mut [f32],
+    ) {
+        let n = r0 + m;
+        assert!(
+            n <= self.seq && dst.len() == m * n,
+            "attention: a block out of shape"
+        );
+        // SAFETY: the entry points checked `x` against the query length and
+        // `y` against the key/value length, so the views cover rows `r0..n`
+        // and `0..n` of their heads; `dst` holds `m × n`.
+        unsafe {
+            matmul(
+                (m, n, self.head_dim),
+                dst.as_mut_ptr(),
+                n as isize,
+                false,
+                View::rows(x, self.q(b, r0, h), self.q_stride()),
+                View::transposed(y, self.kv(b, 0, h / self.group()), self.kv_stride()),
+                scale,
+            )
+        }
+    }
+
+    /// Rows `r0..n` of query head `h` in sequence `b` of the query-shaped
+    /// `dst` become `scale · a[m × n] · y[0..n]`, `y`'s rows those of the
+    /// key/value head: outputs from probabilities and values, or query
+    /// gradients from score gradients and keys.
+    ///
+    /// # Safety
+    /// `dst` must hold the query length, and no other thread touch those rows.
+    unsafe fn write_query_rows(
+        &self,
+        (b, h, r0, m): (usize, usize, usize, usize),
+        a: &[f32],
+        y: &[f32],
+        scale: f32,
+        dst: *mut f32,
+    ) {
+        let n = r0 + m;
+        assert!(
+            n <= self.seq && a.len() == m * n,
+            "attention: a block out of shape"
+        );
+        // SAFETY: the entry points checked `y` against the key/value length,
+        // so its view covers rows `0..n`; `dst` is the caller's.
+        unsafe {
+            matmul(
+                (m, self.head_dim, n),
+                dst.add(self.q(b, r0, h)),
+                self.q_stride(),
+                false,
+                View::rows(a, 0, n as isize),
+                View::rows(y, self.kv(b, 0, h / self.group()), self.kv_stride()),
+                scale,
+            )
+        }
+    }
+
     /// The query blocks: `(first row, rows)`; a block sees keys
     /// `0..first + rows`.
     fn blocks(&self) -> impl Iterator<Item = (usize, usize)> {
@@ -114,16 +196,7 @@ pub fn causal_attention(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
-    shape.check(
-        "causal_attention",
-        &[
-            (q.len(), shape.query_len(), "q"),
-            (k.len(), shape.kv_len(), "k"),
-            (v.len(), shape.kv_len(), "v"),
-            (out.len(), shape.query_len(), "out"),
-            (lse.len(), shape.lse_len(), "lse"),
-        ],
-    );
+    shape.check("causal_attention", (q, k, v), (out, lse), &[]);
     let (out, lse) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
     (0..shape.batch * shape.heads)
         .into_par_iter()
@@ -141,25 +214,18 @@ pub fn causal_attention(
 ///
 /// # Panics
 /// If a length does not match `shape`, or the heads do not group evenly.
-#[allow(clippy::too_many_arguments)]
 pub fn causal_attention_backward(
     shape: AttentionShape,
     (q, k, v): (&[f32], &[f32], &[f32]),
-    out: &[f32],
-    lse: &[f32],
+    (out, lse): (&[f32], &[f32]),
     dout: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
 ) {
     shape.check(
         "causal_attention_backward",
+        (q, k, v),
+        (out, lse),
         &[
-            (q.len(), shape.query_len(), "q"),
-            (k.len(), shape.kv_len(), "k"),
-            (v.len(), shape.kv_len(), "v"),
-            (out.len(), shape.query_len(), "out"),
-            (lse.len(), shape.lse_len(), "lse"),
             (dout.len(), shape.query_len(), "dout"),
             (dq.len(), shape.query_len(), "dq"),
             (dk.len(), shape.kv_len(), "dk"),
@@ -325,25 +391,12 @@ unsafe fn forward_task(
     out: *mut f32,
     lse: *mut f32,
 ) {
-    let (seq, d) = (shape.seq, shape.head_dim);
-    let g = h / shape.group();
+    let seq = shape.seq;
     let mut scores = vec![0f32; BLOCK * seq];
     for (r0, m) in shape.blocks() {
         let n = r0 + m;
         let scores = &mut scores[..m * n];
-        // SAFETY: the key view covers rows `0..n` of its head, the query
-        // view rows `r0..n` of its; the output rows are this task's.
-        unsafe {
-            matmul(
-                (m, n, d),
-                scores.as_mut_ptr(),
-                n as isize,
-                false,
-                View::rows(q, shape.q(b, r0, h), shape.q_stride()),
-                View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
-                shape.scale(),
-            );
-        }
+        shape.against_keys((b, h, r0, m), q, k, shape.scale(), scores);
         for (i, row) in scores.chunks_exact_mut(n).enumerate() {
             let (seen, future) = row.split_at_mut(r0 + i + 1);
             future.fill(0.0);
@@ -352,18 +405,8 @@ unsafe fn forward_task(
                 *lse.add((b * shape.heads + h) * seq + r0 + i) = softmax_in_place(seen, true)
             };
         }
-        // SAFETY: as above.
-        unsafe {
-            matmul(
-                (m, d, n),
-                out.add(shape.q(b, r0, h)),
-                shape.q_stride(),
-                false,
-                View::rows(scores, 0, n as isize),
-                View::rows(v, shape.kv(b, 0, g), shape.kv_stride()),
-                1.0,
-            );
-        }
+        // SAFETY: the output rows are this task's.
+        unsafe { shape.write_query_rows((b, h, r0, m), scores, v, 1.0, out) };
     }
 }
 
@@ -387,35 +430,16 @@ unsafe fn backward_task(
     (dk, dv): (&mut [f32], &mut [f32]),
 ) {
     let (seq, d) = (shape.seq, shape.head_dim);
-    let g = h / shape.group();
     let (mut p, mut ds) = (vec![0f32; BLOCK * seq], vec![0f32; BLOCK * seq]);
     for (r0, m) in shape.blocks() {
         let n = r0 + m;
         let (p, ds) = (&mut p[..m * n], &mut ds[..m * n]);
         let query_rows = View::rows(q, shape.q(b, r0, h), shape.q_stride());
         let dout_rows = View::rows(dout, shape.q(b, r0, h), shape.q_stride());
-        // SAFETY: the key and value views cover rows `0..n` of their
-        // head, the query and `dout` views rows `r0..n` of theirs.
-        unsafe {
-            matmul(
-                (m, n, d),
-                p.as_mut_ptr(),
-                n as isize,
-                false,
-                query_rows,
-                View::transposed(k, shape.kv(b, 0, g), shape.kv_stride()),
-                shape.scale(),
-            );
-            matmul(
-                (m, n, d),
-                ds.as_mut_ptr(),
-                n as isize,
-                false,
-                dout_rows,
-                View::transposed(v, shape.kv(b, 0, g), shape.kv_stride()),
-                1.0,
-            );
-        }
+        // The forward's scores exactly, then the gradient reaching the
+        // probabilities.
+        shape.against_keys((b, h, r0, m), q, k, shape.scale(), p);
+        shape.against_keys((b, h, r0, m), dout, v, 1.0, ds);
         for (i, (p, ds)) in p
             .chunks_exact_mut(n)
             .zip(ds.chunks_exact_mut(n))
@@ -439,15 +463,7 @@ unsafe fn backward_task(
         // SAFETY: the views cover their matrices; the rows written are
         // this task's.
         unsafe {
-            matmul(
-                (m, d, n),
-                dq.add(shape.q(b, r0, h)),
-                shape.q_stride(),
-                false,
-                View::rows(ds, 0, n as isize),
-                View::rows(k, shape.kv(b, 0, g), shape.kv_stride()),
-                shape.scale(),
-            );
+            shape.write_query_rows((b, h, r0, m), ds, k, shape.scale(), dq);
             matmul(
                 (n, d, m),
                 dk.as_mut_ptr(),
@@ -569,12 +585,9 @@ mod tests {
             causal_attention_backward(
                 s,
                 (&q, &k, &v),
-                &out,
-                &lse,
+                (&out, &lse),
                 &dout,
-                &mut dq,
-                &mut dk,
-                &mut dv,
+                (&mut dq, &mut dk, &mut dv),
             );
             let want = reference(s, &q, &k, &v, &dout);
             for ((got, want), what) in [&out, &dq, &dk, &dv]

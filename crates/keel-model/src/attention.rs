@@ -166,12 +166,9 @@ impl Backward<Flex, 3> for CausalAttentionBackward {
         keel_gemm::causal_attention_backward(
             shape,
             (values(&q), values(&k), values(&v)),
-            values(&out),
-            &lse,
+            (values(&out), &lse),
             values(&dout),
-            &mut dq,
-            &mut dk,
-            &mut dv,
+            (&mut dq, &mut dk, &mut dv),
         );
         let kv_shape = k.layout().shape().clone();
         let grads_of = [
