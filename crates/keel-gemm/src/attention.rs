@@ -89,6 +89,11 @@ impl AttentionShape {
         ((b * self.seq + j) * self.kv_heads + g) * self.head_dim
     }
 
+    /// Index of query `i`'s log-sum-exp, head `h`, sequence `b`.
+    fn lse(&self, b: usize, h: usize, i: usize) -> usize {
+        (b * self.heads + h) * self.seq + i
+    }
+
     fn q_stride(&self) -> isize {
         (self.heads * self.head_dim) as isize
     }
@@ -401,9 +406,7 @@ unsafe fn forward_task(
             let (seen, future) = row.split_at_mut(r0 + i + 1);
             future.fill(0.0);
             // SAFETY: `lse` holds `[batch, heads, seq]`; this row is ours.
-            unsafe {
-                *lse.add((b * shape.heads + h) * seq + r0 + i) = softmax_in_place(seen, true)
-            };
+            unsafe { *lse.add(shape.lse(b, h, r0 + i)) = softmax_in_place(seen, true) };
         }
         // SAFETY: the output rows are this task's.
         unsafe { shape.write_query_rows((b, h, r0, m), scores, v, 1.0, out) };
@@ -451,7 +454,7 @@ unsafe fn backward_task(
                 .zip(&out[at..at + d])
                 .map(|(a, b)| a * b)
                 .sum();
-            let lse = lse[(b * shape.heads + h) * seq + r0 + i];
+            let lse = lse[shape.lse(b, h, r0 + i)];
             let seen = r0 + i + 1;
             for (p, ds) in p[..seen].iter_mut().zip(&mut ds[..seen]) {
                 *p = exp_nonpositive(*p - lse);

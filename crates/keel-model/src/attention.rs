@@ -86,8 +86,7 @@ pub trait CausalAttention: Backend {
 
 impl CausalAttention for Flex {
     fn causal_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
-        let [q, k, v] = [q, k, v].map(|t| t.to_contiguous());
-        forward(&q, &k, &v).0
+        forward(q, k, v).out
     }
 }
 
@@ -129,12 +128,21 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     )
 }
 
-/// The output and the log-sum-exps, from contiguous inputs.
-fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> (FlexTensor, Vec<f32>) {
-    let shape = shape_of(q, k, v);
+/// The output, with what backward would read.
+fn forward(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> Saved {
+    let [q, k, v] = [q, k, v].map(|t| t.to_contiguous());
+    let shape = shape_of(&q, &k, &v);
     let (mut out, mut lse) = (vec![0f32; shape.query_len()], vec![0f32; shape.lse_len()]);
-    keel_gemm::causal_attention(shape, values(q), values(k), values(v), &mut out, &mut lse);
-    (tensor(out, q.layout().shape().clone()), lse)
+    keel_gemm::causal_attention(
+        shape,
+        values(&q),
+        values(&k),
+        values(&v),
+        &mut out,
+        &mut lse,
+    );
+    let out = tensor(out, q.layout().shape().clone());
+    Saved { q, k, v, out, lse }
 }
 
 #[derive(Debug)]
@@ -194,20 +202,13 @@ impl<C: CheckpointStrategy> CausalAttention for Autodiff<Flex, C> {
             .prepare::<C>([q.node(), k.node(), v.node()])
             .compute_bound()
             .stateful();
-        let [q, k, v] = [q, k, v].map(|t| t.into_primitive().to_contiguous());
-        let (out, lse) = forward(&q, &k, &v);
+        let saved = forward(q.into_primitive(), k.into_primitive(), v.into_primitive());
         match prep {
             OpsKind::Tracked(prep) => {
-                let saved = Saved {
-                    q,
-                    k,
-                    v,
-                    out: out.clone(),
-                    lse,
-                };
+                let out = saved.out.clone();
                 prep.finish(saved, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(out),
+            OpsKind::UnTracked(prep) => prep.finish(saved.out),
         }
     }
 }
