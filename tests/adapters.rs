@@ -7,7 +7,8 @@ mod common;
 
 use burn::tensor::Device;
 use common::{
-    ALL, fixture, load_tiny, logits, make_adapter, max_abs_diff, reference_logits, temp_dir,
+    ALL, Reference, fixture, load_tiny, logits, make_adapter, max_abs_diff, reference_logits,
+    temp_dir,
 };
 use keel_adapters::peft::{self, AdapterFile};
 use keel_adapters::{AdapterConfig, Init, Variant};
@@ -22,11 +23,26 @@ const CASES: [(&str, &str); 6] = [
     ("lora-qwen2", "tiny-qwen2"),
     ("modules-to-save", "tiny-qwen2"),
 ];
-/// PEFT's own merged and unmerged forwards of the same adapter differ by up
-/// to 1.4e-4 here, and by 2.1e-4 for another seed: f32 rounding amplified
-/// by these tiny models' large logits (|logit| up to 18). keel against PEFT
-/// measured at most 1.5e-4 on PEFT's adapters and 2.0e-4 on a DoRA of keel's.
+/// keel with PEFT's adapters, unmerged or merged into the weights, may be
+/// this many times further from PEFT's float64 logits (`logits_f64.json`)
+/// than PEFT's own f32 logits are, as for the bare models
+/// (`tests/model_logits.rs`). Worst measured: 2.18 on AVX-512, 2.58 on an
+/// emulated AVX2 CPU, 3.14 on the baseline.
+const FACTOR: f64 = 4.0;
+/// For keel's own adapters, which have no f64 reference: PEFT's own merged
+/// and unmerged forwards of the same adapter differ by up to 1.4e-4 here,
+/// and by 2.1e-4 for another seed: f32 rounding amplified by these tiny
+/// models' large logits (|logit| up to 18). keel against PEFT measured at
+/// most 2.0e-4 on a DoRA of keel's.
 const TOLERANCE: f32 = 3e-4;
+
+/// Every prompt of `case`'s PEFT references checked against `model`.
+fn check_against_peft(model: &Llama, case: &str, factor: f64, what: &str, device: &Device) {
+    for (p, reference) in Reference::read(&format!("peft/{case}")).iter().enumerate() {
+        let got = logits(model, &reference.ids, device);
+        reference.check(&got, factor, &format!("{case} {what}, prompt {p}"));
+    }
+}
 
 fn with_adapter(case: &str, base: &str, device: &Device) -> Llama {
     let mut model = load_tiny(base, device);
@@ -46,22 +62,31 @@ fn max_diff_over_prompts(
         .fold(0.0, f32::max)
 }
 
+/// `model`'s logits on tiny-llama's reference prompts.
+fn own_logits(model: &Llama, device: &Device) -> Vec<(Vec<u32>, Vec<f32>)> {
+    reference_logits(&fixture("tiny-llama/logits.json"))
+        .into_iter()
+        .map(|(ids, _)| {
+            let l = logits(model, &ids, device);
+            (ids, l)
+        })
+        .collect()
+}
+
 #[test]
 fn peft_saved_adapters_give_peft_logits() {
     let device = Device::flex();
     for (case, base) in CASES {
         let model = with_adapter(case, base, &device);
-        let reference = reference_logits(&fixture(&format!("peft/{case}/logits.json")));
-        let diff = max_diff_over_prompts(&model, &reference, &device);
-        assert!(diff <= TOLERANCE, "{case}: max |keel - PEFT| = {diff}");
+        check_against_peft(&model, case, FACTOR, "", &device);
         // The adapter must matter, or this test could not fail.
+        let reference = reference_logits(&fixture(&format!("peft/{case}/logits.json")));
         let bare = load_tiny(base, &device);
         let moved = max_diff_over_prompts(&bare, &reference, &device);
         assert!(
             moved > 0.5,
             "{case}: the adapter moves logits by only {moved}"
         );
-        eprintln!("{case}: max |keel - PEFT| = {diff:.2e}, adapter effect {moved:.2}");
     }
 }
 
@@ -70,7 +95,6 @@ fn merge_then_unmerge_restores_the_base() {
     let device = Device::flex();
     for (case, base) in [("lora-all", "tiny-llama"), ("dora", "tiny-llama")] {
         let mut model = with_adapter(case, base, &device);
-        let reference = reference_logits(&fixture(&format!("peft/{case}/logits.json")));
         let before: Vec<Vec<f32>> = model
             .linears()
             .iter()
@@ -81,11 +105,7 @@ fn merge_then_unmerge_restores_the_base() {
                 l.merge("default").unwrap();
             }
         }
-        let merged = max_diff_over_prompts(&model, &reference, &device);
-        assert!(
-            merged <= TOLERANCE,
-            "{case}: merged model differs from PEFT by {merged}"
-        );
+        check_against_peft(&model, case, FACTOR, "merged", &device);
         for (_, l) in model.linears_mut() {
             if l.adapter("default").is_some() {
                 l.unmerge("default").unwrap();
@@ -98,11 +118,7 @@ fn merge_then_unmerge_restores_the_base() {
                 "{case}: {name} differs by {d} after merge + unmerge"
             );
         }
-        let unmerged = max_diff_over_prompts(&model, &reference, &device);
-        assert!(
-            unmerged <= TOLERANCE,
-            "{case}: unmerged model differs from PEFT by {unmerged}"
-        );
+        check_against_peft(&model, case, FACTOR, "unmerged", &device);
     }
 }
 
@@ -275,22 +291,16 @@ fn several_adapters_switch_on_one_base() {
         let file = AdapterFile::read(&fixture(&format!("peft/{case}"))).unwrap();
         file.attach(case, &mut model.linears_mut(), &fp).unwrap();
     }
-    let bare = reference_logits(&fixture("tiny-llama/logits.json"));
+    // keel's own logits without adapters: switching them all off must
+    // give these back exactly.
+    let bare = own_logits(&load_tiny("tiny-llama", &device), &device);
     for active in ["lora-all", "rslora", "lora-all"] {
         model.activate_adapters(&[active]);
-        let reference = reference_logits(&fixture(&format!("peft/{active}/logits.json")));
-        let diff = max_diff_over_prompts(&model, &reference, &device);
-        assert!(
-            diff <= TOLERANCE,
-            "{active} active: max |keel - PEFT| = {diff}"
-        );
+        check_against_peft(&model, active, FACTOR, "active of two", &device);
     }
     model.activate_adapters(&[]);
     let diff = max_diff_over_prompts(&model, &bare, &device);
-    assert!(
-        diff <= 1e-4,
-        "no adapter active: differs from the base by {diff}"
-    );
+    assert_eq!(diff, 0.0, "no adapter active: differs from the base");
 }
 
 /// PiSSA and OLoRA start from factors of W and take them out of the base:
@@ -301,14 +311,7 @@ fn pissa_and_olora_leave_the_output_unchanged() {
     let device = Device::flex();
     // keel's own output before the init is the reference: only the init's
     // rounding (W split into residual + s·A·B in f32) may move it.
-    let base = load_tiny("tiny-llama", &device);
-    let bare: Vec<(Vec<u32>, Vec<f32>)> = reference_logits(&fixture("tiny-llama/logits.json"))
-        .into_iter()
-        .map(|(ids, _)| {
-            let l = logits(&base, &ids, &device);
-            (ids, l)
-        })
-        .collect();
+    let bare = own_logits(&load_tiny("tiny-llama", &device), &device);
     for init in [Init::Pissa { niter: 8 }, Init::Olora] {
         let mut cfg = AdapterConfig::lora(4, 8.0, &["q_proj", "up_proj"]);
         cfg.init = init;
@@ -399,11 +402,7 @@ fn pissa_and_olora_export_as_a_rank_2r_lora_on_the_original_base() {
         let fp = fresh.fingerprint();
         back.attach("default", &mut fresh.linears_mut(), &fp)
             .unwrap();
-        let ours: Vec<(Vec<u32>, Vec<f32>)> = reference
-            .iter()
-            .map(|(ids, _)| (ids.clone(), logits(&model, ids, &device)))
-            .collect();
-        let diff = max_diff_over_prompts(&fresh, &ours, &device);
+        let diff = max_diff_over_prompts(&fresh, &own_logits(&model, &device), &device);
         assert!(
             diff <= TOLERANCE,
             "{init:?}: re-attached export moved logits by {diff}"

@@ -91,8 +91,26 @@ fn dequantization_is_bit_exact_with_the_gguf_package() {
     assert_eq!(
         checked,
         [
-            "BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0"
+            "BF16", "F16", "F32", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K",
+            "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"
         ]
+    );
+}
+
+/// A type keel cannot dequantize (IQ2_XXS): the file opens and its tensor is
+/// described; reading its values is an error naming file, tensor and type.
+#[test]
+fn an_unsupported_type_is_described_then_named() {
+    let gguf = GgufFile::open(fixture("gguf-quants/other.gguf")).unwrap();
+    let info = &gguf.tensors[0];
+    assert_eq!(
+        (info.ggml_type.name(), info.shape.as_slice(), info.n_bytes),
+        ("IQ2_XXS", [2, 512].as_slice(), 4 * 66)
+    );
+    let err = gguf.tensor_f32("iq2_xxs").unwrap_err().to_string();
+    assert!(
+        err.contains("other.gguf") && err.contains("`iq2_xxs`") && err.contains("IQ2_XXS"),
+        "{err}"
     );
 }
 

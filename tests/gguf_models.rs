@@ -7,35 +7,32 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{fixture, logits, max_abs_diff, read_json, reference_logits, u32s};
+use common::{Reference, fixture, logits, read_json, u32s};
 use keel_model::{LoadedModel, ModelSource};
 
-/// Same tolerance as the HF-folder fixtures: f32 on both sides.
-const TOLERANCE: f32 = 1e-4;
+/// As for the HF-folder fixtures (`tests/model_logits.rs`): keel's distance
+/// from transformers' float64 logits of the same file, as a multiple of
+/// transformers' own f32 distance. Worst measured: 2.40 (emulated AVX2).
+const FACTOR: f64 = 4.0;
 
-fn check_logits(gguf: &str, reference: &str) {
+/// `gguf` (a file in fixture folder `dir`) against `dir`'s references.
+fn check_logits(dir: &str, gguf: &str) {
     let device = Device::flex();
-    let model = LoadedModel::open(&fixture(gguf), &device).unwrap();
-    for (p, (ids, want)) in reference_logits(&fixture(reference)).iter().enumerate() {
-        let (diff, at) = max_abs_diff(&logits(&model.model, ids, &device), want);
-        assert!(
-            diff <= TOLERANCE,
-            "{gguf}, prompt {p}: max |keel - transformers| = {diff} at {at}"
-        );
+    let model = LoadedModel::open(&fixture(dir).join(gguf), &device).unwrap();
+    for (p, reference) in Reference::read(dir).iter().enumerate() {
+        let got = logits(&model.model, &reference.ids, &device);
+        reference.check(&got, FACTOR, &format!("{gguf}, prompt {p}"));
     }
 }
 
 #[test]
 fn qwen2_gguf_logits_match_transformers() {
-    check_logits(
-        "tiny-qwen2-gguf/tiny-qwen2.gguf",
-        "tiny-qwen2-gguf/logits.json",
-    );
+    check_logits("tiny-qwen2-gguf", "tiny-qwen2.gguf");
 }
 
 #[test]
 fn sentencepiece_llama_gguf_logits_match_transformers() {
-    check_logits("gguf-spm/vocab.gguf", "gguf-spm/logits.json");
+    check_logits("gguf-spm", "vocab.gguf");
 }
 
 fn check_tokenizer(gguf: &str, reference: &str) {

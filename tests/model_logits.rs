@@ -6,41 +6,28 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{fixture, load_tiny, logits, max_abs_diff, read_json, reference_logits, u32s};
+use common::{
+    Reference, fixture, load_tiny, logits, max_abs_diff, read_json, reference_logits, u32s,
+};
 use keel_model::Sampling;
 
 const FIXTURES: [&str; 4] = ["tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-mistral"];
-/// f32 against f32, on logits of magnitude up to 18 from weights of std 0.5
-/// (large attention scores amplify rounding). Measured on flex: at most
-/// 6.2e-5 (19-token prompts).
-const FLEX_TOLERANCE: f32 = 1e-4;
-/// wgpu sums in another order; on Mesa lavapipe the worst case measured is
-/// 2.2e-4 (tiny-llama3, 19 tokens). Its fused attention, checked alone
-/// against an f64 reference, is as accurate as flex's: the gap is ordinary
-/// f32 rounding amplified through three layers, not a wrong kernel.
-const WGPU_TOLERANCE: f32 = 3e-4;
+/// keel's f32 logits may be this many times further from transformers'
+/// float64 logits (`logits_f64.json`) than transformers' own f32 logits are,
+/// per prompt, on every device and CPU tier. A ratio, not an absolute bound:
+/// these weights (std 0.5) make logits up to 18 and attention scores large,
+/// so f32 rounding, and the order each CPU tier's matrix kernels sum in,
+/// move the logits by 1e-5 to 2e-4 (`docs/numerics.md`). Worst ratios
+/// measured: 2.16 on AVX-512, 3.16 on an emulated AVX2 CPU, 2.47 on the
+/// baseline, 2.76 on wgpu (lavapipe).
+const FACTOR: f64 = 4.0;
 
-fn check_logits(device: &Device, tolerance: f32) {
+fn check_logits(device: &Device, factor: f64) {
     for name in FIXTURES {
         let model = load_tiny(name, device);
-        for (p, (ids, expected)) in reference_logits(&fixture(name).join("logits.json"))
-            .iter()
-            .enumerate()
-        {
-            let got = logits(&model, ids, device);
-            let (diff, at) = max_abs_diff(&got, expected);
-            assert!(
-                diff <= tolerance,
-                "{name}, prompt {p} ({} tokens): max |keel - transformers| = {diff} at {at} (keel {}, transformers {})",
-                ids.len(),
-                got[at],
-                expected[at]
-            );
-            // The check must be able to fail: the logits are far from zero.
-            assert!(
-                expected.iter().any(|v| v.abs() > 1.0),
-                "{name}: degenerate reference"
-            );
+        for (p, reference) in Reference::read(name).iter().enumerate() {
+            let got = logits(&model, &reference.ids, device);
+            reference.check(&got, factor, &format!("{name}, prompt {p}"));
         }
     }
 }
@@ -70,23 +57,21 @@ fn check_greedy(device: &Device) {
 /// next-token logits match transformers' for that prompt alone, and the
 /// greedy prompt, padded behind a longer one, still generates transformers'
 /// tokens.
-fn check_batched(device: &Device, tolerance: f32) {
+fn check_batched(device: &Device, factor: f64) {
     for name in FIXTURES {
         let model = load_tiny(name, device);
-        let reference = reference_logits(&fixture(name).join("logits.json"));
-        let prompts: Vec<Vec<u32>> = reference.iter().map(|(ids, _)| ids.clone()).collect();
+        let reference = Reference::read(name);
+        let prompts: Vec<Vec<u32>> = reference.iter().map(|r| r.ids.clone()).collect();
         assert!(
             prompts.iter().any(|p| p.len() != prompts[0].len()),
             "{name}: the batch needs prompts of different lengths"
         );
         let (_, last) = keel_model::prefill(&model, &prompts, |_, _| {});
-        for (p, ((ids, expected), got)) in reference.iter().zip(&last).enumerate() {
-            let want = &expected[expected.len() - got.len()..];
-            let (diff, _) = max_abs_diff(got, want);
-            assert!(
-                diff <= tolerance,
-                "{name}, prompt {p} ({} tokens) in a padded batch: max diff {diff}",
-                ids.len()
+        for (p, (reference, got)) in reference.iter().zip(&last).enumerate() {
+            reference.check(
+                got,
+                factor,
+                &format!("{name}, prompt {p} in a padded batch"),
             );
         }
         let greedy = read_json(&fixture(name).join("greedy.json"));
@@ -112,12 +97,12 @@ fn check_batched(device: &Device, tolerance: f32) {
 
 #[test]
 fn batched_left_padded_prompts_match_transformers_on_flex() {
-    check_batched(&Device::flex(), FLEX_TOLERANCE);
+    check_batched(&Device::flex(), FACTOR);
 }
 
 #[test]
 fn logits_match_transformers_on_flex() {
-    check_logits(&Device::flex(), FLEX_TOLERANCE);
+    check_logits(&Device::flex(), FACTOR);
 }
 
 #[test]
@@ -128,7 +113,7 @@ fn greedy_generation_with_kv_cache_matches_transformers_on_flex() {
 #[test]
 fn logits_match_transformers_on_wgpu() {
     if let Some(device) = common::wgpu_device() {
-        check_logits(&device, WGPU_TOLERANCE);
+        check_logits(&device, FACTOR);
     }
 }
 
@@ -138,6 +123,13 @@ fn greedy_generation_with_kv_cache_matches_transformers_on_wgpu() {
         check_greedy(&device);
     }
 }
+
+/// keel-gemm's bf16 product against transformers with the same inputs
+/// rounded: both round the same f32 values to bf16 and accumulate in f32.
+/// Measured 6.7e-6 (AVX-512 BF16, the one tier that runs this path); the
+/// rest is room for an input that another summation order moved across a
+/// bf16 rounding boundary, which moves it by 2^-8 of itself.
+const BF16_TOLERANCE: f32 = 1e-4;
 
 /// A base stored in bf16: tiny-llama3's weights are bf16 on disk, so storing
 /// them in bf16 loses nothing. Where the CPU has AVX-512 BF16, keel-gemm
@@ -170,14 +162,18 @@ fn bf16_stored_base_computes_in_bf16() {
             continue;
         }
         let (diff, at) = max_abs_diff(&got, expected);
+        eprintln!(
+            "bf16 base, {} tokens: max |keel - transformers| = {diff:.2e}",
+            ids.len()
+        );
         assert!(
-            diff <= FLEX_TOLERANCE,
+            diff <= BF16_TOLERANCE,
             "{} tokens: max |keel - transformers| = {diff} at {at} (keel {}, transformers {})",
             ids.len(),
             got[at],
             expected[at]
         );
         // The check can fail: rounding moves the logits further than that.
-        assert!(max_abs_diff(&got, f32_logits).0 > 10.0 * FLEX_TOLERANCE);
+        assert!(max_abs_diff(&got, f32_logits).0 > 10.0 * BF16_TOLERANCE);
     }
 }

@@ -68,22 +68,29 @@ pub fn wgpu_device() -> Option<Device> {
 
 /// The real SmolLM2-135M-Instruct GGUF, fetched by `scripts/fetch_smollm2.sh`.
 pub fn smollm2() -> Option<PathBuf> {
+    real_model("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// A real model `scripts/fetch_model.py <name>` caches as `file`; when it is
+/// missing the test is skipped, loudly, unless `KEEL_REQUIRE_MODELS` is set
+/// (CI), and then it fails.
+pub fn real_model(name: &str, file: &str) -> Option<PathBuf> {
     let cache = std::env::var_os("KEEL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/keel")
         });
-    let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = cache.join("models").join(file);
     if path.exists() {
         return Some(path);
     }
     assert!(
-        std::env::var_os("KEEL_REQUIRE_SMOLLM2").is_none(),
-        "KEEL_REQUIRE_SMOLLM2 is set but {} is missing: run scripts/fetch_smollm2.sh",
+        std::env::var_os("KEEL_REQUIRE_MODELS").is_none(),
+        "KEEL_REQUIRE_MODELS is set but {} is missing: run scripts/fetch_model.py {name}",
         path.display()
     );
     eprintln!(
-        "SKIPPED: SmolLM2 not at {} (run scripts/fetch_smollm2.sh)",
+        "SKIPPED: {name} not at {} (run scripts/fetch_model.py {name})",
         path.display()
     );
     None
@@ -139,6 +146,92 @@ pub fn reference_logits(path: &Path) -> Vec<(Vec<u32>, Vec<f32>)> {
             (u32s(prompt), logits)
         })
         .collect()
+}
+
+/// One prompt of a transformers logits fixture, with the float64 logits of
+/// the same files (`logits_f64.json`, from `scripts/make_fixtures.py`).
+pub struct Reference {
+    pub ids: Vec<u32>,
+    /// transformers in f32, flattened `[seq * vocab]`.
+    pub f32: Vec<f32>,
+    /// transformers in f64: the yardstick.
+    pub f64: Vec<f64>,
+}
+
+impl Reference {
+    /// The prompts of `<dir>/logits.json` and `<dir>/logits_f64.json`.
+    pub fn read(dir: &str) -> Vec<Reference> {
+        let f64_path = fixture(dir).join("logits_f64.json");
+        let wide = read_json(&f64_path);
+        reference_logits(&fixture(dir).join("logits.json"))
+            .into_iter()
+            .enumerate()
+            .map(|(p, (ids, f32))| {
+                assert_eq!(
+                    u32s(&wide["prompts"][p]),
+                    ids,
+                    "{}: prompt {p} differs from logits.json's",
+                    f64_path.display()
+                );
+                let f64: Vec<f64> = wide["logits"][p]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+                    .collect();
+                assert_eq!(f64.len(), f32.len(), "{}: prompt {p}", f64_path.display());
+                Reference { ids, f32, f64 }
+            })
+            .collect()
+    }
+
+    /// transformers' own f32 error: the largest `|f32 - f64|`.
+    pub fn f32_error(&self) -> f64 {
+        error(&self.f32, &self.f64).0
+    }
+
+    /// Asserts that keel's `got` (all the prompt's logits, or the last
+    /// rows of them) is no further from the f64 logits than `factor` times
+    /// transformers' own f32 error; returns the ratio.
+    pub fn check(&self, got: &[f32], factor: f64, what: &str) -> f64 {
+        let want = &self.f64[self.f64.len() - got.len()..];
+        let (keel, at) = error(got, want);
+        let theirs = self.f32_error();
+        // The check must be able to fail: the logits are far from zero.
+        assert!(
+            want.iter().any(|v| v.abs() > 1.0),
+            "{what}: degenerate reference"
+        );
+        let ratio = keel / theirs;
+        eprintln!(
+            "{what} ({} tokens): keel {keel:.2e}, transformers {theirs:.2e} from f64 ({ratio:.2}x)",
+            self.ids.len()
+        );
+        assert!(
+            ratio <= factor,
+            "{what} ({} tokens): keel is {keel:.3e} from the f64 logits at {at} (keel {}, f64 {}), \
+             {ratio:.2} times transformers' own f32 error {theirs:.3e}; allowed {factor}x",
+            self.ids.len(),
+            got[at],
+            want[at]
+        );
+        ratio
+    }
+}
+
+/// The largest `|a - b|` and where it is.
+fn error(a: &[f32], b: &[f64]) -> (f64, usize) {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(&x, y)| (f64::from(x) - y).abs())
+        .enumerate()
+        .fold(
+            (0.0, 0),
+            |m, (i, d)| {
+                if d > m.0 || d.is_nan() { (d, i) } else { m }
+            },
+        )
 }
 
 /// Adds adapter "default" to `model` as `cfg` says, then moves B (and DoRA's

@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use crate::softmax::{exp_nonpositive, softmax_in_place};
-use crate::vectorised;
+use crate::{Tier, tier, vectorised};
 
 /// Query rows per block.
 const BLOCK: usize = 64;
@@ -201,6 +201,15 @@ pub fn causal_attention(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
+    causal_attention_at(tier(), shape, (q, k, v), (out, lse))
+}
+
+fn causal_attention_at(
+    tier: Tier,
+    shape: AttentionShape,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (out, lse): (&mut [f32], &mut [f32]),
+) {
     shape.check("causal_attention", (q, k, v), (out, lse), &[]);
     let (out, lse) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
     (0..shape.batch * shape.heads)
@@ -209,7 +218,9 @@ pub fn causal_attention(
             let (b, h) = (task / shape.heads, task % shape.heads);
             // SAFETY: the lengths were checked; this task writes only the
             // rows of sequence `b`'s head `h`.
-            vectorised(|| unsafe { forward_task(shape, b, h, q, k, v, out.get(), lse.get()) })
+            vectorised(tier, || unsafe {
+                forward_task(shape, b, h, q, k, v, out.get(), lse.get())
+            })
         });
 }
 
@@ -220,6 +231,17 @@ pub fn causal_attention(
 /// # Panics
 /// If a length does not match `shape`, or the heads do not group evenly.
 pub fn causal_attention_backward(
+    shape: AttentionShape,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (out, lse): (&[f32], &[f32]),
+    dout: &[f32],
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    causal_attention_backward_at(tier(), shape, (q, k, v), (out, lse), dout, (dq, dk, dv))
+}
+
+fn causal_attention_backward_at(
+    tier: Tier,
     shape: AttentionShape,
     (q, k, v): (&[f32], &[f32], &[f32]),
     (out, lse): (&[f32], &[f32]),
@@ -252,7 +274,7 @@ pub fn causal_attention_backward(
             let (b, h) = (task / shape.heads, task % shape.heads);
             // SAFETY: the lengths were checked; this task writes only the
             // `dq` rows of sequence `b`'s head `h`.
-            vectorised(|| unsafe {
+            vectorised(tier, || unsafe {
                 backward_task(shape, b, h, [q, k, v, out, lse, dout], dq.get(), (dk, dv))
             })
         });
@@ -551,50 +573,65 @@ mod tests {
         [out, dq, dk, dv]
     }
 
-    /// Against the f64 definition, grouped heads, a sequence that leaves
-    /// a ragged last block, both passes.
+    /// Grouped heads with a sequence that leaves a ragged last block, and a
+    /// tiny one.
+    const SHAPES: [AttentionShape; 2] = [
+        AttentionShape {
+            batch: 2,
+            seq: BLOCK * 2 + 5,
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 16,
+        },
+        AttentionShape {
+            batch: 1,
+            seq: 3,
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 8,
+        },
+    ];
+
+    /// The inputs of shape `s`: q, k, v and the output gradient.
+    fn inputs(s: AttentionShape) -> [Vec<f32>; 4] {
+        [
+            values(s.query_len(), 1),
+            values(s.kv_len(), 2),
+            values(s.kv_len(), 3),
+            values(s.query_len(), 4),
+        ]
+    }
+
+    /// Both passes at `tier`: out, dq, dk, dv.
+    fn run(tier: Tier, s: AttentionShape) -> [Vec<f32>; 4] {
+        let [q, k, v, dout] = inputs(s);
+        let (mut out, mut lse) = (vec![0f32; s.query_len()], vec![0f32; s.lse_len()]);
+        causal_attention_at(tier, s, (&q, &k, &v), (&mut out, &mut lse));
+        // Garbage in the gradients: they must be overwritten.
+        let (mut dq, mut dk, mut dv) = (
+            vec![7f32; s.query_len()],
+            vec![7f32; s.kv_len()],
+            vec![7f32; s.kv_len()],
+        );
+        causal_attention_backward_at(
+            tier,
+            s,
+            (&q, &k, &v),
+            (&out, &lse),
+            &dout,
+            (&mut dq, &mut dk, &mut dv),
+        );
+        [out, dq, dk, dv]
+    }
+
+    /// Against the f64 definition, both passes, at every tier this CPU runs.
     #[test]
     fn matches_the_definition() {
-        for s in [
-            AttentionShape {
-                batch: 2,
-                seq: BLOCK * 2 + 5,
-                heads: 6,
-                kv_heads: 2,
-                head_dim: 16,
-            },
-            AttentionShape {
-                batch: 1,
-                seq: 3,
-                heads: 2,
-                kv_heads: 2,
-                head_dim: 8,
-            },
-        ] {
-            let (q, k, v) = (
-                values(s.query_len(), 1),
-                values(s.kv_len(), 2),
-                values(s.kv_len(), 3),
-            );
-            let dout = values(s.query_len(), 4);
-            let (mut out, mut lse) = (vec![0f32; s.query_len()], vec![0f32; s.lse_len()]);
-            causal_attention(s, &q, &k, &v, &mut out, &mut lse);
-            // Garbage in the gradients: they must be overwritten.
-            let (mut dq, mut dk, mut dv) = (
-                vec![7f32; s.query_len()],
-                vec![7f32; s.kv_len()],
-                vec![7f32; s.kv_len()],
-            );
-            causal_attention_backward(
-                s,
-                (&q, &k, &v),
-                (&out, &lse),
-                &dout,
-                (&mut dq, &mut dk, &mut dv),
-            );
+        for (tier, s) in Tier::runnable().flat_map(|t| SHAPES.map(|s| (t, s))) {
+            let [q, k, v, dout] = inputs(s);
             let want = reference(s, &q, &k, &v, &dout);
-            for ((got, want), what) in [&out, &dq, &dk, &dv]
-                .into_iter()
+            for ((got, want), what) in run(tier, s)
+                .iter()
                 .zip(&want)
                 .zip(["out", "dq", "dk", "dv"])
             {
@@ -602,10 +639,19 @@ mod tests {
                 for (i, (g, w)) in got.iter().zip(want).enumerate() {
                     assert!(
                         (*g as f64 - w).abs() <= 1e-5 * scale,
-                        "{what}[{i}] of {s:?}: {g} vs {w}"
+                        "{tier}: {what}[{i}] of {s:?}: {g} vs {w}"
                     );
                 }
             }
+        }
+    }
+
+    /// The tiers sum in the same order, so they agree to the bit: a model
+    /// computes the same on every CPU, up to the `gemm` crate's products.
+    #[test]
+    fn every_tier_gives_the_same_bits() {
+        for s in SHAPES {
+            crate::tier::assert_tiers_agree(|tier| run(tier, s));
         }
     }
 }

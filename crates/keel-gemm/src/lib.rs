@@ -23,9 +23,12 @@ use rayon::prelude::*;
 mod attention;
 mod softmax;
 mod swiglu;
+mod tier;
 pub use attention::{AttentionShape, causal_attention, causal_attention_backward};
 pub use softmax::log_softmax_row;
 pub use swiglu::{swiglu, swiglu_backward};
+pub(crate) use tier::vectorised;
+pub use tier::{Tier, TierError, tier};
 
 /// Rows of the output tile a microkernel call computes.
 const MR: usize = 12;
@@ -55,44 +58,17 @@ impl Weight {
     }
 }
 
-/// Runs `f` compiled for AVX-512 where the CPU has it.
-#[inline(always)]
-pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { avx512(f) };
-    }
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-/// Whether this CPU runs [`matmul_bf16`].
+/// Whether the bf16 product ([`matmul_bf16`], [`PackedWeight`]) runs: the
+/// tier in force is [`Tier::Avx512Bf16`].
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512bf16")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    tier() == Tier::Avx512Bf16
 }
 
 /// `a[m, k] · B[k, n]`, `B` read from `w` as `layout` says, into a new
 /// row-major `[m, n]`.
 ///
 /// # Panics
-/// If the CPU lacks AVX-512 BF16 (check [`available`]) or a length does not
+/// Unless the bf16 product is [`available`], or if a length does not
 /// match its dimensions.
 pub fn matmul_bf16(
     a: &[f32],
@@ -183,9 +159,13 @@ impl PackedWeight {
     /// Packs `w` seen as `B[k, n]` through `layout`.
     ///
     /// # Panics
-    /// If the CPU lacks AVX-512 BF16 or `w` is not `k × n`.
+    /// Unless the bf16 product is [`available`], or if `w` is not `k × n`.
     pub fn new(w: &[bf16], k: usize, n: usize, layout: Weight) -> Self {
-        assert!(available(), "matmul_bf16 needs a CPU with AVX-512 BF16");
+        assert!(
+            available(),
+            "matmul_bf16 needs the avx512bf16 tier; in force: {}",
+            tier()
+        );
         assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `available()` was asserted.

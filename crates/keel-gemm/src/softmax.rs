@@ -1,14 +1,18 @@
 //! The row log-softmax of an LM head's logits.
 
-use crate::vectorised;
+use crate::{Tier, tier, vectorised};
 
 /// `log p(t)` of one row of logits, `log_softmax(row)[t]`; with `softmax`,
 /// the row becomes the softmax (else it holds `exp(x - max)`). One
 /// `exp` per element, vectorised: libm's scalar `exp` was a tenth of a
 /// training step.
 pub fn log_softmax_row(row: &mut [f32], t: usize, softmax: bool) -> f32 {
+    log_softmax_row_at(tier(), row, t, softmax)
+}
+
+pub(crate) fn log_softmax_row_at(tier: Tier, row: &mut [f32], t: usize, softmax: bool) -> f32 {
     let target = row[t];
-    target - vectorised(|| softmax_in_place(row, softmax))
+    target - vectorised(tier, || softmax_in_place(row, softmax))
 }
 
 /// Lanes of the accumulators: enough for the compiler to vectorise the
@@ -78,35 +82,50 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// The vectorised `exp` against libm's over its whole domain.
+    /// The vectorised `exp` against libm's over its whole domain, at every
+    /// tier this CPU runs.
     #[test]
     fn exp_is_accurate_to_f32_precision() {
-        let mut x = 0f32;
-        while x > -100.0 {
-            let (got, want) = (exp_nonpositive(x), x.max(-87.0).exp());
-            assert!(
-                (got - want).abs() <= 3e-7 * want,
-                "exp({x}) = {got}, expected {want}"
-            );
-            x -= 0.0137;
+        let xs: Vec<f32> = (0..7300).map(|i| i as f32 * -0.0137).collect();
+        for tier in Tier::runnable() {
+            let got: Vec<f32> =
+                vectorised(tier, || xs.iter().map(|&x| exp_nonpositive(x)).collect());
+            for (&x, got) in xs.iter().zip(got) {
+                let want = x.max(-87.0).exp();
+                assert!(
+                    (got - want).abs() <= 3e-7 * want,
+                    "{tier}: exp({x}) = {got}, expected {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_tier_gives_the_same_bits() {
+        for len in [17, 1000] {
+            crate::tier::assert_tiers_agree(|tier| {
+                let mut row: Vec<f32> = (0..len).map(|i| (i * 7919 % 211) as f32 / 9.0).collect();
+                let lp = log_softmax_row_at(tier, &mut row, len / 3, true);
+                [row, vec![lp]]
+            });
         }
     }
 
     /// Against the definition in f64, rows whose length is not a multiple
-    /// of the vector width.
+    /// of the vector width, at every tier this CPU runs.
     #[test]
     fn log_softmax_matches_its_definition() {
-        for len in [1, 15, 16, 17, 100] {
+        for (tier, len) in Tier::runnable().flat_map(|t| [1, 15, 16, 17, 100].map(|l| (t, l))) {
             let row: Vec<f32> = (0..len)
                 .map(|i| ((i * 37 % 11) as f32 - 5.0) * 1.7)
                 .collect();
             let lse = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
             for t in [0, len / 2, len - 1] {
                 let mut r = row.clone();
-                let got = log_softmax_row(&mut r, t, true) as f64;
+                let got = log_softmax_row_at(tier, &mut r, t, true) as f64;
                 assert!(
                     (got - (row[t] as f64 - lse)).abs() < 1e-5,
-                    "len {len}, t {t}"
+                    "{tier}: len {len}, t {t}"
                 );
                 for (p, &x) in r.iter().zip(&row) {
                     assert!((*p as f64 - (x as f64 - lse).exp()).abs() < 1e-6);

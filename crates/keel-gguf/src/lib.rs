@@ -18,7 +18,7 @@ mod writer;
 
 pub use dequant::dequantize;
 pub use error::{Error, ErrorKind};
-pub use ggml_type::GgmlType;
+pub use ggml_type::{GgmlType, OtherType};
 pub use reader::{GgufFile, TensorInfo};
 pub use value::{Metadata, Value};
 pub use writer::GgufWriter;

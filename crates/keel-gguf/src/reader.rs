@@ -90,6 +90,14 @@ impl GgufFile {
             .tensor(name)
             .ok_or_else(|| Error::from(ErrorKind::MissingTensor(name.to_string())))
             .map_err(|e| e.with_path(&self.path))?;
+        if let GgmlType::Other(t) = info.ggml_type {
+            return Err(Error::from(ErrorKind::UnsupportedType {
+                tensor: name.to_string(),
+                type_id: t.id,
+                name: t.name,
+            })
+            .with_path(&self.path));
+        }
         let data = crate::dequantize(info.ggml_type, self.tensor_bytes(info))
             .map_err(|e| e.with_path(&self.path))?;
         Ok((info.shape.clone(), data))
@@ -279,12 +287,11 @@ fn parse(buf: &[u8]) -> Result<Parsed, Error> {
 
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(raw.len());
     for (name, ne, type_id, offset) in raw {
-        let ggml_type = GgmlType::from_id(type_id).map_err(|kind_name| {
-            Error::from(ErrorKind::UnsupportedType {
-                tensor: name.clone(),
-                type_id,
-                name: kind_name,
-            })
+        let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
+            Error::invalid(
+                format!("tensor `{name}` type"),
+                format!("{type_id} is not a ggml tensor type"),
+            )
         })?;
         let n_bytes = tensor_bytes(&name, &ne, ggml_type)?;
         if offset % alignment != 0 {

@@ -35,6 +35,9 @@ pub struct BenchReport {
     pub device: String,
     pub base_dtype: String,
     pub activation_checkpointing: bool,
+    /// The CPU tier keel's kernels ran with (`KEEL_CPU`); Burn's f32
+    /// products through `gemm` always use the CPU's best.
+    pub cpu_tier: &'static str,
     pub seq: usize,
     pub batch: usize,
     pub timed_steps: usize,
@@ -133,6 +136,7 @@ dir = {out:?}
         device: o.device.clone(),
         base_dtype: o.base_dtype.clone(),
         activation_checkpointing: o.activation_checkpointing,
+        cpu_tier: keel_gemm::tier().name(),
         seq: o.seq,
         batch: o.batch,
         timed_steps: times.len(),
