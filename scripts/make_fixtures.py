@@ -9,6 +9,7 @@ Writes into tests/fixtures/ (relative to the repo root):
   tiny-qwen2/    tiny random Qwen2ForCausalLM (qkv bias), f16 weights, sharded safetensors,
                  legacy config with a sliding_window trap (use_sliding_window=false)
   tiny-mistral/  tiny random MistralForCausalLM, f32, sliding_window null
+  tiny-qwen3/    tiny random Qwen3ForCausalLM (per-head q/k norm, head_dim 32 != hidden/heads), f32, tied
   gguf-quants/   quants.gguf + expected.safetensors + expected_metadata.json (+ manifest.json);
                  other.gguf, one IQ2_XXS tensor (a type keel reads the size of, not the values)
   smollm2/       reference.json, last_logits.safetensors, hf-tokenizer/  (needs the GGUF from
@@ -20,7 +21,8 @@ Writes into tests/fixtures/ (relative to the repo root):
   tiny-qwen2-gguf/  tiny-qwen2 converted to an f32 GGUF by convert_hf_to_gguf.py (with a tiny
                  Qwen2-shaped byte-level BPE tokenizer); logits.json, reference.json,
                  gguf_metadata.json, hf-tokenizer/
-  (the last two need llama.cpp's converter from scripts/fetch_llama_cpp.sh)
+  tiny-qwen3-gguf/  the same for tiny-qwen3
+  (the last three need llama.cpp's converter from scripts/fetch_llama_cpp.sh)
   */logits_f64.json  beside each transformers logits.json above: the same prompts in float64, and
                  transformers' own f32 error against them
 
@@ -205,6 +207,15 @@ TINY_SPECS = {
                     rms_norm_eps=1e-5, tie_word_embeddings=False, max_position_embeddings=128,
                     sliding_window=None, bos_token_id=1, eos_token_id=2),
     ),
+    # Qwen3: per-head q/k RMSNorm, no biases, head_dim (32) independent of hidden / heads (16),
+    # tied embeddings as in Qwen3-0.6B.
+    "tiny-qwen3": dict(
+        arch="qwen3", seed=1005, save_dtype="float32", legacy_config=False, shard=None,
+        config=dict(vocab_size=272, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1000000.0,
+                    rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=128,
+                    bos_token_id=1, eos_token_id=2),
+    ),
 }
 
 
@@ -215,6 +226,7 @@ def arch_classes(arch: str):
         "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
     }[arch]
 
 
@@ -361,8 +373,8 @@ F64_SIG_DIGITS = 12
 # Folders whose logits.json transformers computed in f32, and how to load the same model: an HF
 # folder, or a GGUF file in it.
 F64_REFERENCES = {
-    "tiny-llama": None, "tiny-llama3": None, "tiny-qwen2": None, "tiny-mistral": None,
-    "gguf-spm": "vocab.gguf", "tiny-qwen2-gguf": "tiny-qwen2.gguf",
+    "tiny-llama": None, "tiny-llama3": None, "tiny-qwen2": None, "tiny-mistral": None, "tiny-qwen3": None,
+    "gguf-spm": "vocab.gguf", "tiny-qwen2-gguf": "tiny-qwen2.gguf", "tiny-qwen3-gguf": "tiny-qwen3.gguf",
 }
 
 
@@ -371,7 +383,7 @@ def load_f64(d: Path, gguf_file: str | None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    kw = dict(gguf_file=gguf_file) if gguf_file else {}
+    kw = dict(gguf_file=gguf_file, **gguf_config_override(d / gguf_file)) if gguf_file else {}
     return AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float64, attn_implementation="eager",
                                                 **kw).eval()
 
@@ -947,6 +959,17 @@ def save_hf_tokenizer(tok, tdir: Path) -> int:
     return folder_size(tdir)
 
 
+def gguf_config_override(gguf_path: Path) -> dict:
+    """transformers' GGUF loader ignores `qwen3.attention.key_length` and assumes head_dim 128 (right
+    for every released Qwen3, wrong for tiny-qwen3's 32): take the config from the HF folder the
+    GGUF was converted from, tiny-qwen3/, named by the fixture folder."""
+    from transformers import AutoConfig
+
+    if gguf_path.name != "tiny-qwen3.gguf":
+        return {}
+    return dict(config=AutoConfig.from_pretrained(str(gguf_path.parent.parent / "tiny-qwen3")))
+
+
 def gguf_logits(gguf_path: Path, prompts: list[list[int]], ref_dir: Path | None):
     """Full-sequence logits from transformers loading the GGUF (f32, eager); with `ref_dir`, also the
     largest difference from the HF folder the GGUF was converted from (same prompts)."""
@@ -954,7 +977,8 @@ def gguf_logits(gguf_path: Path, prompts: list[list[int]], ref_dir: Path | None)
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                             dtype=torch.float32, attn_implementation="eager").eval()
+                                             dtype=torch.float32, attn_implementation="eager",
+                                             **gguf_config_override(gguf_path)).eval()
     with torch.no_grad():
         logits = [m(torch.tensor([p])).logits[0].float().numpy() for p in prompts]
     diff = None
@@ -1330,26 +1354,29 @@ def qwen2_tokenizer(vocab_size: int):
     return tk
 
 
-def make_qwen2_gguf(out: Path, llama_cpp: Path) -> dict:
+def make_qwen_gguf(out: Path, llama_cpp: Path, family: str = "qwen2") -> dict:
+    """tiny-{family}-gguf/: tests/fixtures/tiny-{family} (qwen2 or qwen3) converted by llama.cpp."""
     import tempfile
 
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    src = out / "tiny-qwen2"
+    name = f"tiny-{family}"
+    src = out / name
     if not (src / "logits.json").is_file():
-        raise SystemExit("tiny-qwen2-gguf needs tests/fixtures/tiny-qwen2 (run --only tiny-qwen2 first)")
+        raise SystemExit(f"{name}-gguf needs tests/fixtures/{name} (run --only {name} first)")
     src_logits = json.loads((src / "logits.json").read_text())
-    d = out / "tiny-qwen2-gguf"
+    d = out / f"{name}-gguf"
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    gpath = d / "tiny-qwen2.gguf"
+    gpath = d / f"{name}.gguf"
 
-    with tempfile.TemporaryDirectory(prefix="keel-qwen2-gguf-") as tmp:
-        hf = Path(tmp) / "tiny-qwen2"
+    with tempfile.TemporaryDirectory(prefix=f"keel-{family}-gguf-") as tmp:
+        hf = Path(tmp) / name
         shutil.copytree(src, hf, ignore=shutil.ignore_patterns("*.json"))
-        shutil.copy(src / "model.safetensors.index.json", hf)
+        if (src / "model.safetensors.index.json").is_file():
+            shutil.copy(src / "model.safetensors.index.json", hf)
         cfg = json.loads((src / "config.json").read_text())
         n_vocab = cfg["vocab_size"]
         # bos/eos as in Qwen2.5-Instruct's config.json (<|endoftext|>, <|im_end|>) instead of the
@@ -1386,20 +1413,20 @@ def make_qwen2_gguf(out: Path, llama_cpp: Path) -> dict:
 
     dump = gguf_dump(gpath)
     meta = dump["metadata"]
-    assert meta["general.architecture"]["value"] == "qwen2"
+    assert meta["general.architecture"]["value"] == family
     assert meta["tokenizer.ggml.pre"]["value"] == "qwen2"
     write_gguf_metadata(d / "gguf_metadata.json", dump,
-                        "every KV pair in tiny-qwen2.gguf as read back by gguf.GGUFReader (GGUF.* header fields "
+                        f"every KV pair in {gpath.name} as read back by gguf.GGUFReader (GGUF.* header fields "
                         "excluded; f32 values are the exact f32 widened to f64) and every tensor's ggml type and "
                         "ne; written by llama.cpp's convert_hf_to_gguf.py (llama-cpp-python "
-                        f"{LLAMA_CPP_PYTHON_VERSION}) --outtype f32 from tests/fixtures/tiny-qwen2 plus "
+                        f"{LLAMA_CPP_PYTHON_VERSION}) --outtype f32 from tests/fixtures/{name} plus "
                         "hf-tokenizer/; tokenizer.ggml.pre forced to 'qwen2' (hash not registered)")
 
     prompts = src_logits["prompts"]
     model, logits, _ = gguf_logits(gpath, prompts, None)
     diff = max(float(np.abs(np.asarray(a, dtype=np.float64) - l).max())
                for a, l in zip(src_logits["logits"], logits))
-    assert diff < 1e-4, f"tiny-qwen2-gguf: logits differ from tiny-qwen2/logits.json by {diff}"
+    assert diff < 1e-4, f"{name}-gguf: logits differ from {name}/logits.json by {diff}"
 
     # Tokenizer: transformers' GGUF rebuild vs the tokenizer.json it was converted from.
     tok = AutoTokenizer.from_pretrained(str(d), gguf_file=gpath.name)
@@ -1413,9 +1440,10 @@ def make_qwen2_gguf(out: Path, llama_cpp: Path) -> dict:
                       "ids_tokenizer_json": oids, "same_as_tokenizer_json": ids == oids})
 
     write_json(d / "logits.json", logits_json(
-        "tiny-qwen2-gguf", model, gpath.name, prompts, logits,
-        {"source": "tests/fixtures/tiny-qwen2 (f16 weights, upcast exactly to f32 by the converter)",
-         "max_abs_diff_vs_tiny_qwen2_logits_json": rnd(diff)}), row_keys=("prompts", "logits"))
+        f"{name}-gguf", model, gpath.name, prompts, logits,
+        {"source": f"tests/fixtures/{name} ({TINY_SPECS[name]['save_dtype'].replace('float', 'f')} weights, "
+                   "upcast exactly to f32 by the converter)",
+         f"max_abs_diff_vs_{name.replace('-', '_')}_logits_json": rnd(diff)}), row_keys=("prompts", "logits"))
     write_json(d / "reference.json", {
         "gguf_file": gpath.name,
         "gguf_sha256": sha256(gpath),
@@ -1441,7 +1469,7 @@ def make_qwen2_gguf(out: Path, llama_cpp: Path) -> dict:
     }, row_keys=("tokenizer_cases",))
     size = folder_size(d)
     n_same = sum(c["same_as_tokenizer_json"] for c in cases)
-    log(f"  tiny-qwen2-gguf: {gpath.name} {gpath.stat().st_size} bytes, logits max diff vs tiny-qwen2 {diff:.2e}, "
+    log(f"  {name}-gguf: {gpath.name} {gpath.stat().st_size} bytes, logits max diff vs {name} {diff:.2e}, "
         f"chkhsh {conv['chkhsh']}, {n_same}/{len(cases)} tokenizer cases same as tokenizer.json, folder {size} bytes")
     assert gpath.stat().st_size < 1_000_000
     return dict(size=size, diff=diff)
@@ -1452,7 +1480,7 @@ def make_qwen2_gguf(out: Path, llama_cpp: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf,f64",
+    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf,tiny-qwen3-gguf,f64",
                     help="comma list of: tiny, quants, smollm2, gguf-spm, tiny-qwen2-gguf (or a tiny model "
                          "name), f64 (only the float64 logits of the existing f32 references)")
     ap.add_argument("--smollm2-gguf", default=None,
@@ -1494,7 +1522,8 @@ def main():
             t = time.time()
             make_smollm2(out, p)
             timings["smollm2"] = time.time() - t
-    for name, make in (("gguf-spm", make_gguf_spm), ("tiny-qwen2-gguf", make_qwen2_gguf)):
+    for name, make in (("gguf-spm", make_gguf_spm), ("tiny-qwen2-gguf", make_qwen_gguf),
+                       ("tiny-qwen3-gguf", lambda o, lc: make_qwen_gguf(o, lc, "qwen3"))):
         if name not in only:
             continue
         lc = find_llama_cpp(args.llama_cpp)

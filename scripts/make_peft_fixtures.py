@@ -9,6 +9,7 @@ Writes into tests/fixtures/peft/<case>/ (relative to the repo root):
   rslora/         tiny-llama, use_rslora, r=8, alpha=16, target_modules as a regex string
   dora/           tiny-llama, use_dora, r=4, alpha=8, all 7 projections
   lora-qwen2/     tiny-qwen2 (q/k/v bias, f16 weights upcast to f32), r=4, alpha=8, all 7 projections
+  lora-qwen3/     tiny-qwen3 (per-head q/k norm, head_dim != hidden/heads), r=4, alpha=8, all 7 projections
   modules-to-save/ tiny-qwen2, o/up r=4, alpha=8, modules_to_save [model.layers.1.self_attn.q_proj
                   (with its bias), post_attention_layernorm]: modules trained in full
 
@@ -77,6 +78,10 @@ CASES = {
     ),
     "lora-qwen2": dict(
         base="tiny-qwen2", seed=2055, std=0.03,
+        config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0),
+    ),
+    "lora-qwen3": dict(
+        base="tiny-qwen3", seed=2066, std=0.03,
         config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0),
     ),
     "modules-to-save": dict(

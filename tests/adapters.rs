@@ -15,12 +15,13 @@ use keel_adapters::{AdapterConfig, Init, Variant};
 use keel_model::Llama;
 
 /// (adapter fixture, base fixture)
-const CASES: [(&str, &str); 6] = [
+const CASES: [(&str, &str); 7] = [
     ("lora-all", "tiny-llama"),
     ("lora-patterns", "tiny-llama"),
     ("rslora", "tiny-llama"),
     ("dora", "tiny-llama"),
     ("lora-qwen2", "tiny-qwen2"),
+    ("lora-qwen3", "tiny-qwen3"),
     ("modules-to-save", "tiny-qwen2"),
 ];
 /// keel with PEFT's adapters, unmerged or merged into the weights, may be
@@ -40,7 +41,8 @@ const TOLERANCE: f32 = 3e-4;
 fn check_against_peft(model: &Llama, case: &str, factor: f64, what: &str, device: &Device) {
     for (p, reference) in Reference::read(&format!("peft/{case}")).iter().enumerate() {
         let got = logits(model, &reference.ids, device);
-        reference.check(&got, factor, &format!("{case} {what}, prompt {p}"));
+        let label = format!("{case} {what}");
+        reference.check(&got, factor, &format!("{}, prompt {p}", label.trim_end()));
     }
 }
 

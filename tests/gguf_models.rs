@@ -1,8 +1,9 @@
 //! Models and tokenizers read from GGUF files that llama.cpp's own
 //! `convert_hf_to_gguf.py` wrote, against HF transformers loading the same
 //! files: a Qwen2 (no q/k permutation, biases, byte-level BPE with the
-//! `qwen2` split) and a Llama with a SentencePiece vocabulary (permuted q/k,
-//! scores instead of merges, byte fallback, BOS added).
+//! `qwen2` split), a Qwen3 (per-head q/k norms), and a Llama with a
+//! SentencePiece vocabulary (permuted q/k, scores instead of merges, byte
+//! fallback, BOS added).
 
 mod common;
 
@@ -28,6 +29,13 @@ fn check_logits(dir: &str, gguf: &str) {
 #[test]
 fn qwen2_gguf_logits_match_transformers() {
     check_logits("tiny-qwen2-gguf", "tiny-qwen2.gguf");
+}
+
+/// Qwen3 as llama.cpp converts it: per-head q/k norms as `attn_q_norm` and
+/// `attn_k_norm`, no q/k permutation, head_dim (32) from `key_length`.
+#[test]
+fn qwen3_gguf_logits_match_transformers() {
+    check_logits("tiny-qwen3-gguf", "tiny-qwen3.gguf");
 }
 
 #[test]

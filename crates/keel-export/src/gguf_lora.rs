@@ -50,6 +50,7 @@ pub fn export_gguf_lora(
         // llama.cpp's converter writes Mistral checkpoints as `llama`.
         Architecture::Llama | Architecture::Mistral => "llama",
         Architecture::Qwen2 => "qwen2",
+        Architecture::Qwen3 => "qwen3",
     };
     let ty = match dtype {
         GgufDtype::F32 => GgmlType::F32,

@@ -16,6 +16,7 @@ pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
 }
 
 impl Architecture {
@@ -25,6 +26,7 @@ impl Architecture {
             Architecture::Llama => "llama",
             Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
         }
     }
 
@@ -33,7 +35,13 @@ impl Architecture {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
         }
+    }
+
+    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3).
+    pub fn qk_norm(self) -> bool {
+        self == Architecture::Qwen3
     }
 
     fn parse(name: &str) -> Option<Self> {
@@ -41,6 +49,7 @@ impl Architecture {
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
             _ => return None,
         })
     }
@@ -121,6 +130,9 @@ pub struct HfConfig {
     pub mlp_bias: bool,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Qwen2/Qwen3's switch for sliding-window layers, which keel does not run.
+    #[serde(default)]
+    pub use_sliding_window: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<OneOrMany>,
 }
@@ -155,7 +167,7 @@ impl HfConfig {
             bad(
                 "model_type",
                 format!(
-                    "{:?} is not supported (supported: llama, mistral, qwen2)",
+                    "{:?} is not supported (supported: llama, mistral, qwen2, qwen3)",
                     self.model_type
                 ),
             )
@@ -168,6 +180,12 @@ impl HfConfig {
         }
         if self.mlp_bias {
             return Err(bad("mlp_bias", "MLP biases are not supported".into()));
+        }
+        if self.use_sliding_window {
+            return Err(bad(
+                "use_sliding_window",
+                "sliding-window attention layers are not supported".into(),
+            ));
         }
         let (scaling_key, scaling) = match (&self.rope_scaling, &self.rope_parameters) {
             (Some(v), _) if !v.is_null() => ("rope_scaling", Some(v)),
@@ -324,7 +342,7 @@ impl Config {
         let architecture = Architecture::parse(arch_name).ok_or_else(|| {
             bad(
                 "general.architecture",
-                format!("{arch_name:?} is not supported (supported: llama, mistral, qwen2)"),
+                format!("{arch_name:?} is not supported (supported: llama, mistral, qwen2, qwen3)"),
             )
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -515,5 +533,51 @@ impl Config {
                     .collect()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qwen3_json() -> Value {
+        serde_json::json!({
+            "model_type": "qwen3", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 8, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+            "tie_word_embeddings": true, "use_sliding_window": false,
+        })
+    }
+
+    fn parse(json: Value) -> Result<Config, Error> {
+        serde_json::from_value::<HfConfig>(json)
+            .unwrap()
+            .into_config(Path::new("config.json"))
+    }
+
+    /// Qwen3's head_dim is its own (8, not 16 / 4), its q/k norms follow
+    /// from the architecture, and `keel convert`'s config reads back the same.
+    #[test]
+    fn qwen3_config_round_trips() {
+        let config = parse(qwen3_json()).unwrap();
+        assert_eq!(
+            (config.architecture, config.head_dim, config.attention_bias),
+            (Architecture::Qwen3, 8, false)
+        );
+        assert!(config.architecture.qk_norm());
+        assert_eq!(parse(config.to_hf_json().unwrap()).unwrap(), config);
+    }
+
+    /// Sliding-window layers would silently compute something else: refused,
+    /// naming the key.
+    #[test]
+    fn sliding_window_layers_are_refused() {
+        let mut json = qwen3_json();
+        json["use_sliding_window"] = true.into();
+        let err = parse(json).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("use_sliding_window"),
+            "{err}"
+        );
     }
 }

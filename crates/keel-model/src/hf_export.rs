@@ -45,6 +45,11 @@ pub fn hf_tensors(model: &Llama) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             layer.post_attention_layernorm.weight.val(),
         ));
         let a = &layer.self_attn;
+        for (n, head_norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+            if let Some(head_norm) = head_norm {
+                out.push(norm(&format!("self_attn.{n}"), head_norm.weight.val()));
+            }
+        }
         for (n, l) in [
             ("q_proj", &a.q_proj),
             ("k_proj", &a.k_proj),

@@ -1,4 +1,4 @@
-//! The Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2) on Burn.
+//! The Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2, Qwen3) on Burn.
 //!
 //! Follows HF transformers' `modeling_llama.py`: pre-norm blocks of grouped-
 //! query attention with rotate-half RoPE and a SwiGLU MLP. Module and field
@@ -26,6 +26,12 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Normalises each head of `[batch, seq, heads, head_dim]` over `head_dim`.
+    fn forward_heads(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, s, h, d] = x.dims();
+        self.forward(x.reshape([b, s * h, d])).reshape([b, s, h, d])
+    }
+
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let rms = x.clone().square().mean_dim(2).add_scalar(self.eps).sqrt();
         x.div(rms).mul(self.weight.val().unsqueeze::<3>())
@@ -166,16 +172,24 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3).
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
 }
 
 impl Attention {
-    /// `[batch, seq, n · head_dim]` → token-major `[batch, seq, n, head_dim]`.
-    fn heads(&self, x: Tensor<3>, n: usize) -> Tensor<4> {
+    /// `[batch, seq, n · head_dim]` → token-major `[batch, seq, n, head_dim]`,
+    /// normalised per head by `norm` when there is one.
+    fn heads(&self, x: Tensor<3>, n: usize, norm: Option<&RmsNorm>) -> Tensor<4> {
         let [b, s, _] = x.dims();
-        x.reshape([b, s, n, self.head_dim])
+        let x = x.reshape([b, s, n, self.head_dim]);
+        match norm {
+            Some(norm) => norm.forward_heads(x),
+            None => x,
+        }
     }
 
     fn forward(
@@ -187,16 +201,24 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let q = Rope::apply(
-            self.heads(self.q_proj.forward(x.clone()), self.n_heads),
+            self.heads(
+                self.q_proj.forward(x.clone()),
+                self.n_heads,
+                self.q_norm.as_ref(),
+            ),
             rope.0,
             rope.1,
         );
         let k = Rope::apply(
-            self.heads(self.k_proj.forward(x.clone()), self.n_kv_heads),
+            self.heads(
+                self.k_proj.forward(x.clone()),
+                self.n_kv_heads,
+                self.k_norm.as_ref(),
+            ),
             rope.0,
             rope.1,
         );
-        let v = self.heads(self.v_proj.forward(x), self.n_kv_heads);
+        let v = self.heads(self.v_proj.forward(x), self.n_kv_heads, None);
         let out = match (cache, padding) {
             (None, None) => attention::causal_self_attention(q, k, v),
             (cache, padding) => {

@@ -297,11 +297,18 @@ pub fn build_model(
         };
         Ok(Linear::frozen(weight, bias))
     };
-    let norm = |name: &str| -> Result<RmsNorm, Error> {
+    let norm_of = |name: &str, len: usize| -> Result<RmsNorm, Error> {
         Ok(RmsNorm {
-            weight: frozen(tensor1(w, cfg, &format!("{name}.weight"), hidden, device)?),
+            weight: frozen(tensor1(w, cfg, &format!("{name}.weight"), len, device)?),
             eps: cfg.rms_norm_eps,
         })
+    };
+    let norm = |name: &str| norm_of(name, hidden);
+    let head_norm = |name: String| -> Result<Option<RmsNorm>, Error> {
+        match cfg.architecture.qk_norm() {
+            true => norm_of(&name, cfg.head_dim).map(Some),
+            false => Ok(None),
+        }
     };
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
@@ -314,6 +321,8 @@ pub fn build_model(
                 k_proj: linear(&format!("{p}.self_attn.k_proj"), hidden, kv_dim, b)?,
                 v_proj: linear(&format!("{p}.self_attn.v_proj"), hidden, kv_dim, b)?,
                 o_proj: linear(&format!("{p}.self_attn.o_proj"), q_dim, hidden, false)?,
+                q_norm: head_norm(format!("{p}.self_attn.q_norm"))?,
+                k_norm: head_norm(format!("{p}.self_attn.k_norm"))?,
                 n_heads: cfg.num_attention_heads,
                 n_kv_heads: cfg.num_key_value_heads,
                 head_dim: cfg.head_dim,
