@@ -6,7 +6,12 @@ visibly move llama.cpp's logits away from the base's.
 
 usage: python3 scripts/check_gguf_lora.py BASE.gguf LORA.gguf KEEL.json [--tolerance 1e-3]
        python3 scripts/check_gguf_lora.py BASE.gguf MERGED.gguf KEEL.json --merged
+       python3 scripts/check_gguf_lora.py QUANTIZED.gguf LORA.gguf KEEL.json --delta --tolerance T
 KEEL.json: {"prompts": [[ids]], "logits": [[[vocab] per position]], "greedy": {"prompt": [ids], "tokens": [ids]}}
+With --delta the base is quantized, so llama.cpp's logits differ from keel's f32 ones by its own
+rounding of activations: what the adapter changes (llama.cpp with it minus without it) is compared
+with what it changes in keel (KEEL.json's "logits" minus its "base_logits"), and the tolerance is a
+fraction of the largest change keel sees; no greedy check.
 """
 import argparse
 import json
@@ -20,6 +25,7 @@ ap.add_argument("lora")
 ap.add_argument("keel_json")
 ap.add_argument("--tolerance", type=float, default=1e-3)
 ap.add_argument("--merged", action="store_true", help="the second file is a merged model, not a LoRA")
+ap.add_argument("--delta", action="store_true", help="compare the adapter's effect, not the logits")
 args = ap.parse_args()
 ref = json.load(open(args.keel_json))
 
@@ -40,6 +46,18 @@ def logits(llm, ids):
 
 adapted = load(None, args.lora) if args.merged else load(args.lora)
 base = load(None)
+if args.delta:
+    worst, moved = 0.0, 0.0
+    for ids, want, want_base in zip(ref["prompts"], ref["logits"], ref["base_logits"]):
+        want = np.array(want, dtype=np.float32) - np.array(want_base, dtype=np.float32)
+        got = logits(adapted, ids) - logits(base, ids)
+        worst = max(worst, float(np.abs(got - want).max()))
+        moved = max(moved, float(np.abs(want).max()))
+    ok = moved > 0 and worst <= args.tolerance * moved
+    print(f"llama.cpp with the GGUF LoRA on the quantized base: the adapter's effect differs from keel's by "
+          f"{worst:.3g} at most, {worst / moved:.1%} of the {moved:.2f} it moves keel's logits by "
+          f"(tolerance {args.tolerance:.0%})")
+    raise SystemExit(0 if ok else 1)
 worst, moved = 0.0, 0.0
 for ids, want in zip(ref["prompts"], ref["logits"]):
     got = logits(adapted, ids)
