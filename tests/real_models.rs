@@ -9,21 +9,11 @@ mod common;
 
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use keel_adapters::peft::AdapterFile;
 use keel_model::{LoadedModel, Sampling};
 use keel_recipe::Recipe;
 use keel_text::Message;
-
-/// The next-token logits after `ids`.
-fn last_logits(model: &LoadedModel, ids: &[u32]) -> Vec<f32> {
-    let device = Device::flex();
-    let n = ids.len();
-    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
-    let hidden = model.model.forward_hidden(tokens, None).narrow(1, n - 1, 1);
-    model.model.logits(hidden).try_into_vec_as::<f32>().unwrap()
-}
 
 /// What a real model must do: answer `question` through its chat template
 /// with an answer containing `expected`; give the same logits once
@@ -66,7 +56,7 @@ fn check_real_model(
     let prompts: Vec<serde_json::Value> = texts
         .map(|text| {
             let ids = tokenizer.encode(text, false).unwrap();
-            serde_json::json!({"text": text, "last_logits": last_logits(&model, &ids), "ids": ids})
+            serde_json::json!({"text": text, "last_logits": common::last_logits(&model, &ids), "ids": ids})
         })
         .collect();
 
@@ -75,8 +65,8 @@ fn check_real_model(
     keel_model::save_hf_dir(&model, &hf_dir).unwrap();
     let hf = LoadedModel::open(&hf_dir, &Device::flex()).unwrap();
     assert_eq!(
-        last_logits(&hf, &prompt_ids),
-        last_logits(&model, &prompt_ids),
+        common::last_logits(&hf, &prompt_ids),
+        common::last_logits(&model, &prompt_ids),
         "the converted folder and the GGUF give different logits"
     );
     drop(hf);

@@ -6,19 +6,10 @@
 
 mod common;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use common::{fixture, max_abs_diff, read_json, u32s};
+use burn::tensor::Device;
+use common::{fixture, last_logits, max_abs_diff, read_json, u32s};
 use keel_model::{LoadedModel, Sampling};
 use keel_text::Message;
-
-fn last_logits(model: &LoadedModel, ids: &[u32]) -> Vec<f32> {
-    let device = Device::flex();
-    let n = ids.len();
-    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
-    let hidden = model.model.forward_hidden(tokens, None).narrow(1, n - 1, 1);
-    model.model.logits(hidden).try_into_vec_as::<f32>().unwrap()
-}
 
 #[test]
 fn tokenizer_rebuilt_from_gguf_encodes_as_hf() {

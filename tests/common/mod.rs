@@ -129,6 +129,16 @@ pub fn logits(model: &Llama, ids: &[u32], device: &Device) -> Vec<f32> {
     model.forward(tokens).try_into_vec_as::<f32>().unwrap()
 }
 
+/// The next-token logits after `ids`, on flex.
+pub fn last_logits(model: &keel_model::LoadedModel, ids: &[u32]) -> Vec<f32> {
+    let device = Device::flex();
+    let n = ids.len();
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
+    let hidden = model.model.forward_hidden(tokens, None).narrow(1, n - 1, 1);
+    model.model.logits(hidden).try_into_vec_as::<f32>().unwrap()
+}
+
 /// The prompts of a `logits.json` fixture and their flattened logits.
 pub fn reference_logits(path: &Path) -> Vec<(Vec<u32>, Vec<f32>)> {
     let json = read_json(path);

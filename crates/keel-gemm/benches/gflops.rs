@@ -1,13 +1,14 @@
 //! GFLOPS of `matmul_bf16` against the f32 `gemm` that Burn's flex backend
-//! calls, on SmolLM2-135M's projection and LM-head shapes (1024 tokens).
-//! `cargo bench -p keel-gemm`
+//! calls, on SmolLM2-135M's projection and LM-head shapes (1024 tokens), at
+//! the CPU tier in force. `cargo bench -p keel-gemm`, `KEEL_CPU=avx2 cargo
+//! bench -p keel-gemm`
 
 use std::time::Instant;
 
 use half::bf16;
 use keel_gemm::{
-    AttentionShape, Weight, available, causal_attention, causal_attention_backward, matmul_bf16,
-    matmul_f32_into,
+    AttentionShape, Weight, causal_attention, causal_attention_backward, matmul_bf16,
+    matmul_f32_into, tier,
 };
 
 fn gflops(m: usize, k: usize, n: usize, f: impl Fn()) -> f64 {
@@ -27,11 +28,9 @@ fn gemm_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 }
 
 fn main() {
-    if available() {
-        matmuls();
-    } else {
-        eprintln!("this CPU has no AVX-512 BF16: the matmul table is skipped");
-    }
+    // The bf16 product's method depends on the tier (KEEL_CPU picks a lower one).
+    println!("CPU tier: {}", tier());
+    matmuls();
     attention();
 }
 

@@ -1,7 +1,8 @@
-//! keel's CPU kernels, optimised in every build profile: the matrix product
-//! of f32 activations with a frozen bf16 weight, on CPUs with AVX-512 BF16
+//! keel's CPU kernels, optimised in every build profile and dispatched per
+//! CPU tier ([`Tier`]): the matrix product of f32 activations with a frozen
+//! bf16 weight, with AVX-512 BF16 dot products where the CPU has them
 //! (`vdpbf16ps`: AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and
-//! later), causal self-attention ([`causal_attention`]), the LM head's row
+//! later) and widened to f32 block by block elsewhere, causal self-attention ([`causal_attention`]), the LM head's row
 //! log-softmax ([`log_softmax_row`]) and the MLP's SwiGLU ([`swiglu`]).
 //!
 //! Why: a bf16 base weight is what makes LoRA training cheap, but the `gemm`
@@ -58,18 +59,24 @@ impl Weight {
     }
 }
 
-/// Whether the bf16 product ([`matmul_bf16`], [`PackedWeight`]) runs: the
-/// tier in force is [`Tier::Avx512Bf16`].
-pub fn available() -> bool {
+/// Whether the bf16 product ([`matmul_bf16`], [`PackedWeight`]) rounds the
+/// activations to bf16 (PyTorch's bf16 autocast): on the AVX-512 BF16 tier,
+/// whose dot products take bf16 pairs. Every other tier widens the weight to
+/// f32 a block of columns at a time and multiplies the f32 activations as
+/// they are.
+pub fn rounds_activations() -> bool {
     tier() == Tier::Avx512Bf16
 }
+
+/// Weight columns widened to f32 per task on tiers without bf16 units: the
+/// block, `k × 64` floats, stays in L2 while `gemm` multiplies it.
+const WIDEN_COLS: usize = 64;
 
 /// `a[m, k] · B[k, n]`, `B` read from `w` as `layout` says, into a new
 /// row-major `[m, n]`.
 ///
 /// # Panics
-/// Unless the bf16 product is [`available`], or if a length does not
-/// match its dimensions.
+/// If a length does not match its dimensions.
 pub fn matmul_bf16(
     a: &[f32],
     w: &[bf16],
@@ -146,33 +153,45 @@ fn size(r: usize, c: usize) -> usize {
     r.checked_mul(c).expect("matmul_bf16: size overflows")
 }
 
-/// A weight repacked for the microkernel, for multiplying it many times
-/// (packing reads the whole weight: for a product with few rows it costs
-/// as much as the multiply).
+/// A bf16 weight made ready for the tier's product, for multiplying it many
+/// times: repacked into bf16 pairs for the AVX-512 BF16 microkernel
+/// (packing reads the whole weight: for a product with few rows it costs as
+/// much as the multiply), or kept in bf16 for widening.
 pub struct PackedWeight {
-    packed: Vec<u32>,
+    form: Form,
     k: usize,
     n: usize,
+}
+
+enum Form {
+    /// [`x86::pack_weight`]'s strips of bf16 pairs.
+    Pairs(Vec<u32>),
+    /// The weight as given, widened a block of columns at a time.
+    Widened(Vec<bf16>, Weight),
 }
 
 impl PackedWeight {
     /// Packs `w` seen as `B[k, n]` through `layout`.
     ///
     /// # Panics
-    /// Unless the bf16 product is [`available`], or if `w` is not `k × n`.
+    /// If `w` is not `k × n`.
     pub fn new(w: &[bf16], k: usize, n: usize, layout: Weight) -> Self {
-        assert!(
-            available(),
-            "matmul_bf16 needs the avx512bf16 tier; in force: {}",
-            tier()
-        );
         assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available()` was asserted.
-        let packed = unsafe { x86::pack_weight(w, k, n, layout) };
-        #[cfg(not(target_arch = "x86_64"))]
-        let packed = Vec::new();
-        PackedWeight { packed, k, n }
+        if rounds_activations() {
+            // SAFETY: the tier in force is AVX-512 BF16, so the CPU has it.
+            let packed = unsafe { x86::pack_weight(w, k, n, layout) };
+            return PackedWeight {
+                form: Form::Pairs(packed),
+                k,
+                n,
+            };
+        }
+        PackedWeight {
+            form: Form::Widened(w.to_vec(), layout),
+            k,
+            n,
+        }
     }
 
     /// `out[m, n] = a[m, k] · B`; `out` is overwritten.
@@ -197,10 +216,19 @@ impl PackedWeight {
         if k == 0 {
             return out.fill(0.0);
         }
+        match &self.form {
+            Form::Pairs(packed) => self.pairs_into(packed, a, m, out),
+            Form::Widened(w, layout) => widened_into(w, *layout, a, (m, k, n), out),
+        }
+    }
+
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn pairs_into(&self, packed: &[u32], a: &[f32], m: usize, out: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
         #[cfg(target_arch = "x86_64")]
         {
             let pairs = k.div_ceil(2);
-            // SAFETY: `available()` was asserted when packing.
+            // SAFETY: pairs are only packed on the AVX-512 BF16 tier.
             let a = unsafe { x86::pack_activations(a, m, k) };
             let strips = n.div_ceil(NR);
             let tasks: Vec<(usize, usize)> = (0..m.div_ceil(MC))
@@ -210,11 +238,11 @@ impl PackedWeight {
             tasks.into_par_iter().for_each(|(i, j)| {
                 let rows = i * MC..(m.min((i + 1) * MC));
                 for s in j * STRIPS_PER_TASK..strips.min((j + 1) * STRIPS_PER_TASK) {
-                    let strip = &self.packed[s * pairs * NR..(s + 1) * pairs * NR];
+                    let strip = &packed[s * pairs * NR..(s + 1) * pairs * NR];
                     let cols = NR.min(n - s * NR);
                     for r in rows.clone().step_by(MR) {
                         let tile = &a[r * pairs..(r + MR) * pairs];
-                        // SAFETY: `available()` was asserted; `tile` and `strip`
+                        // SAFETY: the AVX-512 BF16 tier is in force; `tile` and `strip`
                         // hold `MR` rows and `NR` columns of `pairs`; tasks write
                         // disjoint tiles of `out`, rows `r..r+MR` ∩ `..m` and the
                         // columns of strip `s`, all inside its `m × n`.
@@ -234,6 +262,71 @@ impl PackedWeight {
             });
         }
     }
+}
+
+/// `out[m, n] = a[m, k] · B` on tiers without bf16 units: one task per
+/// block of [`WIDEN_COLS`] columns of `B` widens them to f32 (exactly) and
+/// multiplies through `gemm`, so no f32 copy of the whole weight exists.
+fn widened_into(
+    w: &[bf16],
+    layout: Weight,
+    a: &[f32],
+    (m, k, n): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let c = SharedOut(out.as_mut_ptr());
+    (0..n.div_ceil(WIDEN_COLS))
+        .into_par_iter()
+        .for_each(|block| {
+            let cols = block * WIDEN_COLS..n.min((block + 1) * WIDEN_COLS);
+            let width = cols.len();
+            // The block as `gemm` reads it: `KN` keeps its rows (`[k, width]`),
+            // `NK` its columns (`[width, k]`, the rows of `w`).
+            let (widened, row_stride, col_stride): (Vec<f32>, isize, isize) = match layout {
+                Weight::KN => (
+                    (0..k)
+                        .flat_map(|l| w[l * n + cols.start..l * n + cols.end].iter())
+                        .map(|x| x.to_f32())
+                        .collect(),
+                    width as isize,
+                    1,
+                ),
+                Weight::NK => (
+                    w[cols.start * k..cols.end * k]
+                        .iter()
+                        .map(|x| x.to_f32())
+                        .collect(),
+                    1,
+                    k as isize,
+                ),
+            };
+            // SAFETY: `a` is `m × k` and the block `k × width` at these strides
+            // (checked by the caller); this task writes only columns `cols` of
+            // the `m × n` output.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    width,
+                    k,
+                    c.at(cols.start),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    widened.as_ptr(),
+                    col_stride,
+                    row_stride,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        });
 }
 
 /// The output buffer, shared by tasks that write disjoint tiles of it.
@@ -266,14 +359,14 @@ mod x86 {
     /// of [`MR`] (with zeros).
     ///
     /// # Safety
-    /// The CPU has AVX-512 BF16 (see [`super::available`]).
+    /// The CPU has AVX-512 BF16 (see [`super::rounds_activations`]).
     pub unsafe fn pack_activations(a: &[f32], m: usize, k: usize) -> Vec<u32> {
         let pairs = k.div_ceil(2);
         let mut packed = vec![0u32; m.div_ceil(MR) * MR * pairs];
         packed
             .par_chunks_mut(pairs)
             .zip(a.par_chunks(k))
-            // SAFETY: only called after `available()` (see `matmul_bf16`).
+            // SAFETY: only called on the AVX-512 BF16 tier (see `PackedWeight::new`).
             .for_each(|(dst, src)| unsafe { round_row(src, dst) });
         packed
     }
@@ -324,7 +417,7 @@ mod x86 {
     /// `B[2p, sNR + c]` and high half `B[2p + 1, sNR + c]` (zero past the edges).
     ///
     /// # Safety
-    /// The CPU has AVX-512 BF16 (see [`super::available`]).
+    /// The CPU has AVX-512 BF16 (see [`super::rounds_activations`]).
     pub unsafe fn pack_weight(w: &[bf16], k: usize, n: usize, layout: Weight) -> Vec<u32> {
         let pairs = k.div_ceil(2);
         let mut packed = vec![0u32; n.div_ceil(NR) * pairs * NR];
@@ -337,7 +430,7 @@ mod x86 {
                 for (p, dst) in strip.chunks_mut(NR).enumerate() {
                     let (k0, k1) = (2 * p, 2 * p + 1);
                     match layout {
-                        // SAFETY: only called after `available()`.
+                        // SAFETY: only called on the AVX-512 BF16 tier.
                         Weight::KN => unsafe {
                             interleave(
                                 &w[k0 * n + s * NR..][..cols],
@@ -505,20 +598,21 @@ mod tests {
         (2, 3, 1),
     ];
 
-    /// The bf16 product equals the f64 product of the bf16-rounded operands
-    /// at every edge shape, both layouts.
+    /// The bf16 product equals the f64 product of its operands, the
+    /// activations rounded to bf16 where the tier rounds them, at every edge
+    /// shape, both layouts.
     #[test]
     fn the_product_is_the_bf16_rounded_product() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512 BF16");
-            return;
-        }
-        for (m, k, n) in SHAPES {
+        let round = |x: f32| match rounds_activations() {
+            true => bf16::from_f32(x).to_f64(),
+            false => f64::from(x),
+        };
+        for (m, k, n) in SHAPES.into_iter().chain([(5, 70, 200)]) {
             for layout in [Weight::KN, Weight::NK] {
                 let a = values(m * k, 1);
                 let w: Vec<bf16> = values(k * n, 2).into_iter().map(bf16::from_f32).collect();
                 let got = matmul_bf16(&a, &w, m, k, n, layout);
-                let rounded: Vec<f64> = a.iter().map(|&x| bf16::from_f32(x).to_f64()).collect();
+                let rounded: Vec<f64> = a.iter().map(|&x| round(x)).collect();
                 let w64: Vec<f64> = w.iter().map(|x| x.to_f64()).collect();
                 let want = reference(&rounded, &w64, m, k, n, layout);
                 assert_matches(&got, want, &format!("bf16 {m}x{k}x{n} {layout:?}"));
@@ -545,7 +639,7 @@ mod tests {
     /// lies just above the midpoint between two bf16 values and rounds up.
     #[test]
     fn activations_round_to_nearest() {
-        if !available() {
+        if !rounds_activations() {
             return;
         }
         let x = 1.0 + 2f32.powi(-8) + 2f32.powi(-16);
