@@ -125,26 +125,50 @@ pub fn matmul_f32_into(
     // SAFETY: the lengths were checked; `a` and `out` are row-major, `w`
     // holds `B`'s `k × n` elements at these strides.
     unsafe {
+        gemm_into(
+            (m, k, n),
+            (out.as_mut_ptr(), n),
+            a.as_ptr(),
+            (w.as_ptr(), row_stride, col_stride),
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// `dst[m, n] = a[m, k] · B` through `gemm`: `a` row-major, `dst` with row
+/// stride `dst.1`, `B[l, j]` at `rhs.0 + l·rhs.1 + j·rhs.2`.
+///
+/// # Safety
+/// Each pointer must cover its matrix at these strides.
+unsafe fn gemm_into(
+    (m, k, n): (usize, usize, usize),
+    dst: (*mut f32, usize),
+    a: *const f32,
+    rhs: (*const f32, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            dst.0,
             1,
-            n as isize,
+            dst.1 as isize,
             false,
-            a.as_ptr(),
+            a,
             1,
             k as isize,
-            w.as_ptr(),
-            col_stride,
-            row_stride,
+            rhs.0,
+            rhs.2,
+            rhs.1,
             0.0,
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         )
     }
 }
@@ -304,25 +328,11 @@ fn widened_into(
             // (checked by the caller); this task writes only columns `cols` of
             // the `m × n` output.
             unsafe {
-                gemm::gemm(
-                    m,
-                    width,
-                    k,
-                    c.at(cols.start),
-                    1,
-                    n as isize,
-                    false,
+                gemm_into(
+                    (m, k, width),
+                    (c.at(cols.start), n),
                     a.as_ptr(),
-                    1,
-                    k as isize,
-                    widened.as_ptr(),
-                    col_stride,
-                    row_stride,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    (widened.as_ptr(), row_stride, col_stride),
                     gemm::Parallelism::None,
                 )
             }
