@@ -332,27 +332,28 @@ fn prompt_ids(loaded: &LoadedModel, prompt: &str, chat: bool) -> Result<Vec<u32>
 }
 
 fn inspect(path: &Path) -> Result<()> {
-    let source = ModelSource::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let source = match ModelSource::open(path) {
+        Ok(source) => source,
+        // A GGUF keel cannot run is still described, with the reason.
+        Err(e) => match keel_gguf::GgufFile::open(path) {
+            Ok(gguf) => return inspect_gguf(path, &gguf, &e),
+            Err(_) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        },
+    };
     let c = &source.config;
     let tensors = source.weights.list();
-    let params: usize = tensors
-        .iter()
-        .map(|(_, _, s)| s.iter().product::<usize>())
-        .sum();
-    let mut dtypes: Vec<(String, usize)> = Vec::new();
-    for (_, dtype, _) in &tensors {
-        match dtypes.iter_mut().find(|(d, _)| d == dtype) {
-            Some((_, n)) => *n += 1,
-            None => dtypes.push((dtype.clone(), 1)),
-        }
-    }
-    let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
-    let modules = c.linear_modules();
     let mut lines = vec![
         format!("path:          {}", path.display()),
         format!("architecture:  {}", c.architecture.name()),
-        format!("parameters:    {params} ({:.1} M)", params as f64 / 1e6),
-        format!("size:          {:.1} MB", disk_size(path)? as f64 / 1e6),
+    ];
+    lines.extend(tensor_summary(
+        path,
+        tensors
+            .iter()
+            .map(|(_, dtype, shape)| (dtype.as_str(), shape)),
+    )?);
+    let modules = c.linear_modules();
+    lines.extend([
         format!("layers:        {}", c.num_hidden_layers),
         format!(
             "hidden:        {} (intermediate {})",
@@ -377,11 +378,51 @@ fn inspect(path: &Path) -> Result<()> {
                 "no"
             }
         ),
-        format!("dtypes:        {}", dtypes.join(", ")),
         format!("linear modules ({}):", modules.len()),
-    ];
+    ]);
     lines.extend(modules.iter().map(|m| format!("  {m}")));
     print_out(&(lines.join("\n") + "\n"))
+}
+
+/// What `keel inspect` can say of a GGUF keel cannot run: its tensors, and why.
+fn inspect_gguf(path: &Path, gguf: &keel_gguf::GgufFile, why: &keel_model::Error) -> Result<()> {
+    let arch = gguf
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("(none given)");
+    let mut lines = vec![
+        format!("path:          {}", path.display()),
+        format!("architecture:  {arch}"),
+    ];
+    lines.extend(tensor_summary(
+        path,
+        gguf.tensors.iter().map(|t| (t.ggml_type.name(), &t.shape)),
+    )?);
+    lines.push(format!("keel runs it:  no: {why}"));
+    print_out(&(lines.join("\n") + "\n"))
+}
+
+/// Parameter count, size on disk and tensor types (with their counts) of
+/// `(type, shape)` per tensor.
+fn tensor_summary<'a>(
+    path: &Path,
+    tensors: impl Iterator<Item = (&'a str, &'a Vec<usize>)>,
+) -> Result<Vec<String>> {
+    let (mut params, mut types) = (0usize, Vec::<(&str, usize)>::new());
+    for (ty, shape) in tensors {
+        params += shape.iter().product::<usize>();
+        match types.iter_mut().find(|(t, _)| *t == ty) {
+            Some((_, n)) => *n += 1,
+            None => types.push((ty, 1)),
+        }
+    }
+    let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+    Ok(vec![
+        format!("parameters:    {params} ({:.1} M)", params as f64 / 1e6),
+        format!("size:          {:.1} MB", disk_size(path)? as f64 / 1e6),
+        format!("dtypes:        {}", types.join(", ")),
+    ])
 }
 
 /// Bytes of a model file, or of the files in a model folder.

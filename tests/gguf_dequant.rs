@@ -114,6 +114,37 @@ fn an_unsupported_type_is_described_then_named() {
     );
 }
 
+/// `keel inspect` describes a GGUF keel cannot run (here an architecture it
+/// does not know) instead of refusing it: tensor types, parameters, size,
+/// and the reason.
+#[test]
+fn inspect_describes_a_gguf_keel_cannot_run() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "inspect".as_ref(),
+            fixture("gguf-quants/quants.gguf").as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "architecture:  keeltest",
+        "parameters:    15360",
+        "Q5_0 x1",
+        "IQ4_XS x1",
+        "size:          0.0 MB",
+        "keel runs it:  no:",
+        "\"keeltest\" is not supported",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+}
+
 #[test]
 fn truncated_file_names_the_tensor() {
     let bytes = std::fs::read(fixture("gguf-quants/quants.gguf")).unwrap();
