@@ -2,7 +2,8 @@
 //! CPU tier ([`Tier`]): the matrix product of f32 activations with a frozen
 //! bf16 weight, with AVX-512 BF16 dot products where the CPU has them
 //! (`vdpbf16ps`: AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and
-//! later) and widened to f32 block by block elsewhere, causal self-attention ([`causal_attention`]), the LM head's row
+//! later) and widened to f32 block by block elsewhere, causal
+//! self-attention ([`causal_attention`]), the LM head's row
 //! log-softmax ([`log_softmax_row`]) and the MLP's SwiGLU ([`swiglu`]).
 //!
 //! Why: a bf16 base weight is what makes LoRA training cheap, but the `gemm`
@@ -180,26 +181,28 @@ fn size(r: usize, c: usize) -> usize {
 /// A bf16 weight made ready for the tier's product, for multiplying it many
 /// times: repacked into bf16 pairs for the AVX-512 BF16 microkernel
 /// (packing reads the whole weight: for a product with few rows it costs as
-/// much as the multiply), or kept in bf16 for widening.
-pub struct PackedWeight {
-    form: Form,
+/// much as the multiply), or read in place for widening.
+pub struct PackedWeight<'w> {
+    form: Form<'w>,
     k: usize,
     n: usize,
 }
 
-enum Form {
+enum Form<'w> {
     /// [`x86::pack_weight`]'s strips of bf16 pairs.
     Pairs(Vec<u32>),
-    /// The weight as given, widened a block of columns at a time.
-    Widened(Vec<bf16>, Weight),
+    /// The weight as given, widened a block of columns at a time: borrowed,
+    /// since a copy would cost a product with few rows as much as the
+    /// multiply, and the head's memory the weight's size again.
+    Widened(&'w [bf16], Weight),
 }
 
-impl PackedWeight {
+impl<'w> PackedWeight<'w> {
     /// Packs `w` seen as `B[k, n]` through `layout`.
     ///
     /// # Panics
     /// If `w` is not `k × n`.
-    pub fn new(w: &[bf16], k: usize, n: usize, layout: Weight) -> Self {
+    pub fn new(w: &'w [bf16], k: usize, n: usize, layout: Weight) -> Self {
         assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
         #[cfg(target_arch = "x86_64")]
         if rounds_activations() {
@@ -212,7 +215,7 @@ impl PackedWeight {
             };
         }
         PackedWeight {
-            form: Form::Widened(w.to_vec(), layout),
+            form: Form::Widened(w, layout),
             k,
             n,
         }

@@ -109,8 +109,8 @@ enum Values<'a> {
     F32(&'a [f32]),
     Bf16 {
         w: &'a [bf16],
-        logits: PackedWeight,
-        expected: Option<PackedWeight>,
+        logits: PackedWeight<'a>,
+        expected: Option<PackedWeight<'a>>,
     },
 }
 
