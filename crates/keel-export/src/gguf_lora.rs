@@ -49,8 +49,7 @@ pub fn export_gguf_lora(
     let arch = match config.architecture {
         // llama.cpp's converter writes Mistral checkpoints as `llama`.
         Architecture::Llama | Architecture::Mistral => "llama",
-        Architecture::Qwen2 => "qwen2",
-        Architecture::Qwen3 => "qwen3",
+        other => other.name(),
     };
     let ty = match dtype {
         GgufDtype::F32 => GgmlType::F32,
@@ -69,12 +68,11 @@ pub fn export_gguf_lora(
         let Some(adapter) = layer.adapter(name) else {
             continue;
         };
-        let base = keel_model::gguf_name(&format!("{module}.weight")).ok_or_else(|| {
-            Error::Unsupported {
+        let base = keel_model::gguf_name(config.architecture, &format!("{module}.weight"))
+            .ok_or_else(|| Error::Unsupported {
                 format: "gguf",
                 reason: format!("module `{module}` has no GGUF tensor name"),
-            }
-        })?;
+            })?;
         let (a, b) = adapter.factors_on_original_base();
         let r = a.dims()[1];
         let (d_in, d_out) = (layer.in_features(), layer.out_features());
@@ -90,19 +88,19 @@ pub fn export_gguf_lora(
         let a: Vec<f32> = a.try_into_vec_as().expect("float");
         let b: Vec<f32> = b.mul_scalar(fold).try_into_vec_as().expect("float");
         let lora_a = keel_adapters::host::transpose(d_in, r, &a);
-        let mut lora_b = keel_adapters::host::transpose(r, d_out, &b);
-        let heads = match module.rsplit('.').next() {
-            Some("q_proj") => Some(config.num_attention_heads),
-            Some("k_proj") => Some(config.num_key_value_heads),
-            _ => None,
-        };
-        if let (Some(heads), "llama") = (heads, arch) {
-            lora_b = keel_model::reorder_qk_rows(d_out, r, &lora_b, heads, QkLayout::ToGguf)
-                .map_err(|reason| Error::Unsupported {
-                    format: "gguf",
-                    reason: format!("{module}: {reason}"),
-                })?;
-        }
+        // lora_b's rows are the base weight's: laid out as llama.cpp lays it out.
+        let lora_b = keel_adapters::host::transpose(r, d_out, &b);
+        let lora_b = keel_model::gguf_layout(
+            config,
+            &format!("{module}.weight"),
+            &[d_out, r],
+            lora_b,
+            QkLayout::ToGguf,
+        )
+        .map_err(|reason| Error::Unsupported {
+            format: "gguf",
+            reason: format!("{module}: {reason}"),
+        })?;
         w.add_tensor(&format!("{base}.lora_a"), &[r, d_in], &lora_a, ty)?;
         w.add_tensor(&format!("{base}.lora_b"), &[d_out, r], &lora_b, ty)?;
         count += 1;

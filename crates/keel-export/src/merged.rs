@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use keel_gguf::{GgmlType, GgufFile, GgufWriter, Value};
-use keel_model::{Architecture, LoadedModel, QkLayout};
+use keel_model::{LoadedModel, QkLayout};
 
 use crate::error::Error;
 use crate::gguf_lora::GgufDtype;
@@ -68,31 +68,16 @@ pub fn export_merged_gguf(
         }
     }
     let c = &model.config;
-    let interleaved = matches!(c.architecture, Architecture::Llama | Architecture::Mistral);
     let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     for (hf, shape, data) in keel_model::hf_tensors(&model.model) {
-        let gguf = keel_model::gguf_name(&hf).ok_or_else(|| Error::Unsupported {
+        let unsupported = |reason: String| Error::Unsupported {
             format: "gguf",
-            reason: format!("tensor `{hf}` has no GGUF name"),
-        })?;
-        let heads = match hf.rsplit('.').nth(1) {
-            Some("q_proj") => Some(c.num_attention_heads),
-            Some("k_proj") => Some(c.num_key_value_heads),
-            _ => None,
+            reason,
         };
-        let data = match heads {
-            // A llama GGUF stores q/k rows interleaved per head (bias too).
-            Some(h) if interleaved => {
-                let cols = if shape.len() == 2 { shape[1] } else { 1 };
-                keel_model::reorder_qk_rows(shape[0], cols, &data, h, QkLayout::ToGguf).map_err(
-                    |reason| Error::Unsupported {
-                        format: "gguf",
-                        reason: format!("{hf}: {reason}"),
-                    },
-                )?
-            }
-            _ => data,
-        };
+        let gguf = keel_model::gguf_name(c.architecture, &hf)
+            .ok_or_else(|| unsupported(format!("tensor `{hf}` has no GGUF name")))?;
+        let data = keel_model::gguf_layout(c, &hf, &shape, data, QkLayout::ToGguf)
+            .map_err(|reason| unsupported(format!("{hf}: {reason}")))?;
         tensors.insert(gguf, (shape, data));
     }
     // The base's tensor order; every one of them must have been rewritten.

@@ -17,16 +17,30 @@ pub enum Architecture {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Gemma 3's text model: GeGLU, scaled embeddings, norms before and
+    /// after attention and MLP, sliding-window layers with their own RoPE.
+    Gemma3,
 }
 
+const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma3";
+
 impl Architecture {
-    /// HF `model_type`, also GGUF `general.architecture`.
+    /// GGUF `general.architecture` (llama.cpp's name).
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
             Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma3 => "gemma3",
+        }
+    }
+
+    /// HF `model_type`.
+    fn hf_model_type(self) -> &'static str {
+        match self {
+            Architecture::Gemma3 => "gemma3_text",
+            other => other.name(),
         }
     }
 
@@ -36,12 +50,41 @@ impl Architecture {
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
+            Architecture::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
-    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3).
+    /// Whether queries and keys are RMS-normalised per head before RoPE.
     pub fn qk_norm(self) -> bool {
-        self == Architecture::Qwen3
+        matches!(self, Architecture::Qwen3 | Architecture::Gemma3)
+    }
+
+    /// What every RMSNorm weight is offset by: Gemma stores `w` and scales
+    /// by `1 + w` (GGUF files store `1 + w`).
+    pub fn norm_offset(self) -> f32 {
+        match self {
+            Architecture::Gemma3 => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// Gemma's layer: norms after attention and after the MLP too, and the
+    /// MLP's own input norm (`pre_feedforward_layernorm`).
+    pub fn sandwich_norms(self) -> bool {
+        self == Architecture::Gemma3
+    }
+
+    /// The MLP's gate activation.
+    pub fn activation(self) -> Activation {
+        match self {
+            Architecture::Gemma3 => Activation::GeluTanh,
+            _ => Activation::Silu,
+        }
+    }
+
+    /// Gemma multiplies the embeddings by `sqrt(hidden_size)`.
+    pub fn scales_embeddings(self) -> bool {
+        self == Architecture::Gemma3
     }
 
     fn parse(name: &str) -> Option<Self> {
@@ -50,9 +93,57 @@ impl Architecture {
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            // GGUF says gemma3, HF's text model gemma3_text.
+            "gemma3" | "gemma3_text" => Architecture::Gemma3,
             _ => return None,
         })
     }
+}
+
+/// The MLP's gate activation, with its HF name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (`silu`).
+    Silu,
+    /// GeGLU with tanh-approximated GELU (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    fn hf_name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+        }
+    }
+}
+
+/// The attention a decoder layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerType {
+    /// Every earlier position.
+    Full,
+    /// Only the last `sliding_window` positions, with the local RoPE.
+    Sliding,
+}
+
+impl LayerType {
+    fn hf_name(self) -> &'static str {
+        match self {
+            LayerType::Full => "full_attention",
+            LayerType::Sliding => "sliding_attention",
+        }
+    }
+}
+
+/// Gemma 3's layers: every `pattern`-th is global, the rest slide.
+fn layer_pattern(n_layers: usize, pattern: usize) -> Vec<LayerType> {
+    (0..n_layers)
+        .map(|i| match (i + 1).is_multiple_of(pattern.max(1)) {
+            true => LayerType::Full,
+            false => LayerType::Sliding,
+        })
+        .collect()
 }
 
 /// How RoPE frequencies are rescaled for long contexts.
@@ -91,6 +182,15 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// Biases on the q, k and v projections (Qwen2).
     pub attention_bias: bool,
+    /// Each decoder layer's attention; all [`LayerType::Full`] but in Gemma 3.
+    pub layer_types: Vec<LayerType>,
+    /// How many positions a [`LayerType::Sliding`] layer sees, its own included.
+    pub sliding_window: Option<usize>,
+    /// RoPE base of the sliding layers (no rescaling), where it differs.
+    pub rope_local_theta: Option<f64>,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-0.5`
+    /// (`head_dim` but in Gemma).
+    pub query_pre_attn_scalar: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -130,9 +230,21 @@ pub struct HfConfig {
     pub mlp_bias: bool,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Gemma's name for `hidden_act`.
+    pub hidden_activation: Option<String>,
     /// Qwen2/Qwen3's switch for sliding-window layers, which keel does not run.
     #[serde(default)]
     pub use_sliding_window: bool,
+    /// Gemma 3: the window, and which layers use it (`layer_types`, or
+    /// older configs' `sliding_window_pattern`).
+    pub sliding_window: Option<Value>,
+    pub layer_types: Option<Vec<String>>,
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma 3's RoPE base for sliding layers, before transformers 5.
+    pub rope_local_base_freq: Option<f64>,
+    pub query_pre_attn_scalar: Option<usize>,
+    pub final_logit_softcapping: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<OneOrMany>,
 }
@@ -164,18 +276,31 @@ impl HfConfig {
             reason,
         };
         let architecture = Architecture::parse(&self.model_type).ok_or_else(|| {
+            let hint = match self.model_type.as_str() {
+                "gemma3" => " (a multimodal Gemma 3: keel runs its text model, gemma3_text)",
+                _ => "",
+            };
             bad(
                 "model_type",
                 format!(
-                    "{:?} is not supported (supported: llama, mistral, qwen2, qwen3)",
+                    "{:?} is not supported{hint} (supported: {SUPPORTED})",
                     self.model_type
                 ),
             )
         })?;
-        if self.hidden_act != "silu" {
+        let (act_key, act) = match &self.hidden_activation {
+            Some(a) => ("hidden_activation", a.as_str()),
+            None => ("hidden_act", self.hidden_act.as_str()),
+        };
+        let activation = architecture.activation();
+        if act != activation.hf_name() {
             return Err(bad(
-                "hidden_act",
-                format!("{:?} is not supported (only silu)", self.hidden_act),
+                act_key,
+                format!(
+                    "{act:?} is not supported for {} (only {})",
+                    self.model_type,
+                    activation.hf_name()
+                ),
             ));
         }
         if self.mlp_bias {
@@ -187,7 +312,22 @@ impl HfConfig {
                 "sliding-window attention layers are not supported".into(),
             ));
         }
-        let (scaling_key, scaling) = match (&self.rope_scaling, &self.rope_parameters) {
+        for (key, cap) in [
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+        ] {
+            if let Some(cap) = cap {
+                return Err(bad(key, format!("{cap}: soft-capping is not supported")));
+            }
+        }
+        // transformers 5 gives Gemma 3 one set of RoPE parameters per layer type.
+        let (full_rope, local_rope) = match &self.rope_parameters {
+            Some(p) if p.get("full_attention").is_some() => {
+                (p.get("full_attention"), p.get("sliding_attention"))
+            }
+            p => (p.as_ref(), None),
+        };
+        let (scaling_key, scaling) = match (&self.rope_scaling, full_rope) {
             (Some(v), _) if !v.is_null() => ("rope_scaling", Some(v)),
             (_, Some(v)) if !v.is_null() => ("rope_parameters", Some(v)),
             _ => ("rope_scaling", None),
@@ -196,21 +336,70 @@ impl HfConfig {
             None => RopeScaling::None,
             Some(v) => parse_rope_scaling(v).map_err(|r| bad(scaling_key, r))?,
         };
-        let rope_theta = match (self.rope_theta, &self.rope_parameters) {
-            (Some(t), _) => t,
-            (None, Some(p)) => match p.get("rope_theta") {
-                None => 10_000.0,
-                Some(t) => t.as_f64().ok_or_else(|| {
+        let theta_of = |p: &Value| -> Result<Option<f64>, Error> {
+            match p.get("rope_theta") {
+                None => Ok(None),
+                Some(t) => t.as_f64().map(Some).ok_or_else(|| {
                     bad("rope_parameters.rope_theta", format!("{t} is not a number"))
-                })?,
-            },
+                }),
+            }
+        };
+        let rope_theta = match (self.rope_theta, full_rope) {
+            (Some(t), _) => t,
+            (None, Some(p)) => theta_of(p)?.unwrap_or(10_000.0),
             (None, None) => 10_000.0,
+        };
+        let (layer_types, sliding_window, rope_local_theta) = match architecture {
+            Architecture::Gemma3 => {
+                let layer_types = match &self.layer_types {
+                    Some(types) => types
+                        .iter()
+                        .map(|t| match t.as_str() {
+                            "full_attention" => Ok(LayerType::Full),
+                            "sliding_attention" => Ok(LayerType::Sliding),
+                            other => Err(bad(
+                                "layer_types",
+                                format!(
+                                    "{other:?} is neither full_attention nor sliding_attention"
+                                ),
+                            )),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                    None => layer_pattern(
+                        self.num_hidden_layers,
+                        self.sliding_window_pattern.unwrap_or(6),
+                    ),
+                };
+                if let Some(v) = local_rope
+                    && parse_rope_scaling(v) != Ok(RopeScaling::None)
+                {
+                    return Err(bad(
+                        "rope_parameters.sliding_attention",
+                        "RoPE scaling on sliding layers is not supported".into(),
+                    ));
+                }
+                let local = match local_rope {
+                    Some(p) => theta_of(p)?,
+                    None => self.rope_local_base_freq,
+                };
+                let window = match &self.sliding_window {
+                    None => 4096,
+                    Some(w) => w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
+                        bad("sliding_window", format!("{w} is not a positive integer"))
+                    })? as usize,
+                };
+                (layer_types, Some(window), Some(local.unwrap_or(10_000.0)))
+            }
+            _ => (vec![LayerType::Full; self.num_hidden_layers], None, None),
         };
         let eos_token_ids = match self.eos_token_id {
             None => vec![],
             Some(OneOrMany::One(id)) => vec![id],
             Some(OneOrMany::Many(ids)) => ids,
         };
+        let head_dim = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1));
         let config = Config {
             architecture,
             vocab_size: self.vocab_size,
@@ -219,9 +408,7 @@ impl HfConfig {
             num_hidden_layers: self.num_hidden_layers,
             num_attention_heads: self.num_attention_heads,
             num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim: self
-                .head_dim
-                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
+            head_dim,
             rms_norm_eps: self.rms_norm_eps,
             rope_theta,
             rope_scaling,
@@ -231,6 +418,10 @@ impl HfConfig {
             attention_bias: self
                 .attention_bias
                 .unwrap_or(architecture == Architecture::Qwen2),
+            layer_types,
+            sliding_window,
+            rope_local_theta,
+            query_pre_attn_scalar: self.query_pre_attn_scalar.unwrap_or(head_dim),
             bos_token_id: self.bos_token_id,
             eos_token_ids,
         };
@@ -284,6 +475,7 @@ impl Config {
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.num_key_value_heads),
             ("head_dim", self.head_dim),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -314,6 +506,19 @@ impl Config {
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(("rope_theta", "must be positive".into()));
         }
+        if self.layer_types.len() != self.num_hidden_layers {
+            return Err((
+                "layer_types",
+                format!(
+                    "lists {} layers, num_hidden_layers is {}",
+                    self.layer_types.len(),
+                    self.num_hidden_layers
+                ),
+            ));
+        }
+        if self.layer_types.contains(&LayerType::Sliding) && self.sliding_window.is_none() {
+            return Err(("sliding_window", "sliding layers need a window".into()));
+        }
         if let RopeScaling::Factors(f) = &self.rope_scaling
             && f.len() != self.head_dim / 2
         {
@@ -342,7 +547,7 @@ impl Config {
         let architecture = Architecture::parse(arch_name).ok_or_else(|| {
             bad(
                 "general.architecture",
-                format!("{arch_name:?} is not supported (supported: llama, mistral, qwen2, qwen3)"),
+                format!("{arch_name:?} is not supported (supported: {SUPPORTED})"),
             )
         })?;
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -383,6 +588,43 @@ impl Config {
                 }
             }
         };
+        let num_hidden_layers = md.usize(&key("block_count"))?;
+        let head_dim = match opt_usize("attention.key_length")? {
+            Some(d) => d,
+            None => opt_usize("rope.dimension_count")?
+                .unwrap_or(hidden_size / num_attention_heads.max(1)),
+        };
+        if let Some(cap) = opt_f64("final_logit_softcapping")? {
+            return Err(bad(
+                &key("final_logit_softcapping"),
+                format!("{cap}: soft-capping is not supported"),
+            ));
+        }
+        // What llama.cpp assumes for Gemma 3, where the file is silent: every
+        // sixth layer global, a local RoPE base of 10000, and scores scaled
+        // by head_dim but in the 27B model (62 layers), which uses
+        // hidden / heads.
+        let (layer_types, sliding_window, rope_local_theta, query_pre_attn_scalar) =
+            match (architecture, opt_usize("attention.sliding_window")?) {
+                (Architecture::Gemma3, window) => (
+                    match window {
+                        Some(_) => layer_pattern(num_hidden_layers, 6),
+                        None => vec![LayerType::Full; num_hidden_layers],
+                    },
+                    window,
+                    Some(10_000.0),
+                    match num_hidden_layers {
+                        62 => hidden_size / num_attention_heads.max(1),
+                        _ => head_dim,
+                    },
+                ),
+                _ => (
+                    vec![LayerType::Full; num_hidden_layers],
+                    None,
+                    None,
+                    head_dim,
+                ),
+            };
         let token_id = |k: &str| -> Result<Option<u32>, Error> {
             md.get(k)
                 .map(|_| md.usize(k).map(|v| v as u32))
@@ -394,21 +636,21 @@ impl Config {
             vocab_size,
             hidden_size,
             intermediate_size: md.usize(&key("feed_forward_length"))?,
-            num_hidden_layers: md.usize(&key("block_count"))?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads: opt_usize("attention.head_count_kv")?
                 .unwrap_or(num_attention_heads),
-            head_dim: match opt_usize("attention.key_length")? {
-                Some(d) => d,
-                None => opt_usize("rope.dimension_count")?
-                    .unwrap_or(hidden_size / num_attention_heads.max(1)),
-            },
+            head_dim,
             rms_norm_eps: md.f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: opt_f64("rope.freq_base")?.unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: opt_usize("context_length")?.unwrap_or(2048),
             tie_word_embeddings: gguf.tensor("output.weight").is_none(),
             attention_bias: gguf.tensor("blk.0.attn_q.bias").is_some(),
+            layer_types,
+            sliding_window,
+            rope_local_theta,
+            query_pre_attn_scalar,
             bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
             eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?
                 .into_iter()
@@ -447,9 +689,9 @@ impl Config {
             [one] => (*one).into(),
             many => many.into(),
         };
-        Ok(serde_json::json!({
+        let mut json = serde_json::json!({
             "architectures": [self.architecture.hf_class()],
-            "model_type": self.architecture.name(),
+            "model_type": self.architecture.hf_model_type(),
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -457,7 +699,7 @@ impl Config {
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            "hidden_act": self.architecture.activation().hf_name(),
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
             "rope_scaling": rope_scaling,
@@ -468,7 +710,23 @@ impl Config {
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
             "torch_dtype": "float32",
-        }))
+        });
+        if self.architecture == Architecture::Gemma3 {
+            let types: Vec<&str> = self.layer_types.iter().map(|t| t.hf_name()).collect();
+            let gemma = serde_json::json!({
+                "hidden_activation": self.architecture.activation().hf_name(),
+                "layer_types": types,
+                "sliding_window": self.sliding_window,
+                "rope_local_base_freq": self.rope_local_theta,
+                "query_pre_attn_scalar": self.query_pre_attn_scalar,
+                "final_logit_softcapping": null,
+                "attn_logit_softcapping": null,
+            });
+            for (k, v) in gemma.as_object().expect("an object") {
+                json[k] = v.clone();
+            }
+        }
+        Ok(json)
     }
 
     /// HF names of every linear projection, e.g. `model.layers.7.self_attn.q_proj`:
@@ -494,14 +752,20 @@ impl Config {
         names
     }
 
-    /// Inverse RoPE frequencies, one per pair of head dimensions, rescaled as
-    /// configured (HF `_compute_default_rope_parameters` and friends).
-    pub fn inv_freq(&self) -> Vec<f64> {
+    /// Inverse RoPE frequencies of `layer`'s attention, one per pair of head
+    /// dimensions, rescaled as configured (HF `_compute_default_rope_parameters`
+    /// and friends); sliding layers use the local base, unscaled, where
+    /// there is one.
+    pub fn inv_freq(&self, layer: LayerType) -> Vec<f64> {
+        let (theta, scaling) = match (layer, self.rope_local_theta) {
+            (LayerType::Sliding, Some(local)) => (local, &RopeScaling::None),
+            _ => (self.rope_theta, &self.rope_scaling),
+        };
         let d = self.head_dim as f64;
         let base: Vec<f64> = (0..self.head_dim / 2)
-            .map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d))
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / d))
             .collect();
-        match &self.rope_scaling {
+        match scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
             RopeScaling::Factors(factors) => base
@@ -566,6 +830,56 @@ mod tests {
         );
         assert!(config.architecture.qk_norm());
         assert_eq!(parse(config.to_hf_json().unwrap()).unwrap(), config);
+    }
+
+    fn gemma3_json() -> Value {
+        serde_json::json!({
+            "model_type": "gemma3_text", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
+            "num_hidden_layers": 7, "num_attention_heads": 4, "num_key_value_heads": 1,
+            "head_dim": 8, "query_pre_attn_scalar": 6, "sliding_window": 4,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        })
+    }
+
+    /// transformers 5's per-layer-type RoPE: the global layers' scaled, the
+    /// sliding ones' on their own base; without `layer_types` every sixth
+    /// layer is global; `keel convert`'s (older-style) config reads back
+    /// the same.
+    #[test]
+    fn gemma3_config_round_trips() {
+        let config = parse(gemma3_json()).unwrap();
+        let (full, sliding) = (LayerType::Full, LayerType::Sliding);
+        assert_eq!(
+            config.layer_types,
+            [sliding, sliding, sliding, sliding, sliding, full, sliding]
+        );
+        assert_eq!(config.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(
+            (config.rope_theta, config.rope_local_theta),
+            (1e6, Some(1e4))
+        );
+        assert_eq!(config.inv_freq(full)[1], 1e6f64.powf(-0.25) / 8.0);
+        assert_eq!(config.inv_freq(sliding)[1], 1e4f64.powf(-0.25));
+        assert_eq!(parse(config.to_hf_json().unwrap()).unwrap(), config);
+    }
+
+    /// Gemma 2's soft-capping, and an activation the architecture does not
+    /// use, are refused naming the key.
+    #[test]
+    fn gemma3_refusals_name_the_key() {
+        for (key, value) in [
+            ("final_logit_softcapping", Value::from(30.0)),
+            ("hidden_activation", Value::from("silu")),
+        ] {
+            let mut json = gemma3_json();
+            json[key] = value;
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     /// Sliding-window layers would silently compute something else: refused,

@@ -44,6 +44,20 @@ pub fn hf_tensors(model: &Llama) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             "post_attention_layernorm",
             layer.post_attention_layernorm.weight.val(),
         ));
+        for (n, sandwich) in [
+            (
+                "pre_feedforward_layernorm",
+                &layer.pre_feedforward_layernorm,
+            ),
+            (
+                "post_feedforward_layernorm",
+                &layer.post_feedforward_layernorm,
+            ),
+        ] {
+            if let Some(sandwich) = sandwich {
+                out.push(norm(n, sandwich.weight.val()));
+            }
+        }
         let a = &layer.self_attn;
         for (n, head_norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
             if let Some(head_norm) = head_norm {

@@ -14,7 +14,7 @@ mod selective;
 mod swiglu;
 mod weights;
 
-pub use config::{Architecture, Config, HfConfig, RopeScaling};
+pub use config::{Activation, Architecture, Config, HfConfig, LayerType, RopeScaling};
 pub use device::DeviceChoice;
 pub use error::Error;
 pub use generate::{
@@ -26,4 +26,4 @@ pub use keel_adapters::Linear;
 pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};
 pub use load::{LoadedModel, ModelSource, build_model};
 pub use selective::FullModule;
-pub use weights::{HostTensor, QkLayout, WeightSource, gguf_name, reorder_qk_rows};
+pub use weights::{HostTensor, QkLayout, WeightSource, gguf_layout, gguf_name, reorder_qk_rows};

@@ -1,11 +1,15 @@
-//! The Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2, Qwen3) on Burn.
+//! The Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2, Qwen3,
+//! Gemma 3) on Burn.
 //!
 //! Follows HF transformers' `modeling_llama.py`: pre-norm blocks of grouped-
-//! query attention with rotate-half RoPE and a SwiGLU MLP. Module and field
+//! query attention with rotate-half RoPE and a SwiGLU MLP. Gemma 3
+//! (`modeling_gemma3.py`) adds norms after attention and MLP, GeGLU, scaled
+//! embeddings and sliding-window layers with their own RoPE. Module and field
 //! names are HF's, so `model.layers.7.self_attn.q_proj` names the same
 //! projection here, in a safetensors file and in a PEFT adapter.
 
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::activation::gelu_approximate;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Device, Gradients, Int, Tensor, TensorData};
 
@@ -13,16 +17,18 @@ use keel_adapters::Linear;
 use keel_gemm::Weight;
 
 use crate::attention;
-use crate::config::Config;
+use crate::config::{Activation, Config, LayerType};
 use crate::head;
 use crate::selective::FullModule;
 use crate::swiglu::swiglu;
 
-/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`.
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * (weight + offset)`; the offset is
+/// 1 in Gemma, whose files store `weight` as HF does.
 #[derive(Module, Debug)]
 pub struct RmsNorm {
     pub weight: Param<Tensor<1>>,
     pub eps: f64,
+    pub offset: f32,
 }
 
 impl RmsNorm {
@@ -34,7 +40,11 @@ impl RmsNorm {
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let rms = x.clone().square().mean_dim(2).add_scalar(self.eps).sqrt();
-        x.div(rms).mul(self.weight.val().unsqueeze::<3>())
+        let weight = match self.offset {
+            0.0 => self.weight.val(),
+            offset => self.weight.val().add_scalar(offset),
+        };
+        x.div(rms).mul(weight.unsqueeze::<3>())
     }
 }
 
@@ -47,9 +57,10 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(config: &Config) -> Self {
+    /// The RoPE of `layer`'s kind of attention.
+    pub fn new(config: &Config, layer: LayerType) -> Self {
         Rope {
-            inv_freq: config.inv_freq(),
+            inv_freq: config.inv_freq(layer),
         }
     }
 
@@ -146,24 +157,46 @@ impl KvCache {
             },
         }
     }
+}
 
-    /// `[batch, 1, 1, keys]`, true at padding, for `keys` key positions;
-    /// `None` when no row is padded.
-    fn padding_mask(&self, keys: usize, device: &Device) -> Option<Tensor<4, Bool>> {
-        if self.pads.iter().all(|&p| p == 0) {
-            return None;
-        }
-        let b = self.pads.len();
-        let flags: Vec<bool> = self
-            .pads
-            .iter()
-            .flat_map(|&p| (0..keys).map(move |j| j < p))
-            .collect();
-        Some(Tensor::from_data(
-            TensorData::new(flags, [b, 1, 1, keys]),
-            device,
-        ))
+/// `[rows, 1, queries or 1, keys]`, true where a key is hidden beyond the
+/// causal mask: row `i`'s first `pads[i]` positions (padding), and for a
+/// sliding `window`, keys `window` or more positions before the query (HF:
+/// a key is seen when `kv > q - window`). The queries are the last
+/// `queries` of `keys` positions. `None` when nothing is hidden.
+fn attention_mask(
+    pads: &[usize],
+    window: Option<usize>,
+    queries: usize,
+    keys: usize,
+    device: &Device,
+) -> Option<Tensor<4, Bool>> {
+    let window = window.filter(|&w| keys > w);
+    if window.is_none() && pads.iter().all(|&p| p == 0) {
+        return None;
     }
+    let rows = pads.len().max(1);
+    let query_rows = if window.is_some() { queries } else { 1 };
+    let first = keys - queries;
+    let mut flags = Vec::with_capacity(rows * query_rows * keys);
+    for r in 0..rows {
+        let pad = pads.get(r).copied().unwrap_or(0);
+        for q in first..first + query_rows {
+            flags.extend((0..keys).map(|k| k < pad || window.is_some_and(|w| q >= k + w)));
+        }
+    }
+    Some(Tensor::from_data(
+        TensorData::new(flags, [rows, 1, query_rows, keys]),
+        device,
+    ))
+}
+
+/// What the layers of one forward pass share, per kind of attention: the
+/// RoPE tables and the mask.
+struct LayerInputs {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
 }
 
 #[derive(Module, Debug)]
@@ -172,12 +205,17 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
-    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3).
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// How many positions a sliding-window layer sees; `None` for all.
+    pub window: Option<usize>,
+    /// Multiplies the queries where scores are scaled by other than
+    /// `1/sqrt(head_dim)` (Gemma's `query_pre_attn_scalar`).
+    pub q_scale: Option<f64>,
 }
 
 impl Attention {
@@ -195,9 +233,8 @@ impl Attention {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: (&Tensor<4>, &Tensor<4>),
+        inputs: &LayerInputs,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-        padding: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let q = Rope::apply(
@@ -206,22 +243,26 @@ impl Attention {
                 self.n_heads,
                 self.q_norm.as_ref(),
             ),
-            rope.0,
-            rope.1,
+            &inputs.cos,
+            &inputs.sin,
         );
+        let q = match self.q_scale {
+            Some(scale) => q.mul_scalar(scale),
+            None => q,
+        };
         let k = Rope::apply(
             self.heads(
                 self.k_proj.forward(x.clone()),
                 self.n_kv_heads,
                 self.k_norm.as_ref(),
             ),
-            rope.0,
-            rope.1,
+            &inputs.cos,
+            &inputs.sin,
         );
         let v = self.heads(self.v_proj.forward(x), self.n_kv_heads, None);
-        let out = match (cache, padding) {
+        let out = match (cache, &inputs.mask) {
             (None, None) => attention::causal_self_attention(q, k, v),
-            (cache, padding) => {
+            (cache, mask) => {
                 // The cache holds keys and values head-major, as Burn's
                 // attention takes them.
                 let (mut k, mut v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
@@ -233,7 +274,9 @@ impl Attention {
                     *slot = Some((k.clone(), v.clone()));
                 }
                 let keys = k.dims()[2];
-                let mask = padding.map(|m| m.clone().expand([b, self.n_heads, s, keys]));
+                let mask = mask
+                    .as_ref()
+                    .map(|m| m.clone().expand([b, self.n_heads, s, keys]));
                 attention::attend(q.swap_dims(1, 2), k, v, mask).swap_dims(1, 2)
             }
         };
@@ -242,27 +285,37 @@ impl Attention {
     }
 }
 
-/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+/// A gated MLP, `down(act(gate(x)) * up(x))`: SwiGLU, or GeGLU in Gemma.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone());
-        self.down_proj
-            .forward(swiglu(gate, self.up_proj.forward(x)))
+        let up = self.up_proj.forward(x);
+        self.down_proj.forward(match self.activation {
+            Activation::Silu => swiglu(gate, up),
+            Activation::GeluTanh => gelu_approximate(gate).mul(up),
+        })
     }
 }
 
+/// A decoder block. `post_attention_layernorm` normalises the MLP's input,
+/// except in Gemma, where it normalises the attention's output and the two
+/// feed-forward norms surround the MLP.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
     pub self_attn: Attention,
     pub post_attention_layernorm: RmsNorm,
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<RmsNorm>,
     pub mlp: Mlp,
 }
 
@@ -270,15 +323,25 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: (&Tensor<4>, &Tensor<4>),
+        inputs: &LayerInputs,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-        padding: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache, padding);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let attn = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), inputs, cache);
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let h = x + self.post_attention_layernorm.forward(attn);
+                h.clone() + post.forward(self.mlp.forward(pre.forward(h)))
+            }
+            _ => {
+                let h = x + attn;
+                h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+            }
+        }
     }
 }
 
@@ -290,8 +353,15 @@ pub struct Llama {
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     pub lm_head: Option<Linear>,
+    /// The RoPE of full-attention layers, and of sliding ones where theirs
+    /// differs (Gemma 3).
     #[module(skip)]
     pub rope: Rope,
+    #[module(skip)]
+    pub rope_local: Option<Rope>,
+    /// Multiplies the embeddings (Gemma: `sqrt(hidden_size)`).
+    #[module(skip)]
+    pub embed_scale: Option<f32>,
 }
 
 impl Llama {
@@ -311,18 +381,44 @@ impl Llama {
     ) -> Tensor<3> {
         let [_, s] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let (cos, sin) = self.rope.tables(start, s, &tokens.device());
-        let padding = cache
-            .as_ref()
-            .and_then(|c| c.padding_mask(start + s, &tokens.device()));
-        // A half-precision base is computed with in f32.
-        let mut x = embedding(self.embed_tokens.val(), tokens).cast(DType::F32);
+        let pads = cache.as_ref().map_or(&[][..], |c| c.pads.as_slice());
+        let inputs = self.layer_inputs(start, s, pads, &tokens.device());
+        let mut x = self.embed(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, (&cos, &sin), slot, padding.as_ref());
+            x = layer.forward(x, inputs.of(layer), slot);
             tap(i, &x);
         }
         self.norm.forward(x)
+    }
+
+    /// The embeddings of `tokens`, in f32 (a half-precision base is
+    /// computed with in f32).
+    fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let x = embedding(self.embed_tokens.val(), tokens).cast(DType::F32);
+        match self.embed_scale {
+            Some(scale) => x.mul_scalar(scale),
+            None => x,
+        }
+    }
+
+    /// The RoPE tables and masks of `len` positions from `start`, for rows
+    /// left-padded by `pads`.
+    fn layer_inputs(&self, start: usize, len: usize, pads: &[usize], device: &Device) -> Inputs {
+        let keys = start + len;
+        let of = |rope: &Rope, window: Option<usize>| {
+            let (cos, sin) = rope.tables(start, len, device);
+            LayerInputs {
+                cos,
+                sin,
+                mask: attention_mask(pads, window, len, keys, device),
+            }
+        };
+        let window = self.layers.iter().find_map(|l| l.self_attn.window);
+        Inputs {
+            full: of(&self.rope, None),
+            sliding: window.map(|w| of(self.rope_local.as_ref().unwrap_or(&self.rope), Some(w))),
+        }
     }
 
     /// Projects hidden states onto the vocabulary.
@@ -372,9 +468,8 @@ impl Llama {
         mut grads: impl FnMut(Gradients),
     ) {
         let [_, s] = tokens.dims();
-        let (cos, sin) = self.rope.tables(0, s, &tokens.device());
-        let rope = (&cos, &sin);
-        let embedded = embedding(self.embed_tokens.val(), tokens).cast(DType::F32);
+        let shared = self.layer_inputs(0, s, &[], &tokens.device());
+        let embedded = self.embed(tokens);
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = embedded.clone().detach();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -382,7 +477,7 @@ impl Llama {
             before_layer(i);
             // Untracked parameters record no graph: Burn frees a recorded
             // one only at the next backward, so detaching is not enough.
-            x = layer.clone().no_grad().forward(x, rope, None, None);
+            x = layer.clone().no_grad().forward(x, shared.of(layer), None);
         }
         let x = x.require_grad();
         let loss = head(self.norm.forward(x.clone()));
@@ -401,7 +496,7 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate().skip(lowest).rev() {
             let x = inputs[i].clone().require_grad();
             before_layer(i);
-            let out = layer.forward(x.clone(), rope, None, None);
+            let out = layer.forward(x.clone(), shared.of(layer), None);
             upstream = Self::segment(out.mul(upstream).sum(), &x, &mut grads);
         }
         if embeddings_train {
@@ -511,17 +606,28 @@ impl Llama {
                 input_layernorm,
                 self_attn,
                 post_attention_layernorm,
+                pre_feedforward_layernorm,
+                post_feedforward_layernorm,
                 mlp,
             } = l;
             out.extend(projections_mut(i, self_attn, mlp).map(|(n, l)| (n, FullModule::Linear(l))));
-            norms.push((
-                format!("model.layers.{i}.input_layernorm"),
-                FullModule::Norm(input_layernorm),
-            ));
-            norms.push((
-                format!("model.layers.{i}.post_attention_layernorm"),
-                FullModule::Norm(post_attention_layernorm),
-            ));
+            let layer_norms = [
+                ("input_layernorm", Some(input_layernorm)),
+                ("post_attention_layernorm", Some(post_attention_layernorm)),
+                (
+                    "pre_feedforward_layernorm",
+                    pre_feedforward_layernorm.as_mut(),
+                ),
+                (
+                    "post_feedforward_layernorm",
+                    post_feedforward_layernorm.as_mut(),
+                ),
+            ];
+            for (name, norm) in layer_norms {
+                if let Some(norm) = norm {
+                    norms.push((format!("model.layers.{i}.{name}"), FullModule::Norm(norm)));
+                }
+            }
         }
         if let Some(head) = &mut self.lm_head {
             out.push(("lm_head".to_string(), FullModule::Linear(head)));
@@ -529,6 +635,21 @@ impl Llama {
         norms.push(("model.norm".to_string(), FullModule::Norm(&mut self.norm)));
         out.extend(norms);
         out
+    }
+}
+
+/// The [`LayerInputs`] of full-attention and of sliding-window layers.
+struct Inputs {
+    full: LayerInputs,
+    sliding: Option<LayerInputs>,
+}
+
+impl Inputs {
+    fn of(&self, layer: &DecoderLayer) -> &LayerInputs {
+        match (layer.self_attn.window, &self.sliding) {
+            (Some(_), Some(sliding)) => sliding,
+            _ => &self.full,
+        }
     }
 }
 

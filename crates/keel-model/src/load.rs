@@ -8,7 +8,7 @@ use keel_adapters::peft::AdapterFile;
 use keel_gguf::GgufFile;
 use keel_text::{ChatTemplate, Message, Tokenizer};
 
-use crate::config::{Config, HfConfig};
+use crate::config::{Architecture, Config, HfConfig, LayerType};
 use crate::error::Error;
 use keel_adapters::Linear;
 
@@ -55,7 +55,7 @@ impl ModelSource {
             true => Some(Tokenizer::from_file(&tokenizer_path)?),
             false => None,
         };
-        let chat_template = read_chat_template(dir)?;
+        let chat_template = read_chat_template(dir)?.or_else(|| builtin_template(&config));
         Ok(ModelSource {
             path: dir.to_path_buf(),
             config,
@@ -86,7 +86,7 @@ impl ModelSource {
                 bos_token: token_text("tokenizer.ggml.bos_token_id")?,
                 eos_token: token_text("tokenizer.ggml.eos_token_id")?,
             }),
-            None => None,
+            None => builtin_template(&config),
         };
         Ok(ModelSource {
             path: path.to_path_buf(),
@@ -170,6 +170,11 @@ fn require_tokenizer<'a>(t: &'a Option<Tokenizer>, path: &Path) -> Result<&'a To
         path: path.to_path_buf(),
         reason: "has no tokenizer.json: it holds weights only".into(),
     })
+}
+
+/// The template of a model whose file has none, where its family has one.
+fn builtin_template(config: &Config) -> Option<ChatTemplate> {
+    (config.architecture == Architecture::Gemma3).then(ChatTemplate::gemma3)
 }
 
 /// The chat template of an HF folder, from `tokenizer_config.json` or, as
@@ -301,9 +306,19 @@ pub fn build_model(
         Ok(RmsNorm {
             weight: frozen(tensor1(w, cfg, &format!("{name}.weight"), len, device)?),
             eps: cfg.rms_norm_eps,
+            offset: cfg.architecture.norm_offset(),
         })
     };
     let norm = |name: &str| norm_of(name, hidden);
+    let sandwich_norm = |name: String| -> Result<Option<RmsNorm>, Error> {
+        match cfg.architecture.sandwich_norms() {
+            true => norm(&name).map(Some),
+            false => Ok(None),
+        }
+    };
+    // The attention kernels scale scores by 1/sqrt(head_dim).
+    let q_scale = (cfg.query_pre_attn_scalar != cfg.head_dim)
+        .then(|| (cfg.head_dim as f64 / cfg.query_pre_attn_scalar as f64).sqrt());
     let head_norm = |name: String| -> Result<Option<RmsNorm>, Error> {
         match cfg.architecture.qk_norm() {
             true => norm_of(&name, cfg.head_dim).map(Some),
@@ -326,8 +341,15 @@ pub fn build_model(
                 n_heads: cfg.num_attention_heads,
                 n_kv_heads: cfg.num_key_value_heads,
                 head_dim: cfg.head_dim,
+                window: match cfg.layer_types[i] {
+                    LayerType::Full => None,
+                    LayerType::Sliding => cfg.sliding_window,
+                },
+                q_scale,
             },
             post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"))?,
+            pre_feedforward_layernorm: sandwich_norm(format!("{p}.pre_feedforward_layernorm"))?,
+            post_feedforward_layernorm: sandwich_norm(format!("{p}.post_feedforward_layernorm"))?,
             mlp: Mlp {
                 gate_proj: linear(
                     &format!("{p}.mlp.gate_proj"),
@@ -347,6 +369,7 @@ pub fn build_model(
                     hidden,
                     false,
                 )?,
+                activation: cfg.architecture.activation(),
             },
         });
     }
@@ -369,7 +392,15 @@ pub fn build_model(
         layers,
         norm: norm("model.norm")?,
         lm_head,
-        rope: Rope::new(cfg),
+        rope: Rope::new(cfg, LayerType::Full),
+        rope_local: cfg
+            .layer_types
+            .contains(&LayerType::Sliding)
+            .then(|| Rope::new(cfg, LayerType::Sliding)),
+        embed_scale: cfg
+            .architecture
+            .scales_embeddings()
+            .then(|| (hidden as f64).sqrt() as f32),
     })
 }
 

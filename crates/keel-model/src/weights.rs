@@ -142,26 +142,17 @@ impl WeightSource {
                 }
             }
             WeightSource::Gguf(g) => {
-                let name =
-                    gguf_name(hf_name).ok_or_else(|| err("has no GGUF equivalent".into()))?;
+                let name = gguf_name(config.architecture, hf_name)
+                    .ok_or_else(|| err("has no GGUF equivalent".into()))?;
                 let (shape, data) = g.tensor_f32(&name).map_err(|e| match e.kind {
                     keel_gguf::ErrorKind::MissingTensor(_) => {
                         err(format!("missing (GGUF name `{name}`)"))
                     }
                     _ => Error::Gguf(e),
                 })?;
-                let t = HostTensor { shape, data };
-                match (config.architecture, hf_name.rsplit('.').nth(1)) {
-                    // llama.cpp's converter interleaves q/k rows for its RoPE
-                    // layout; undo it to get HF's rotate-half layout back.
-                    (Architecture::Llama | Architecture::Mistral, Some("q_proj")) => {
-                        unpermute_rows(t, config.num_attention_heads, hf_name).map_err(err)?
-                    }
-                    (Architecture::Llama | Architecture::Mistral, Some("k_proj")) => {
-                        unpermute_rows(t, config.num_key_value_heads, hf_name).map_err(err)?
-                    }
-                    _ => t,
-                }
+                let data =
+                    gguf_layout(config, hf_name, &shape, data, QkLayout::ToHf).map_err(err)?;
+                HostTensor { shape, data }
             }
         };
         if tensor.shape != shape {
@@ -207,8 +198,8 @@ fn read_shard_index(path: &Path) -> Result<Vec<String>, Error> {
     Ok(shards)
 }
 
-/// HF tensor name to llama.cpp's GGUF name.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// HF tensor name to llama.cpp's GGUF name in an `arch` file.
+pub fn gguf_name(arch: Architecture, hf: &str) -> Option<String> {
     Some(match hf {
         "model.embed_tokens.weight" => "token_embd.weight".into(),
         "model.norm.weight" => "output_norm.weight".into(),
@@ -226,7 +217,11 @@ pub fn gguf_name(hf: &str) -> Option<String> {
                 "self_attn.o_proj" => "attn_output",
                 "self_attn.q_norm" => "attn_q_norm",
                 "self_attn.k_norm" => "attn_k_norm",
+                // Gemma normalises the attention's output with it.
+                "post_attention_layernorm" if arch.sandwich_norms() => "post_attention_norm",
                 "post_attention_layernorm" => "ffn_norm",
+                "pre_feedforward_layernorm" => "ffn_norm",
+                "post_feedforward_layernorm" => "post_ffw_norm",
                 "mlp.gate_proj" => "ffn_gate",
                 "mlp.up_proj" => "ffn_up",
                 "mlp.down_proj" => "ffn_down",
@@ -237,8 +232,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     })
 }
 
-/// Which way to reorder q/k rows between HF's rotate-half layout and
-/// llama.cpp's interleaved one.
+/// Which way to convert tensors between HF's layout and llama.cpp's (q/k
+/// rows in rotate-half or interleaved order, Gemma's norms as `w` or
+/// `1 + w`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QkLayout {
     /// GGUF rows to HF rows (loading).
@@ -282,15 +278,41 @@ pub fn reorder_qk_rows(
     Ok(out)
 }
 
-fn unpermute_rows(t: HostTensor, n_heads: usize, name: &str) -> Result<HostTensor, String> {
-    let rows = t.shape[0];
-    let cols: usize = t.shape[1..].iter().product();
-    let data = reorder_qk_rows(rows, cols, &t.data, n_heads, QkLayout::ToHf)
-        .map_err(|e| format!("{e} ({name})"))?;
-    Ok(HostTensor {
-        shape: t.shape,
-        data,
-    })
+/// Converts the values of tensor `hf_name` between llama.cpp's layout and
+/// HF's, in the direction `to`: llama.cpp's converter interleaves q/k rows
+/// for its RoPE in `llama` files, and stores Gemma's norm weights `w` as
+/// the `1 + w` they scale by.
+pub fn gguf_layout(
+    config: &Config,
+    hf_name: &str,
+    shape: &[usize],
+    mut data: Vec<f32>,
+    to: QkLayout,
+) -> Result<Vec<f32>, String> {
+    let module = hf_name.rsplit('.').nth(1).unwrap_or_default();
+    let heads = match module {
+        "q_proj" => config.num_attention_heads,
+        "k_proj" => config.num_key_value_heads,
+        _ => 0,
+    };
+    let interleaved = matches!(
+        config.architecture,
+        Architecture::Llama | Architecture::Mistral
+    );
+    if heads > 0 && interleaved {
+        let rows = shape.first().copied().unwrap_or(0);
+        let cols: usize = shape.iter().skip(1).product();
+        data = reorder_qk_rows(rows, cols, &data, heads, to)?;
+    }
+    let offset = config.architecture.norm_offset();
+    if offset != 0.0 && module.ends_with("norm") {
+        let shift = match to {
+            QkLayout::ToHf => -offset,
+            QkLayout::ToGguf => offset,
+        };
+        data.iter_mut().for_each(|v| *v += shift);
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -299,16 +321,24 @@ mod tests {
 
     #[test]
     fn gguf_names() {
+        let llama = Architecture::Llama;
         assert_eq!(
-            gguf_name("model.layers.12.self_attn.q_proj.bias").unwrap(),
+            gguf_name(llama, "model.layers.12.self_attn.q_proj.bias").unwrap(),
             "blk.12.attn_q.bias"
         );
         assert_eq!(
-            gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(),
+            gguf_name(llama, "model.layers.0.mlp.down_proj.weight").unwrap(),
             "blk.0.ffn_down.weight"
         );
-        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
-        assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
+        assert_eq!(gguf_name(llama, "lm_head.weight").unwrap(), "output.weight");
+        assert!(gguf_name(llama, "model.layers.x.mlp.down_proj.weight").is_none());
+        // The same HF name is another tensor in a Gemma 3 file.
+        let norm = "model.layers.3.post_attention_layernorm.weight";
+        assert_eq!(gguf_name(llama, norm).unwrap(), "blk.3.ffn_norm.weight");
+        assert_eq!(
+            gguf_name(Architecture::Gemma3, norm).unwrap(),
+            "blk.3.post_attention_norm.weight"
+        );
     }
 
     /// llama.cpp's permute, written as its Python does, then inverted.
@@ -333,15 +363,7 @@ mod tests {
             reorder_qk_rows(rows, cols, &hf, n_heads, QkLayout::ToGguf).unwrap(),
             gguf
         );
-        let back = unpermute_rows(
-            HostTensor {
-                shape: vec![rows, cols],
-                data: gguf,
-            },
-            n_heads,
-            "q",
-        )
-        .unwrap();
-        assert_eq!(back.data, hf);
+        let back = reorder_qk_rows(rows, cols, &gguf, n_heads, QkLayout::ToHf).unwrap();
+        assert_eq!(back, hf);
     }
 }

@@ -36,6 +36,17 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
+    /// Gemma 3's template (`google/gemma-3-*-it`), for Gemma files that carry
+    /// none: the pretrained models share the instruct models' vocabulary,
+    /// turn markers included. A turn ends at `<end_of_turn>`.
+    pub fn gemma3() -> Self {
+        ChatTemplate {
+            source: include_str!("templates/gemma3.jinja").into(),
+            bos_token: "<bos>".into(),
+            eos_token: "<end_of_turn>".into(),
+        }
+    }
+
     /// Renders `messages`; `add_generation_prompt` appends the assistant
     /// header so the model answers next.
     pub fn render(

@@ -72,10 +72,25 @@ fn tokenizer_error(key: &str, reason: String) -> Error {
 
 /// Builds `tokenizer.json` from GGUF metadata, for `tokenizer.ggml.model`
 /// `gpt2` (byte-level BPE: SmolLM, Llama 3, Qwen2) or `llama` (SentencePiece
-/// BPE with byte fallback: Llama 2, Mistral).
+/// BPE with byte fallback: Llama 2, Mistral, and Gemma's variant of it).
 pub fn tokenizer_json_from_gguf(md: &Metadata) -> Result<Value, Error> {
     let model = md.str("tokenizer.ggml.model")?;
-    let tokens = md.string_array("tokenizer.ggml.tokens")?;
+    let stored = md.string_array("tokenizer.ggml.tokens")?;
+    let gemma = model == "llama"
+        && matches!(
+            md.get("general.architecture").and_then(|v| v.as_str()),
+            Some("gemma" | "gemma2" | "gemma3")
+        );
+    // Gemma files spell tokens of two or more spaces with spaces, where its
+    // tokenizer looks them up as `▁` runs (transformers' `gemma_tokenizer`).
+    let spelled: Vec<String> = stored
+        .iter()
+        .map(|t| match gemma && t.contains(' ') && t.trim().is_empty() {
+            true => "\u{2581}".repeat(t.chars().count()),
+            false => t.to_string(),
+        })
+        .collect();
+    let tokens: Vec<&str> = spelled.iter().map(String::as_str).collect();
     let types = match md.get("tokenizer.ggml.token_type") {
         Some(_) => md.i64_array("tokenizer.ggml.token_type")?,
         None => vec![1; tokens.len()],
@@ -102,7 +117,10 @@ pub fn tokenizer_json_from_gguf(md: &Metadata) -> Result<Value, Error> {
                 token_at("tokenizer.ggml.unknown_token_id", unk)?;
                 special.push(unk);
             }
-            (sentencepiece_bpe(md, &tokens)?, true)
+            match gemma {
+                true => (gemma_bpe(&tokens), true),
+                false => (sentencepiece_bpe(md, &tokens)?, true),
+            }
         }
         other => {
             return Err(tokenizer_error(
@@ -112,7 +130,10 @@ pub fn tokenizer_json_from_gguf(md: &Metadata) -> Result<Value, Error> {
         }
     };
     let mut added: Vec<usize> = special.clone();
-    added.extend((0..tokens.len()).filter(|&i| types[i] == TOKEN_USER_DEFINED));
+    // A respelled token is found through the vocabulary, not matched whole.
+    added.extend(
+        (0..tokens.len()).filter(|&i| types[i] == TOKEN_USER_DEFINED && tokens[i] == stored[i]),
+    );
     added.sort_unstable();
     added.dedup();
     json["added_tokens"] = added
@@ -212,6 +233,31 @@ fn sentencepiece_bpe(md: &Metadata, tokens: &[&str]) -> Result<Value, Error> {
             "vocab": vocab_map(tokens), "merges": merges_from_scores(tokens, &scores),
         },
     }))
+}
+
+/// Gemma's tokenizer (transformers' `GemmaTokenizer`, as rebuilt from a
+/// GGUF): spaces become `▁` with no prefix and no split, and merges follow
+/// the tokens' order in the file, not their scores.
+fn gemma_bpe(tokens: &[&str]) -> Value {
+    let ranks: Vec<f32> = (0..tokens.len()).map(|i| -(i as f32)).collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": vocab_map(tokens), "merges": merges_from_scores(tokens, &ranks),
+        },
+    })
 }
 
 /// transformers' `generate_merges`: for each token in id order, its splits
