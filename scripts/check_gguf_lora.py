@@ -7,14 +7,18 @@ visibly move llama.cpp's logits away from the base's.
 usage: python3 scripts/check_gguf_lora.py BASE.gguf LORA.gguf KEEL.json [--tolerance 1e-3]
        python3 scripts/check_gguf_lora.py BASE.gguf MERGED.gguf KEEL.json --merged
        python3 scripts/check_gguf_lora.py QUANTIZED.gguf LORA.gguf KEEL.json --delta --tolerance T
+                                          [--f32-tolerance T32]
 KEEL.json: {"prompts": [[ids]], "logits": [[[vocab] per position]], "greedy": {"prompt": [ids], "tokens": [ids]}}
 With --delta the base is quantized, so llama.cpp's logits differ from keel's f32 ones by its own
 rounding of activations: what the adapter changes (llama.cpp with it minus without it) is compared
 with what it changes in keel (KEEL.json's "logits" minus its "base_logits"), and the tolerance is a
-fraction of the largest change keel sees; no greedy check.
+fraction of the largest change keel sees; no greedy check. With --f32-tolerance the same is done
+on an f32 copy of the quantized base (dequantized by the gguf package, written beside LORA.gguf and
+removed after): llama.cpp then computes in f32 as keel does, so the effects must agree closely.
 """
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 from llama_cpp import Llama
@@ -26,6 +30,7 @@ ap.add_argument("keel_json")
 ap.add_argument("--tolerance", type=float, default=1e-3)
 ap.add_argument("--merged", action="store_true", help="the second file is a merged model, not a LoRA")
 ap.add_argument("--delta", action="store_true", help="compare the adapter's effect, not the logits")
+ap.add_argument("--f32-tolerance", type=float, help="with --delta: also on an f32 copy of the base")
 args = ap.parse_args()
 ref = json.load(open(args.keel_json))
 
@@ -44,20 +49,59 @@ def logits(llm, ids):
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
-adapted = load(None, args.lora) if args.merged else load(args.lora)
-base = load(None)
-if args.delta:
+def delta_check(base_path: str, tolerance: float, what: str) -> bool:
+    """llama.cpp's effect of the adapter on `base_path` against keel's."""
+    adapted, base = load(args.lora, base_path), load(None, base_path)
     worst, moved = 0.0, 0.0
     for ids, want, want_base in zip(ref["prompts"], ref["logits"], ref["base_logits"]):
         want = np.array(want, dtype=np.float32) - np.array(want_base, dtype=np.float32)
         got = logits(adapted, ids) - logits(base, ids)
         worst = max(worst, float(np.abs(got - want).max()))
         moved = max(moved, float(np.abs(want).max()))
-    ok = moved > 0 and worst <= args.tolerance * moved
-    print(f"llama.cpp with the GGUF LoRA on the quantized base: the adapter's effect differs from keel's by "
+    print(f"llama.cpp with the GGUF LoRA on {what}: the adapter's effect differs from keel's by "
           f"{worst:.3g} at most, {worst / moved:.1%} of the {moved:.2f} it moves keel's logits by "
-          f"(tolerance {args.tolerance:.0%})")
+          f"(tolerance {tolerance:.0%})")
+    return moved > 0 and worst <= tolerance * moved
+
+
+def f32_copy(src: str, dst: Path):
+    """The GGUF at `src` with every tensor dequantized to f32, metadata kept."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    r = GGUFReader(src)
+    arch = r.fields["general.architecture"].contents()
+    w = GGUFWriter(str(dst), arch)
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        if key == "general.file_type":
+            w.add_uint32(key, 0)  # all F32
+        elif field.types[0] == GGUFValueType.ARRAY:
+            w.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1])
+        else:
+            w.add_key_value(key, field.contents(), field.types[0])
+    for t in r.tensors:
+        shape = [int(d) for d in reversed(t.shape)]
+        w.add_tensor(t.name, dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+if args.delta:
+    ok = delta_check(args.base, args.tolerance, "the quantized base")
+    if args.f32_tolerance is not None:
+        copy = Path(args.lora).with_name("base-f32.gguf")
+        f32_copy(args.base, copy)
+        try:
+            ok &= delta_check(str(copy), args.f32_tolerance, "an f32 copy of the quantized base")
+        finally:
+            copy.unlink()
     raise SystemExit(0 if ok else 1)
+adapted = load(None, args.lora) if args.merged else load(args.lora)
+base = load(None)
 worst, moved = 0.0, 0.0
 for ids, want in zip(ref["prompts"], ref["logits"]):
     got = logits(adapted, ids)

@@ -10,6 +10,8 @@ Writes into tests/fixtures/peft/<case>/ (relative to the repo root):
   dora/           tiny-llama, use_dora, r=4, alpha=8, all 7 projections
   lora-qwen2/     tiny-qwen2 (q/k/v bias, f16 weights upcast to f32), r=4, alpha=8, all 7 projections
   lora-qwen3/     tiny-qwen3 (per-head q/k norm, head_dim != hidden/heads), r=4, alpha=8, all 7 projections
+  lora-gemma3/    tiny-gemma3 (sliding layers, GeGLU, (1 + w) norms), r=4, alpha=8, all 7 projections,
+                  modules_to_save [pre_feedforward_layernorm]: a Gemma norm trained in full
   modules-to-save/ tiny-qwen2, o/up r=4, alpha=8, modules_to_save [model.layers.1.self_attn.q_proj
                   (with its bias), post_attention_layernorm]: modules trained in full
 
@@ -83,6 +85,11 @@ CASES = {
     "lora-qwen3": dict(
         base="tiny-qwen3", seed=2066, std=0.03,
         config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0),
+    ),
+    "lora-gemma3": dict(
+        base="tiny-gemma3", seed=2088, std=0.03, saved_std=0.05,
+        config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0,
+                    modules_to_save=["pre_feedforward_layernorm"]),
     ),
     "modules-to-save": dict(
         base="tiny-qwen2", seed=2077, std=0.03, saved_std=0.05,

@@ -369,6 +369,7 @@ fn inspect(path: &Path) -> Result<()> {
             c.rope_theta,
             scaling_name(&c.rope_scaling)
         ),
+        format!("attention:     {}", attention_summary(c)),
         format!("tied embed:    {}", c.tie_word_embeddings),
         format!(
             "chat template: {}",
@@ -439,6 +440,24 @@ fn disk_size(path: &Path) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// "all layers full", or how many slide, over how many positions, with
+/// which RoPE base.
+fn attention_summary(c: &keel_model::Config) -> String {
+    let sliding = c
+        .layer_types
+        .iter()
+        .filter(|&&t| t == keel_model::LayerType::Sliding)
+        .count();
+    match (sliding, c.sliding_window) {
+        (0, _) | (_, None) => "full in every layer".into(),
+        (n, Some(window)) => format!(
+            "{n} sliding-window layers ({window} positions, RoPE theta {}), {} full",
+            c.rope_local_theta.unwrap_or(c.rope_theta),
+            c.num_hidden_layers - n
+        ),
+    }
 }
 
 fn scaling_name(s: &keel_model::RopeScaling) -> &'static str {
