@@ -12,6 +12,8 @@ Writes into tests/fixtures/peft/<case>/ (relative to the repo root):
   lora-qwen3/     tiny-qwen3 (per-head q/k norm, head_dim != hidden/heads), r=4, alpha=8, all 7 projections
   lora-gemma3/    tiny-gemma3 (sliding layers, GeGLU, (1 + w) norms), r=4, alpha=8, all 7 projections,
                   modules_to_save [pre_feedforward_layernorm]: a Gemma norm trained in full
+  lora-phi3/      tiny-phi3, r=4, alpha=8, its four fused-or-not projections (qkv_proj, o_proj,
+                  gate_up_proj, down_proj): PEFT adapts the fused ones as single layers
   modules-to-save/ tiny-qwen2, o/up r=4, alpha=8, modules_to_save [model.layers.1.self_attn.q_proj
                   (with its bias), post_attention_layernorm]: modules trained in full
 
@@ -90,6 +92,11 @@ CASES = {
         base="tiny-gemma3", seed=2088, std=0.03, saved_std=0.05,
         config=dict(r=4, lora_alpha=8, target_modules=ALL7, lora_dropout=0.0,
                     modules_to_save=["pre_feedforward_layernorm"]),
+    ),
+    "lora-phi3": dict(
+        base="tiny-phi3", seed=2099, std=0.03,
+        config=dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                    lora_dropout=0.0),
     ),
     "modules-to-save": dict(
         base="tiny-qwen2", seed=2077, std=0.03, saved_std=0.05,

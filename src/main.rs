@@ -365,9 +365,16 @@ fn inspect(path: &Path) -> Result<()> {
         ),
         format!("vocab:         {}", c.vocab_size),
         format!(
-            "rope:          theta {}, scaling {}",
+            "rope:          theta {}, scaling {}{}",
             c.rope_theta,
-            scaling_name(&c.rope_scaling)
+            scaling_name(&c.rope_scaling),
+            match c.rotary_dim < c.head_dim {
+                true => format!(
+                    ", rotating {} of {} head dimensions",
+                    c.rotary_dim, c.head_dim
+                ),
+                false => String::new(),
+            }
         ),
         format!("attention:     {}", attention_summary(c)),
         format!("tied embed:    {}", c.tie_word_embeddings),
@@ -466,6 +473,7 @@ fn scaling_name(s: &keel_model::RopeScaling) -> &'static str {
         keel_model::RopeScaling::Linear { .. } => "linear",
         keel_model::RopeScaling::Llama3 { .. } => "llama3",
         keel_model::RopeScaling::Factors(_) => "frequency factors",
+        keel_model::RopeScaling::LongRope { .. } => "longrope",
     }
 }
 

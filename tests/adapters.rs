@@ -15,7 +15,7 @@ use keel_adapters::{AdapterConfig, Init, Variant};
 use keel_model::Llama;
 
 /// (adapter fixture, base fixture)
-const CASES: [(&str, &str); 8] = [
+const CASES: [(&str, &str); 9] = [
     ("lora-all", "tiny-llama"),
     ("lora-patterns", "tiny-llama"),
     ("rslora", "tiny-llama"),
@@ -23,6 +23,7 @@ const CASES: [(&str, &str); 8] = [
     ("lora-qwen2", "tiny-qwen2"),
     ("lora-qwen3", "tiny-qwen3"),
     ("lora-gemma3", "tiny-gemma3"),
+    ("lora-phi3", "tiny-phi3"),
     ("modules-to-save", "tiny-qwen2"),
 ];
 /// keel with PEFT's adapters, unmerged or merged into the weights, may be

@@ -1,8 +1,9 @@
 //! keel's forward pass against HF transformers on tiny random checkpoints
 //! (made by `scripts/make_fixtures.py`): Llama (transformers-5 config),
 //! Llama 3 rope scaling with tied bf16 weights, Qwen2 with q/k/v biases in
-//! sharded f16 files, Mistral, Qwen3 with per-head q/k norms, and Gemma 3
-//! with sliding-window layers.
+//! sharded f16 files, Mistral, Qwen3 with per-head q/k norms, Gemma 3
+//! with sliding-window layers, and Phi-3 with fused projections, partial
+//! rotary and longrope.
 
 mod common;
 
@@ -12,13 +13,14 @@ use common::{
 };
 use keel_model::Sampling;
 
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 7] = [
     "tiny-llama",
     "tiny-llama3",
     "tiny-qwen2",
     "tiny-mistral",
     "tiny-qwen3",
     "tiny-gemma3",
+    "tiny-phi3",
 ];
 /// keel's f32 logits may be this many times further from transformers'
 /// float64 logits (`logits_f64.json`) than transformers' own f32 logits are,

@@ -20,9 +20,11 @@ pub enum Architecture {
     /// Gemma 3's text model: GeGLU, scaled embeddings, norms before and
     /// after attention and MLP, sliding-window layers with their own RoPE.
     Gemma3,
+    /// Phi-3: q/k/v and gate/up projections fused, partial rotary, longrope.
+    Phi3,
 }
 
-const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma3";
+const SUPPORTED: &str = "llama, mistral, qwen2, qwen3, gemma3, phi3";
 
 impl Architecture {
     /// GGUF `general.architecture` (llama.cpp's name).
@@ -33,6 +35,7 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Gemma3 => "gemma3",
+            Architecture::Phi3 => "phi3",
         }
     }
 
@@ -51,7 +54,21 @@ impl Architecture {
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
             Architecture::Gemma3 => "Gemma3ForCausalLM",
+            Architecture::Phi3 => "Phi3ForCausalLM",
         }
+    }
+
+    /// Whether q, k and v are one projection (`qkv_proj`, rows q | k | v)
+    /// and gate and up one (`gate_up_proj`, rows gate | up), as in Phi-3:
+    /// PEFT adapts them fused.
+    pub fn fused_projections(self) -> bool {
+        self == Architecture::Phi3
+    }
+
+    /// Whether HF's `sliding_window` makes every layer slide (Mistral,
+    /// Phi-3; Qwen2 only with `use_sliding_window`, which keel refuses).
+    fn honours_sliding_window(self) -> bool {
+        matches!(self, Architecture::Mistral | Architecture::Phi3)
     }
 
     /// Whether queries and keys are RMS-normalised per head before RoPE.
@@ -95,6 +112,7 @@ impl Architecture {
             "qwen3" => Architecture::Qwen3,
             // GGUF says gemma3, HF's text model gemma3_text.
             "gemma3" | "gemma3_text" => Architecture::Gemma3,
+            "phi3" => Architecture::Phi3,
             _ => return None,
         })
     }
@@ -163,6 +181,25 @@ pub enum RopeScaling {
     },
     /// Per-frequency divisors, as GGUF stores Llama 3 scaling (`rope_freqs.weight`).
     Factors(Vec<f32>),
+    /// Phi-3's: per-frequency divisors for sequences up to
+    /// `original_max_position_embeddings`, others past it, and cos and sin
+    /// scaled by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
+}
+
+/// A layer's RoPE: inverse frequencies of the rotated dimension pairs; with
+/// longrope, those used once a sequence is longer than `long.0` positions;
+/// and the factor cos and sin are scaled by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeFrequencies {
+    pub inv_freq: Vec<f64>,
+    pub long: Option<(usize, Vec<f64>)>,
+    pub scale: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +212,9 @@ pub struct Config {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
+    /// How many of each head's dimensions RoPE rotates (the first ones;
+    /// all but in Phi-3 variants with `partial_rotary_factor`).
+    pub rotary_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
@@ -221,6 +261,9 @@ pub struct HfConfig {
     pub rope_scaling: Option<Value>,
     /// transformers 5 moves `rope_theta` and the scaling into this object.
     pub rope_parameters: Option<Value>,
+    /// Phi-3's longrope and rotary fraction, at the top level in its configs.
+    pub original_max_position_embeddings: Option<usize>,
+    pub partial_rotary_factor: Option<f64>,
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default)]
@@ -334,8 +377,27 @@ impl HfConfig {
         };
         let rope_scaling = match scaling {
             None => RopeScaling::None,
-            Some(v) => parse_rope_scaling(v).map_err(|r| bad(scaling_key, r))?,
+            Some(v) => parse_rope_scaling(
+                v,
+                self.max_position_embeddings,
+                self.original_max_position_embeddings,
+            )
+            .map_err(|r| bad(scaling_key, r))?,
         };
+        let partial_rotary_factor = match (self.partial_rotary_factor, full_rope) {
+            (Some(f), _) => f,
+            (None, Some(p)) => p
+                .get("partial_rotary_factor")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0),
+            (None, None) => 1.0,
+        };
+        if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0) {
+            return Err(bad(
+                "partial_rotary_factor",
+                format!("{partial_rotary_factor} is not in (0, 1]"),
+            ));
+        }
         let theta_of = |p: &Value| -> Result<Option<f64>, Error> {
             match p.get("rope_theta") {
                 None => Ok(None),
@@ -371,7 +433,7 @@ impl HfConfig {
                     ),
                 };
                 if let Some(v) = local_rope
-                    && parse_rope_scaling(v) != Ok(RopeScaling::None)
+                    && parse_rope_scaling(v, 0, None) != Ok(RopeScaling::None)
                 {
                     return Err(bad(
                         "rope_parameters.sliding_attention",
@@ -390,7 +452,21 @@ impl HfConfig {
                 };
                 (layer_types, Some(window), Some(local.unwrap_or(10_000.0)))
             }
-            _ => (vec![LayerType::Full; self.num_hidden_layers], None, None),
+            arch => {
+                let window = match (&self.sliding_window, arch.honours_sliding_window()) {
+                    (Some(w), true) if !w.is_null() => {
+                        Some(w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
+                            bad("sliding_window", format!("{w} is not a positive integer"))
+                        })? as usize)
+                    }
+                    _ => None,
+                };
+                let kind = match window {
+                    Some(_) => LayerType::Sliding,
+                    None => LayerType::Full,
+                };
+                (vec![kind; self.num_hidden_layers], window, None)
+            }
         };
         let eos_token_ids = match self.eos_token_id {
             None => vec![],
@@ -409,6 +485,7 @@ impl HfConfig {
             num_attention_heads: self.num_attention_heads,
             num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
             head_dim,
+            rotary_dim: (head_dim as f64 * partial_rotary_factor) as usize,
             rms_norm_eps: self.rms_norm_eps,
             rope_theta,
             rope_scaling,
@@ -432,11 +509,23 @@ impl HfConfig {
     }
 }
 
-fn parse_rope_scaling(v: &Value) -> Result<RopeScaling, String> {
+/// The scaling object of an HF config; `max_positions` and the top-level
+/// `original_max_position_embeddings` (which wins) complete longrope's.
+fn parse_rope_scaling(
+    v: &Value,
+    max_positions: usize,
+    original_max: Option<usize>,
+) -> Result<RopeScaling, String> {
     let num = |key: &str| {
         v.get(key)
             .and_then(Value::as_f64)
             .ok_or_else(|| format!("`{key}` is missing or not a number"))
+    };
+    let factors = |key: &str| -> Result<Vec<f64>, String> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| format!("`{key}` is missing or not a list of numbers"))
     };
     // Older configs say `type`, newer ones `rope_type`; transformers 5's
     // `rope_parameters` may hold only `rope_theta`.
@@ -450,6 +539,31 @@ fn parse_rope_scaling(v: &Value) -> Result<RopeScaling, String> {
         "linear" => RopeScaling::Linear {
             factor: num("factor")?,
         },
+        // Phi-3's older names for it.
+        "longrope" | "su" => {
+            let original = match original_max {
+                Some(o) => o,
+                None => num("original_max_position_embeddings")? as usize,
+            };
+            if original == 0 {
+                return Err("`original_max_position_embeddings` must be positive".into());
+            }
+            let factor = match v.get("factor") {
+                Some(_) => num("factor")?,
+                None => max_positions as f64 / original as f64,
+            };
+            let attention_factor = match v.get("attention_factor") {
+                Some(_) => num("attention_factor")?,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+            };
+            RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: original,
+                attention_factor,
+            }
+        }
         "llama3" => RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
@@ -458,7 +572,7 @@ fn parse_rope_scaling(v: &Value) -> Result<RopeScaling, String> {
         },
         other => {
             return Err(format!(
-                "rope_type {other:?} is not supported (supported: default, linear, llama3)"
+                "rope_type {other:?} is not supported (supported: default, linear, llama3, longrope)"
             ));
         }
     })
@@ -494,10 +608,16 @@ impl Config {
                 ),
             ));
         }
-        if !self.head_dim.is_multiple_of(2) {
+        if !self.rotary_dim.is_multiple_of(2)
+            || self.rotary_dim == 0
+            || self.rotary_dim > self.head_dim
+        {
             return Err((
-                "head_dim",
-                format!("{} is odd; RoPE needs pairs", self.head_dim),
+                "partial_rotary_factor",
+                format!(
+                    "rotates {} of {} head dimensions; RoPE needs pairs",
+                    self.rotary_dim, self.head_dim
+                ),
             ));
         }
         if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
@@ -519,17 +639,26 @@ impl Config {
         if self.layer_types.contains(&LayerType::Sliding) && self.sliding_window.is_none() {
             return Err(("sliding_window", "sliding layers need a window".into()));
         }
-        if let RopeScaling::Factors(f) = &self.rope_scaling
-            && f.len() != self.head_dim / 2
-        {
-            return Err((
-                "rope_freqs.weight",
-                format!(
-                    "has {} factors, head_dim / 2 is {}",
-                    f.len(),
-                    self.head_dim / 2
-                ),
-            ));
+        let pairs = self.rotary_dim / 2;
+        let lengths: Vec<(&'static str, usize)> = match &self.rope_scaling {
+            RopeScaling::Factors(f) => vec![("rope_freqs.weight", f.len())],
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                ..
+            } => vec![
+                ("rope_scaling.short_factor", short_factor.len()),
+                ("rope_scaling.long_factor", long_factor.len()),
+            ],
+            _ => vec![],
+        };
+        for (key, len) in lengths {
+            if len != pairs {
+                return Err((
+                    key,
+                    format!("has {len} factors, the rotated dimensions make {pairs} pairs"),
+                ));
+            }
         }
         Ok(())
     }
@@ -571,7 +700,34 @@ impl Config {
             Some(v) => v,
             None => md.array("tokenizer.ggml.tokens")?.len(),
         };
-        let rope_scaling = if let Some(info) = gguf.tensor("rope_freqs.weight") {
+        let factors = |name: &str| -> Result<Option<Vec<f64>>, Error> {
+            match gguf.tensor(name) {
+                Some(_) => Ok(Some(
+                    gguf.tensor_f32(name)?
+                        .1
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                )),
+                None => Ok(None),
+            }
+        };
+        let long_factor = factors("rope_factors_long.weight")?;
+        let rope_scaling = if let Some(long_factor) = long_factor {
+            let short_factor = factors("rope_factors_short.weight")?.ok_or_else(|| {
+                bad(
+                    "rope_factors_short.weight",
+                    "missing beside rope_factors_long.weight".into(),
+                )
+            })?;
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: md
+                    .usize(&key("rope.scaling.original_context_length"))?,
+                attention_factor: opt_f64("rope.scaling.attn_factor")?.unwrap_or(1.0),
+            }
+        } else if let Some(info) = gguf.tensor("rope_freqs.weight") {
             let (_, factors) = gguf.tensor_f32(&info.name)?;
             RopeScaling::Factors(factors)
         } else {
@@ -589,10 +745,20 @@ impl Config {
             }
         };
         let num_hidden_layers = md.usize(&key("block_count"))?;
-        let head_dim = match opt_usize("attention.key_length")? {
-            Some(d) => d,
-            None => opt_usize("rope.dimension_count")?
-                .unwrap_or(hidden_size / num_attention_heads.max(1)),
+        let rope_dims = opt_usize("rope.dimension_count")?;
+        // Phi-3 may rotate part of each head: its rope.dimension_count is
+        // what rotates, not the head's size.
+        let (head_dim, rotary_dim) = match (opt_usize("attention.key_length")?, architecture) {
+            (Some(d), Architecture::Phi3) => (d, rope_dims.unwrap_or(d)),
+            (None, Architecture::Phi3) => {
+                let d = hidden_size / num_attention_heads.max(1);
+                (d, rope_dims.unwrap_or(d))
+            }
+            (Some(d), _) => (d, d),
+            (None, _) => {
+                let d = rope_dims.unwrap_or(hidden_size / num_attention_heads.max(1));
+                (d, d)
+            }
         };
         if let Some(cap) = opt_f64("final_logit_softcapping")? {
             return Err(bad(
@@ -600,6 +766,8 @@ impl Config {
                 format!("{cap}: soft-capping is not supported"),
             ));
         }
+        // Phi-3 files say `sliding_window`, and llama.cpp does not slide
+        // (ggml-org/llama.cpp#13676): keel runs the file as llama.cpp does.
         // What llama.cpp assumes for Gemma 3, where the file is silent: every
         // sixth layer global, a local RoPE base of 10000, and scores scaled
         // by head_dim but in the 27B model (62 layers), which uses
@@ -641,6 +809,7 @@ impl Config {
             num_key_value_heads: opt_usize("attention.head_count_kv")?
                 .unwrap_or(num_attention_heads),
             head_dim,
+            rotary_dim,
             rms_norm_eps: md.f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: opt_f64("rope.freq_base")?.unwrap_or(10_000.0),
             rope_scaling,
@@ -683,6 +852,15 @@ impl Config {
                         .into(),
                 );
             }
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                attention_factor,
+                ..
+            } => serde_json::json!({
+                "rope_type": "longrope", "short_factor": short_factor,
+                "long_factor": long_factor, "attention_factor": attention_factor,
+            }),
         };
         let eos = match self.eos_token_ids.as_slice() {
             [] => Value::Null,
@@ -711,6 +889,19 @@ impl Config {
             "eos_token_id": eos,
             "torch_dtype": "float32",
         });
+        if let RopeScaling::LongRope {
+            original_max_position_embeddings,
+            ..
+        } = &self.rope_scaling
+        {
+            json["original_max_position_embeddings"] = (*original_max_position_embeddings).into();
+        }
+        if self.rotary_dim != self.head_dim {
+            json["partial_rotary_factor"] = (self.rotary_dim as f64 / self.head_dim as f64).into();
+        }
+        if self.architecture.honours_sliding_window() {
+            json["sliding_window"] = self.sliding_window.into();
+        }
         if self.architecture == Architecture::Gemma3 {
             let types: Vec<&str> = self.layer_types.iter().map(|t| t.hf_name()).collect();
             let gemma = serde_json::json!({
@@ -732,17 +923,26 @@ impl Config {
     /// HF names of every linear projection, e.g. `model.layers.7.self_attn.q_proj`:
     /// the names adapters target.
     pub fn linear_modules(&self) -> Vec<String> {
-        let mut names = Vec::with_capacity(self.num_hidden_layers * 7 + 1);
-        for i in 0..self.num_hidden_layers {
-            for m in [
+        let per_layer: &[&str] = match self.architecture.fused_projections() {
+            true => &[
+                "self_attn.qkv_proj",
+                "self_attn.o_proj",
+                "mlp.gate_up_proj",
+                "mlp.down_proj",
+            ],
+            false => &[
                 "self_attn.q_proj",
                 "self_attn.k_proj",
                 "self_attn.v_proj",
                 "self_attn.o_proj",
-            ] {
-                names.push(format!("model.layers.{i}.{m}"));
-            }
-            for m in ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ],
+        };
+        let mut names = Vec::with_capacity(self.num_hidden_layers * per_layer.len() + 1);
+        for i in 0..self.num_hidden_layers {
+            for m in per_layer {
                 names.push(format!("model.layers.{i}.{m}"));
             }
         }
@@ -752,27 +952,40 @@ impl Config {
         names
     }
 
-    /// Inverse RoPE frequencies of `layer`'s attention, one per pair of head
-    /// dimensions, rescaled as configured (HF `_compute_default_rope_parameters`
-    /// and friends); sliding layers use the local base, unscaled, where
-    /// there is one.
-    pub fn inv_freq(&self, layer: LayerType) -> Vec<f64> {
+    /// The RoPE of `layer`'s attention: inverse frequencies, one per pair of
+    /// rotated dimensions, rescaled as configured (HF
+    /// `_compute_default_rope_parameters` and friends); sliding layers use
+    /// the local base, unscaled, where there is one.
+    pub fn rope_frequencies(&self, layer: LayerType) -> RopeFrequencies {
         let (theta, scaling) = match (layer, self.rope_local_theta) {
             (LayerType::Sliding, Some(local)) => (local, &RopeScaling::None),
             _ => (self.rope_theta, &self.rope_scaling),
         };
-        let d = self.head_dim as f64;
-        let base: Vec<f64> = (0..self.head_dim / 2)
+        let d = self.rotary_dim as f64;
+        let base: Vec<f64> = (0..self.rotary_dim / 2)
             .map(|i| 1.0 / theta.powf((2 * i) as f64 / d))
             .collect();
-        match scaling {
-            RopeScaling::None => base,
+        let divided = |by: &[f64]| base.iter().zip(by).map(|(f, s)| f / s).collect();
+        let inv_freq = match scaling {
+            RopeScaling::None => base.clone(),
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
             RopeScaling::Factors(factors) => base
                 .iter()
                 .zip(factors)
                 .map(|(f, s)| f / *s as f64)
                 .collect(),
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            } => {
+                return RopeFrequencies {
+                    inv_freq: divided(short_factor),
+                    long: Some((*original_max_position_embeddings, divided(long_factor))),
+                    scale: *attention_factor,
+                };
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -796,6 +1009,11 @@ impl Config {
                     })
                     .collect()
             }
+        };
+        RopeFrequencies {
+            inv_freq,
+            long: None,
+            scale: 1.0,
         }
     }
 }
@@ -862,8 +1080,14 @@ mod tests {
             (config.rope_theta, config.rope_local_theta),
             (1e6, Some(1e4))
         );
-        assert_eq!(config.inv_freq(full)[1], 1e6f64.powf(-0.25) / 8.0);
-        assert_eq!(config.inv_freq(sliding)[1], 1e4f64.powf(-0.25));
+        assert_eq!(
+            config.rope_frequencies(full).inv_freq[1],
+            1e6f64.powf(-0.25) / 8.0
+        );
+        assert_eq!(
+            config.rope_frequencies(sliding).inv_freq[1],
+            1e4f64.powf(-0.25)
+        );
         assert_eq!(parse(config.to_hf_json().unwrap()).unwrap(), config);
     }
 
@@ -880,6 +1104,38 @@ mod tests {
             let err = parse(json).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
+    }
+
+    /// Phi-3's legacy config: longrope with the top-level original context,
+    /// the attention factor transformers derives, half the head rotated,
+    /// every layer sliding; fused projections named as PEFT targets them;
+    /// `keel convert`'s config reads back the same.
+    #[test]
+    fn phi3_config_round_trips() {
+        let json = serde_json::json!({
+            "model_type": "phi3", "vocab_size": 32, "hidden_size": 32, "intermediate_size": 24,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "partial_rotary_factor": 0.5, "max_position_embeddings": 128,
+            "original_max_position_embeddings": 16, "sliding_window": 8, "rope_theta": 1e4,
+            "rope_scaling": {"type": "longrope", "short_factor": [1.0, 2.0], "long_factor": [3.0, 4.0]},
+        });
+        let config = parse(json).unwrap();
+        assert_eq!((config.head_dim, config.rotary_dim), (8, 4));
+        assert_eq!(config.layer_types, [LayerType::Sliding; 2]);
+        let freqs = config.rope_frequencies(LayerType::Sliding);
+        assert_eq!(freqs.inv_freq, [1.0, 0.01 / 2.0]);
+        assert_eq!(freqs.long, Some((16, vec![1.0 / 3.0, 0.01 / 4.0])));
+        assert_eq!(freqs.scale, (1.0 + 8f64.ln() / 16f64.ln()).sqrt());
+        assert_eq!(
+            config.linear_modules()[..4],
+            [
+                "model.layers.0.self_attn.qkv_proj",
+                "model.layers.0.self_attn.o_proj",
+                "model.layers.0.mlp.gate_up_proj",
+                "model.layers.0.mlp.down_proj"
+            ]
+        );
+        assert_eq!(parse(config.to_hf_json().unwrap()).unwrap(), config);
     }
 
     /// Sliding-window layers would silently compute something else: refused,

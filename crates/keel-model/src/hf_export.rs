@@ -64,27 +64,12 @@ pub fn hf_tensors(model: &Llama) -> Vec<(String, Vec<usize>, Vec<f32>)> {
                 out.push(norm(&format!("self_attn.{n}"), head_norm.weight.val()));
             }
         }
-        for (n, l) in [
-            ("q_proj", &a.q_proj),
-            ("k_proj", &a.k_proj),
-            ("v_proj", &a.v_proj),
-            ("o_proj", &a.o_proj),
-        ] {
-            push_linear(format!("{p}.self_attn.{n}"), l, &mut out);
-        }
-        let m = &layer.mlp;
-        for (n, l) in [
-            ("gate_proj", &m.gate_proj),
-            ("up_proj", &m.up_proj),
-            ("down_proj", &m.down_proj),
-        ] {
-            push_linear(format!("{p}.mlp.{n}"), l, &mut out);
-        }
     }
     let norm = model.norm.weight.val();
     out.push(("model.norm.weight".into(), norm.dims().to_vec(), host(norm)));
-    if let Some(head) = &model.lm_head {
-        push_linear("lm_head".into(), head, &mut out);
+    // Every projection, the LM head included.
+    for (name, l) in model.linears() {
+        push_linear(name, l, &mut out);
     }
     out
 }

@@ -17,7 +17,7 @@ use keel_adapters::Linear;
 use keel_gemm::Weight;
 
 use crate::attention;
-use crate::config::{Activation, Config, LayerType};
+use crate::config::{Activation, Config, LayerType, RopeFrequencies};
 use crate::head;
 use crate::selective::FullModule;
 use crate::swiglu::swiglu;
@@ -49,49 +49,90 @@ impl RmsNorm {
 }
 
 /// Rotary position embedding in HF's rotate-half layout: dimension `i` is
-/// paired with `i + head_dim/2` (not with its neighbour, as Burn's
-/// `RotaryEncoding` and GGUF's `llama` layout do).
+/// paired with `i + rotary_dim/2` (not with its neighbour, as Burn's
+/// `RotaryEncoding` and GGUF's `llama` layout do); dimensions past
+/// `rotary_dim` (Phi-3's partial rotary) pass unrotated.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    inv_freq: Vec<f64>,
+    freqs: RopeFrequencies,
 }
 
 impl Rope {
     /// The RoPE of `layer`'s kind of attention.
     pub fn new(config: &Config, layer: LayerType) -> Self {
         Rope {
-            inv_freq: config.inv_freq(layer),
+            freqs: config.rope_frequencies(layer),
         }
     }
 
-    /// `cos` and `sin` tables, `[1, len, 1, head_dim]` (token-major), for
-    /// positions `start..start+len`.
-    fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
-        let half = self.inv_freq.len();
+    /// `cos` and `sin` tables, `[rows, len, 1, rotary_dim]` (token-major),
+    /// for positions `start..start+len`. With longrope, a sequence longer
+    /// than the original context takes the long factors, as transformers
+    /// does (cached positions keep the rotation they had); a row
+    /// left-padded by `pads[i]` is as long as its own tokens, so `rows` is
+    /// the batch where rows differ, else 1.
+    fn tables(
+        &self,
+        start: usize,
+        len: usize,
+        pads: &[usize],
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let freqs_of = |pad: usize| match &self.freqs.long {
+            Some((original, long)) if start + len - pad > *original => long,
+            _ => &self.freqs.inv_freq,
+        };
+        let mut rows: Vec<&Vec<f64>> = pads.iter().map(|&p| freqs_of(p)).collect();
+        if rows.iter().all(|f| std::ptr::eq(*f, freqs_of(0))) {
+            rows = vec![freqs_of(0)];
+        }
+        let scale = self.freqs.scale;
+        let half = self.freqs.inv_freq.len();
         let (mut cos, mut sin) = (
-            Vec::with_capacity(len * 2 * half),
-            Vec::with_capacity(len * 2 * half),
+            Vec::with_capacity(rows.len() * len * 2 * half),
+            Vec::with_capacity(rows.len() * len * 2 * half),
         );
-        for pos in start..start + len {
-            for _ in 0..2 {
-                for f in &self.inv_freq {
-                    // HF computes the angle in f32; rounding it first keeps us bit-close.
-                    let angle = (pos as f32 * *f as f32) as f64;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
+        for inv_freq in &rows {
+            for pos in start..start + len {
+                for _ in 0..2 {
+                    for f in inv_freq.iter() {
+                        // HF computes the angle in f32; rounding it first keeps us bit-close.
+                        let angle = (pos as f32 * *f as f32) as f64;
+                        cos.push((angle.cos() * scale) as f32);
+                        sin.push((angle.sin() * scale) as f32);
+                    }
                 }
             }
         }
-        let shape = [1, len, 1, 2 * half];
+        let shape = [rows.len(), len, 1, 2 * half];
         (
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
     }
 
+    /// Whether these `len` positions after `start` cached ones take some
+    /// row (left-padded by `pads`) past the original context, from within
+    /// it: its cached positions were rotated with the short factors.
+    fn crosses(&self, start: usize, len: usize, pads: &[usize]) -> bool {
+        let Some((original, _)) = &self.freqs.long else {
+            return false;
+        };
+        let crosses = |pad: usize| {
+            start.saturating_sub(pad) <= *original && (start + len).saturating_sub(pad) > *original
+        };
+        start > 0 && (crosses(0) && pads.is_empty() || pads.iter().any(|&p| crosses(p)))
+    }
+
     /// Rotates `x` of shape `[batch, seq, heads, head_dim]`.
     fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-        let half = x.dims()[3] / 2;
+        let (head_dim, rotary) = (x.dims()[3], cos.dims()[3]);
+        if rotary < head_dim {
+            let pass = x.clone().narrow(3, rotary, head_dim - rotary);
+            let rotated = Self::apply(x.narrow(3, 0, rotary), cos, sin);
+            return Tensor::cat(vec![rotated, pass], 3);
+        }
+        let half = head_dim / 2;
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
@@ -99,12 +140,14 @@ impl Rope {
     }
 }
 
-/// Keys and values of the positions already seen, per layer, and the
-/// left padding of each row of a batch. Cloning is cheap (tensors are
-/// shared) and a clone extends independently.
+/// Keys and values of the positions already seen, per layer, the tokens
+/// they came from (longrope recomputes them) and the left padding of each
+/// row of a batch. Cloning is cheap (tensors are shared) and a clone
+/// extends independently.
 #[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    tokens: Option<Tensor<2, Int>>,
     pads: Vec<usize>,
 }
 
@@ -120,6 +163,7 @@ impl KvCache {
     pub fn with_left_padding(n_layers: usize, pads: Vec<usize>) -> Self {
         KvCache {
             layers: (0..n_layers).map(|_| None).collect(),
+            tokens: None,
             pads,
         }
     }
@@ -151,6 +195,10 @@ impl KvCache {
                 .iter()
                 .map(|l| l.as_ref().map(|(k, v)| (pick(k), pick(v))))
                 .collect(),
+            tokens: self
+                .tokens
+                .as_ref()
+                .map(|t| t.clone().select(0, index.clone())),
             pads: match self.pads.is_empty() {
                 true => Vec::new(),
                 false => rows.iter().map(|&r| self.pads[r]).collect(),
@@ -199,11 +247,14 @@ struct LayerInputs {
     mask: Option<Tensor<4, Bool>>,
 }
 
+/// Grouped-query attention. q, k and v are three projections, or Phi-3's
+/// one `qkv_proj` (rows q | k | v): exactly one of the two is set.
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    pub q_proj: Option<Linear>,
+    pub k_proj: Option<Linear>,
+    pub v_proj: Option<Linear>,
+    pub qkv_proj: Option<Linear>,
     pub o_proj: Linear,
     /// Per-head RMSNorm of queries and keys before RoPE (Qwen3, Gemma 3).
     pub q_norm: Option<RmsNorm>,
@@ -219,6 +270,28 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// The projected queries, keys and values, `[batch, seq, n · head_dim]`.
+    fn qkv(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        match (&self.qkv_proj, &self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(qkv), ..) => {
+                let (q_dim, kv_dim) = (
+                    self.n_heads * self.head_dim,
+                    self.n_kv_heads * self.head_dim,
+                );
+                let out = qkv.forward(x);
+                (
+                    out.clone().narrow(2, 0, q_dim),
+                    out.clone().narrow(2, q_dim, kv_dim),
+                    out.narrow(2, q_dim + kv_dim, kv_dim),
+                )
+            }
+            (None, Some(q), Some(k), Some(v)) => {
+                (q.forward(x.clone()), k.forward(x.clone()), v.forward(x))
+            }
+            _ => unreachable!("attention is built with q, k and v, or with qkv"),
+        }
+    }
+
     /// `[batch, seq, n · head_dim]` → token-major `[batch, seq, n, head_dim]`,
     /// normalised per head by `norm` when there is one.
     fn heads(&self, x: Tensor<3>, n: usize, norm: Option<&RmsNorm>) -> Tensor<4> {
@@ -237,12 +310,9 @@ impl Attention {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
+        let (q, k, v) = self.qkv(x);
         let q = Rope::apply(
-            self.heads(
-                self.q_proj.forward(x.clone()),
-                self.n_heads,
-                self.q_norm.as_ref(),
-            ),
+            self.heads(q, self.n_heads, self.q_norm.as_ref()),
             &inputs.cos,
             &inputs.sin,
         );
@@ -251,15 +321,11 @@ impl Attention {
             None => q,
         };
         let k = Rope::apply(
-            self.heads(
-                self.k_proj.forward(x.clone()),
-                self.n_kv_heads,
-                self.k_norm.as_ref(),
-            ),
+            self.heads(k, self.n_kv_heads, self.k_norm.as_ref()),
             &inputs.cos,
             &inputs.sin,
         );
-        let v = self.heads(self.v_proj.forward(x), self.n_kv_heads, None);
+        let v = self.heads(v, self.n_kv_heads, None);
         let out = match (cache, &inputs.mask) {
             (None, None) => attention::causal_self_attention(q, k, v),
             (cache, mask) => {
@@ -286,10 +352,13 @@ impl Attention {
 }
 
 /// A gated MLP, `down(act(gate(x)) * up(x))`: SwiGLU, or GeGLU in Gemma.
+/// Gate and up are two projections, or Phi-3's one `gate_up_proj` (rows
+/// gate | up): exactly one of the two is set.
 #[derive(Module, Debug)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    pub gate_proj: Option<Linear>,
+    pub up_proj: Option<Linear>,
+    pub gate_up_proj: Option<Linear>,
     pub down_proj: Linear,
     #[module(skip)]
     pub activation: Activation,
@@ -297,8 +366,15 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward(x.clone());
-        let up = self.up_proj.forward(x);
+        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
+            (Some(gate_up), ..) => {
+                let out = gate_up.forward(x);
+                let half = out.dims()[2] / 2;
+                (out.clone().narrow(2, 0, half), out.narrow(2, half, half))
+            }
+            (None, Some(gate), Some(up)) => (gate.forward(x.clone()), up.forward(x)),
+            _ => unreachable!("the MLP is built with gate and up, or with gate_up"),
+        };
         self.down_proj.forward(match self.activation {
             Activation::Silu => swiglu(gate, up),
             Activation::GeluTanh => gelu_approximate(gate).mul(up),
@@ -381,8 +457,26 @@ impl Llama {
     ) -> Tensor<3> {
         let [_, s] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let pads = cache.as_ref().map_or(&[][..], |c| c.pads.as_slice());
-        let inputs = self.layer_inputs(start, s, pads, &tokens.device());
+        let pads = cache.as_ref().map_or(Vec::new(), |c| c.pads.clone());
+        // Longrope: once a sequence outgrows the original context,
+        // transformers recomputes its cache with the long factors (Phi-3's
+        // `prepare_inputs_for_generation`), and so does keel.
+        if let Some(cache) = cache.as_mut()
+            && self.rope.crosses(start, s, &pads)
+            && let Some(seen) = cache.tokens.take()
+        {
+            let all = Tensor::cat(vec![seen, tokens], 1);
+            cache.layers.iter_mut().for_each(|l| *l = None);
+            let hidden = self.forward_hidden_tapped(all, Some(&mut **cache), tap);
+            return hidden.narrow(1, start, s);
+        }
+        let inputs = self.layer_inputs(start, s, &pads, &tokens.device());
+        if let Some(cache) = cache.as_mut() {
+            cache.tokens = Some(match cache.tokens.take() {
+                Some(seen) => Tensor::cat(vec![seen, tokens.clone()], 1),
+                None => tokens.clone(),
+            });
+        }
         let mut x = self.embed(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
@@ -407,7 +501,7 @@ impl Llama {
     fn layer_inputs(&self, start: usize, len: usize, pads: &[usize], device: &Device) -> Inputs {
         let keys = start + len;
         let of = |rope: &Rope, window: Option<usize>| {
-            let (cos, sin) = rope.tables(start, len, device);
+            let (cos, sin) = rope.tables(start, len, pads, device);
             LayerInputs {
                 cos,
                 sin,
@@ -555,19 +649,7 @@ impl Llama {
     pub fn linears(&self) -> Vec<(String, &Linear)> {
         let mut out = Vec::with_capacity(self.layers.len() * 7 + 1);
         for (i, l) in self.layers.iter().enumerate() {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            let layers = [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ];
-            for (name, lin) in PROJECTIONS.iter().zip(layers) {
-                out.push((format!("model.layers.{i}.{name}"), lin));
-            }
+            out.extend(projections(i, &l.self_attn, &l.mlp));
         }
         if let Some(head) = &self.lm_head {
             out.push(("lm_head".to_string(), head));
@@ -653,18 +735,6 @@ impl Inputs {
     }
 }
 
-/// A decoder layer's projections, HF names under `model.layers.N.`, in the
-/// order [`Llama::linears`] lists them.
-const PROJECTIONS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
 /// Whether any of `layer`'s parameters is trained.
 fn trains(layer: &DecoderLayer) -> bool {
     struct Trains(bool);
@@ -678,23 +748,48 @@ fn trains(layer: &DecoderLayer) -> bool {
     v.0
 }
 
-/// The seven projections of decoder layer `i`, with their HF names.
+/// Decoder layer `i`'s projections with their HF names, in
+/// [`Llama::linears`] order (HF's: attention, then MLP), those a model
+/// lacks left out.
+fn projections<'a>(
+    i: usize,
+    a: &'a Attention,
+    m: &'a Mlp,
+) -> impl Iterator<Item = (String, &'a Linear)> {
+    let layers = [
+        ("self_attn.q_proj", a.q_proj.as_ref()),
+        ("self_attn.k_proj", a.k_proj.as_ref()),
+        ("self_attn.v_proj", a.v_proj.as_ref()),
+        ("self_attn.qkv_proj", a.qkv_proj.as_ref()),
+        ("self_attn.o_proj", Some(&a.o_proj)),
+        ("mlp.gate_proj", m.gate_proj.as_ref()),
+        ("mlp.up_proj", m.up_proj.as_ref()),
+        ("mlp.gate_up_proj", m.gate_up_proj.as_ref()),
+        ("mlp.down_proj", Some(&m.down_proj)),
+    ];
+    layers
+        .into_iter()
+        .filter_map(move |(name, lin)| Some((format!("model.layers.{i}.{name}"), lin?)))
+}
+
+/// [`projections`], mutable.
 fn projections_mut<'a>(
     i: usize,
     a: &'a mut Attention,
     m: &'a mut Mlp,
 ) -> impl Iterator<Item = (String, &'a mut Linear)> {
     let layers = [
-        &mut a.q_proj,
-        &mut a.k_proj,
-        &mut a.v_proj,
-        &mut a.o_proj,
-        &mut m.gate_proj,
-        &mut m.up_proj,
-        &mut m.down_proj,
+        ("self_attn.q_proj", a.q_proj.as_mut()),
+        ("self_attn.k_proj", a.k_proj.as_mut()),
+        ("self_attn.v_proj", a.v_proj.as_mut()),
+        ("self_attn.qkv_proj", a.qkv_proj.as_mut()),
+        ("self_attn.o_proj", Some(&mut a.o_proj)),
+        ("mlp.gate_proj", m.gate_proj.as_mut()),
+        ("mlp.up_proj", m.up_proj.as_mut()),
+        ("mlp.gate_up_proj", m.gate_up_proj.as_mut()),
+        ("mlp.down_proj", Some(&mut m.down_proj)),
     ];
-    PROJECTIONS
-        .iter()
-        .zip(layers)
-        .map(move |(name, lin)| (format!("model.layers.{i}.{name}"), lin))
+    layers
+        .into_iter()
+        .filter_map(move |(name, lin)| Some((format!("model.layers.{i}.{name}"), lin?)))
 }

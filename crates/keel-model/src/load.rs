@@ -325,6 +325,14 @@ pub fn build_model(
             false => Ok(None),
         }
     };
+    // Phi-3 fuses q/k/v and gate/up into one projection each; the others
+    // keep them apart.
+    let fused = cfg.architecture.fused_projections();
+    let input_proj = |wanted: bool, name: String, d_out: usize, bias: bool| match wanted {
+        true => linear(&name, hidden, d_out, bias).map(Some),
+        false => Ok(None),
+    };
+    let inter = cfg.intermediate_size;
     let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -332,9 +340,15 @@ pub fn build_model(
         layers.push(DecoderLayer {
             input_layernorm: norm(&format!("{p}.input_layernorm"))?,
             self_attn: Attention {
-                q_proj: linear(&format!("{p}.self_attn.q_proj"), hidden, q_dim, b)?,
-                k_proj: linear(&format!("{p}.self_attn.k_proj"), hidden, kv_dim, b)?,
-                v_proj: linear(&format!("{p}.self_attn.v_proj"), hidden, kv_dim, b)?,
+                q_proj: input_proj(!fused, format!("{p}.self_attn.q_proj"), q_dim, b)?,
+                k_proj: input_proj(!fused, format!("{p}.self_attn.k_proj"), kv_dim, b)?,
+                v_proj: input_proj(!fused, format!("{p}.self_attn.v_proj"), kv_dim, b)?,
+                qkv_proj: input_proj(
+                    fused,
+                    format!("{p}.self_attn.qkv_proj"),
+                    q_dim + 2 * kv_dim,
+                    b,
+                )?,
                 o_proj: linear(&format!("{p}.self_attn.o_proj"), q_dim, hidden, false)?,
                 q_norm: head_norm(format!("{p}.self_attn.q_norm"))?,
                 k_norm: head_norm(format!("{p}.self_attn.k_norm"))?,
@@ -351,24 +365,10 @@ pub fn build_model(
             pre_feedforward_layernorm: sandwich_norm(format!("{p}.pre_feedforward_layernorm"))?,
             post_feedforward_layernorm: sandwich_norm(format!("{p}.post_feedforward_layernorm"))?,
             mlp: Mlp {
-                gate_proj: linear(
-                    &format!("{p}.mlp.gate_proj"),
-                    hidden,
-                    cfg.intermediate_size,
-                    false,
-                )?,
-                up_proj: linear(
-                    &format!("{p}.mlp.up_proj"),
-                    hidden,
-                    cfg.intermediate_size,
-                    false,
-                )?,
-                down_proj: linear(
-                    &format!("{p}.mlp.down_proj"),
-                    cfg.intermediate_size,
-                    hidden,
-                    false,
-                )?,
+                gate_proj: input_proj(!fused, format!("{p}.mlp.gate_proj"), inter, false)?,
+                up_proj: input_proj(!fused, format!("{p}.mlp.up_proj"), inter, false)?,
+                gate_up_proj: input_proj(fused, format!("{p}.mlp.gate_up_proj"), 2 * inter, false)?,
+                down_proj: linear(&format!("{p}.mlp.down_proj"), inter, hidden, false)?,
                 activation: cfg.architecture.activation(),
             },
         });

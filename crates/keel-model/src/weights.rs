@@ -215,6 +215,7 @@ pub fn gguf_name(arch: Architecture, hf: &str) -> Option<String> {
                 "self_attn.k_proj" => "attn_k",
                 "self_attn.v_proj" => "attn_v",
                 "self_attn.o_proj" => "attn_output",
+                "self_attn.qkv_proj" => "attn_qkv",
                 "self_attn.q_norm" => "attn_q_norm",
                 "self_attn.k_norm" => "attn_k_norm",
                 // Gemma normalises the attention's output with it.
@@ -224,6 +225,8 @@ pub fn gguf_name(arch: Architecture, hf: &str) -> Option<String> {
                 "post_feedforward_layernorm" => "post_ffw_norm",
                 "mlp.gate_proj" => "ffn_gate",
                 "mlp.up_proj" => "ffn_up",
+                // Phi-3's fused gate | up keeps the up projection's name.
+                "mlp.gate_up_proj" => "ffn_up",
                 "mlp.down_proj" => "ffn_down",
                 _ => return None,
             };
