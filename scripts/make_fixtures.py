@@ -24,10 +24,18 @@ Writes into tests/fixtures/ (relative to the repo root):
                  here) + a tiny random llama, converted by llama.cpp's convert_hf_to_gguf.py;
                  reference.json (transformers-from-GGUF vs sentencepiece tokenizer cases),
                  logits.json, gguf_metadata.json, sentencepiece.model, hf-tokenizer/
+  gguf-spm/phi3-vocab.gguf, phi3-reference.json: vocab.gguf's tokenizer metadata under
+                 general.architecture phi3 (tokenizer only), and transformers' phi3 tokenizer on it
+                 (the prefix space from a normalizer, not Metaspace: it shows on leading spaces)
   tiny-qwen2-gguf/  tiny-qwen2 converted to an f32 GGUF by convert_hf_to_gguf.py (with a tiny
                  Qwen2-shaped byte-level BPE tokenizer); logits.json, reference.json,
                  gguf_metadata.json, hf-tokenizer/
   tiny-qwen3-gguf/  the same for tiny-qwen3
+  tiny-phi3-gguf/  tiny-phi3 converted by llama.cpp (fused attn_qkv and ffn_up, rope.dimension_count,
+                 rope_factors_short/long tensors, attn_factor) with a Qwen2-shaped byte-level vocabulary,
+                 from a config llama.cpp computes as transformers does (no sliding window, which
+                 llama.cpp ignores for phi3; an original context past its padded n_ctx, which picks
+                 the factors); logits.json and logits_f64.json from transformers on that source folder
   (the last three need llama.cpp's converter from scripts/fetch_llama_cpp.sh)
   */logits_f64.json  beside each transformers logits.json above: the same prompts in float64, and
                  transformers' own f32 error against them
@@ -1531,12 +1539,128 @@ def make_qwen_gguf(out: Path, llama_cpp: Path, family: str = "qwen2") -> dict:
     return dict(size=size, diff=diff)
 
 
+def make_phi3_vocab(out: Path) -> dict:
+    """gguf-spm/phi3-vocab.gguf: vocab.gguf's general.* and tokenizer.* metadata, architecture phi3,
+    no tensors; phi3-reference.json: transformers' tokenizer from it on vocab.gguf's cases."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from transformers import AutoTokenizer
+
+    d = out / "gguf-spm"
+    src = d / "vocab.gguf"
+    if not src.is_file():
+        raise SystemExit("gguf-spm-phi3 needs tests/fixtures/gguf-spm (run --only gguf-spm first)")
+    dst = d / "phi3-vocab.gguf"
+    r = GGUFReader(str(src))
+    w = GGUFWriter(str(dst), "phi3")
+    for key, field in r.fields.items():
+        if key == "general.architecture" or not key.startswith(("general.", "tokenizer.")):
+            continue
+        if field.types[0] == GGUFValueType.ARRAY:
+            w.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1])
+        else:
+            w.add_key_value(key, field.contents(), field.types[0])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    dst.chmod(0o644)
+    tok = AutoTokenizer.from_pretrained(str(d), gguf_file=dst.name)
+    texts = [c["text"] for c in json.loads((d / "reference.json").read_text())["tokenizer_cases"]]
+    texts += ["  two leading spaces", " one leading space", "a  b"]
+    cases = []
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False)
+        cases.append({"text": text, "ids": ids, "ids_with_special": tok.encode(text),
+                      "tokens": tok.convert_ids_to_tokens(ids),
+                      "decoded": tok.decode(ids, skip_special_tokens=False)})
+    write_json(d / "phi3-reference.json", {
+        "gguf_file": dst.name,
+        "source": "vocab.gguf's general.* and tokenizer.* metadata, general.architecture phi3, no tensors",
+        "loader": "transformers AutoTokenizer.from_pretrained(dir, gguf_file=name): integrations/gguf "
+                  "phi3_tokenizer (normalizer Prepend('▁') + Replace(' ', '▁'), no pre-tokenizer)",
+        "hf_backend_summary": backend_summary(tok),
+        "tokenizer_cases": cases,
+    }, row_keys=("tokenizer_cases",))
+    log(f"  gguf-spm/phi3-vocab.gguf: {dst.stat().st_size} bytes, {len(cases)} cases")
+    return dict(cases=len(cases))
+
+
+PHI3_GGUF_CONFIG = dict(sliding_window=None, original_max_position_embeddings=512,
+                        max_position_embeddings=2048)
+
+
+def make_phi3_gguf(out: Path, llama_cpp: Path) -> dict:
+    """tiny-phi3-gguf/: tiny-phi3's weights under PHI3_GGUF_CONFIG, converted by llama.cpp.
+
+    transformers' GGUF loader drops longrope (its factors tensors, attn_factor) and llama.cpp
+    ignores phi3's sliding window and picks long or short factors by its context size (padded to
+    256), not by sequence length: under this config they compute the same thing, so the reference
+    is transformers on the source folder. (llama.cpp itself, llama-cpp-python 0.3.36, refuses this
+    tiny byte-level vocabulary under phi3, "unordered_map::at" while loading it, though it loads the
+    same vocabulary under qwen2: it is not run here.)"""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = out / "tiny-phi3"
+    if not (src / "logits.json").is_file():
+        raise SystemExit("tiny-phi3-gguf needs tests/fixtures/tiny-phi3 (run --only tiny-phi3 first)")
+    prompts = json.loads((src / "logits.json").read_text())["prompts"]
+    d = out / "tiny-phi3-gguf"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    gpath = d / "tiny-phi3.gguf"
+    with tempfile.TemporaryDirectory(prefix="keel-phi3-gguf-") as tmp:
+        hf = Path(tmp) / "tiny-phi3"
+        shutil.copytree(src, hf, ignore=shutil.ignore_patterns("*.json"))
+        cfg = json.loads((src / "config.json").read_text())
+        n_vocab = cfg["vocab_size"]
+        cfg.update(PHI3_GGUF_CONFIG, bos_token_id=n_vocab - 3, eos_token_id=n_vocab - 1, pad_token_id=n_vocab - 3)
+        (hf / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        tk = qwen2_tokenizer(n_vocab)
+        tk.save(str(hf / "tokenizer.json"))
+        # GPT2Tokenizer: the converter's byte-level path (Phi-4's), not SentencePiece.
+        (hf / "tokenizer_config.json").write_text(json.dumps({
+            "add_bos_token": False, "bos_token": None, "eos_token": "<|im_end|>",
+            "chat_template": QWEN2_CHAT_TEMPLATE, "model_max_length": 2048,
+            "tokenizer_class": "GPT2Tokenizer", "unk_token": None,
+        }, indent=2) + "\n")
+        conv = run_convert_hf_to_gguf(llama_cpp, hf, gpath, pre="qwen2")
+        gpath.chmod(0o644)
+        shutil.copy(hf / "config.json", d / "hf-config.json")
+        (d / "hf-config.json").chmod(0o644)
+        model = AutoModelForCausalLM.from_pretrained(str(hf), dtype=torch.float32, attn_implementation="eager").eval()
+        with torch.no_grad():
+            logits = [model(torch.tensor([p])).logits[0].float().numpy() for p in prompts]
+        assert model.model.rotary_emb.attention_scaling != 1.0
+        write_json(d / "logits.json", logits_json(
+            "tiny-phi3-gguf", model, gpath.name, prompts, logits,
+            {"loader": "transformers AutoModelForCausalLM.from_pretrained on the folder the GGUF was converted "
+                       "from (hf-config.json), dtype=float32, attn_implementation='eager'"}),
+            row_keys=("prompts", "logits"))
+        write_f64_logits(d, AutoModelForCausalLM.from_pretrained(
+            str(hf), dtype=torch.float64, attn_implementation="eager").eval())
+    dump = gguf_dump(gpath)
+    meta = dump["metadata"]
+    assert meta["general.architecture"]["value"] == "phi3"
+    assert {t for t in dump["tensors"]} >= {"blk.0.attn_qkv.weight", "rope_factors_long.weight"}, list(dump["tensors"])[:8]
+    write_gguf_metadata(d / "gguf_metadata.json", dump,
+                        "every KV pair in tiny-phi3.gguf as read back by gguf.GGUFReader and every tensor's ggml "
+                        "type and ne; written by llama.cpp's convert_hf_to_gguf.py (llama-cpp-python "
+                        f"{LLAMA_CPP_PYTHON_VERSION}) --outtype f32 from tiny-phi3's weights with hf-config.json")
+    log(f"  tiny-phi3-gguf: {gpath.stat().st_size} bytes, chkhsh {conv['chkhsh']}")
+    return dict(size=folder_size(d))
+
+
 # ----------------------------------------------------------------------------------------------
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,tiny-qwen2-gguf,tiny-qwen3-gguf,f64",
+    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,gguf-spm-phi3,tiny-qwen2-gguf,tiny-qwen3-gguf,"
+                                      "tiny-phi3-gguf,f64",
                     help="comma list of: tiny, quants, smollm2, gguf-spm, tiny-qwen2-gguf (or a tiny model "
                          "name), f64 (only the float64 logits of the existing f32 references)")
     ap.add_argument("--smollm2-gguf", default=None,
@@ -1569,6 +1693,8 @@ def main():
         make_quants(out)
         timings["gguf-quants"] = time.time() - t
     missing = False
+    if "gguf-spm-phi3" in only:
+        make_phi3_vocab(out)
     if "smollm2" in only:
         p = find_smollm2(args.smollm2_gguf)
         if p is None:
@@ -1579,7 +1705,8 @@ def main():
             make_smollm2(out, p)
             timings["smollm2"] = time.time() - t
     for name, make in (("gguf-spm", make_gguf_spm), ("tiny-qwen2-gguf", make_qwen_gguf),
-                       ("tiny-qwen3-gguf", lambda o, lc: make_qwen_gguf(o, lc, "qwen3"))):
+                       ("tiny-qwen3-gguf", lambda o, lc: make_qwen_gguf(o, lc, "qwen3")),
+                       ("tiny-phi3-gguf", make_phi3_gguf)):
         if name not in only:
             continue
         lc = find_llama_cpp(args.llama_cpp)

@@ -76,11 +76,8 @@ fn tokenizer_error(key: &str, reason: String) -> Error {
 pub fn tokenizer_json_from_gguf(md: &Metadata) -> Result<Value, Error> {
     let model = md.str("tokenizer.ggml.model")?;
     let stored = md.string_array("tokenizer.ggml.tokens")?;
-    let gemma = model == "llama"
-        && matches!(
-            md.get("general.architecture").and_then(|v| v.as_str()),
-            Some("gemma" | "gemma2" | "gemma3")
-        );
+    let arch = md.get("general.architecture").and_then(|v| v.as_str());
+    let gemma = model == "llama" && matches!(arch, Some("gemma" | "gemma2" | "gemma3"));
     // Gemma files spell tokens of two or more spaces with spaces, where its
     // tokenizer looks them up as `▁` runs (transformers' `gemma_tokenizer`).
     let spelled: Vec<String> = stored
@@ -117,10 +114,20 @@ pub fn tokenizer_json_from_gguf(md: &Metadata) -> Result<Value, Error> {
                 token_at("tokenizer.ggml.unknown_token_id", unk)?;
                 special.push(unk);
             }
-            match gemma {
-                true => (gemma_bpe(&tokens), true),
-                false => (sentencepiece_bpe(md, &tokens)?, true),
+            let mut json = match gemma {
+                true => gemma_bpe(&tokens),
+                false => sentencepiece_bpe(md, &tokens)?,
+            };
+            // Phi-3 prefixes `▁` by a normalizer, not by Metaspace: text
+            // starting with spaces keeps one more (transformers' `phi3_tokenizer`).
+            if arch == Some("phi3") {
+                json["normalizer"] = json!({"type": "Sequence", "normalizers": [
+                    {"type": "Prepend", "prepend": "\u{2581}"},
+                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+                ]});
+                json["pre_tokenizer"] = Value::Null;
             }
+            (json, true)
         }
         other => {
             return Err(tokenizer_error(
