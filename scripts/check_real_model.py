@@ -60,20 +60,26 @@ for p in keel["prompts"]:
     check(int(got.argmax()) == int(want.argmax()),
           f"llama.cpp's next token {int(got.argmax())} differs from keel's {int(want.argmax())}")
 
+def transformers_worst(tok, model, what: str) -> float:
+    """The same ids from transformers' tokenizer, and its largest last-logit distance from keel's."""
+    worst = 0.0
+    for p in keel["prompts"]:
+        ids = tok(p["text"], add_special_tokens=p["add_special"])["input_ids"]
+        check(ids == p["ids"], f"{what} tokenizes {p['text'][:30]!r} as {ids}, keel as {p['ids']}")
+        with torch.no_grad():
+            got = model(torch.tensor([p["ids"]])).logits[0, -1].numpy()
+        diff = float(np.abs(got - np.array(p["last_logits"], dtype=np.float32)).max())
+        worst = max(worst, diff)
+        check(diff <= args.hf_tolerance, f"{what}: last logits of {p['text'][:30]!r} differ by {diff}")
+    return worst
+
+
 # transformers on the converted folder.
 tok = AutoTokenizer.from_pretrained(args.hf_dir)
 model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
 prompt = tok.apply_chat_template(keel["messages"], tokenize=False, add_generation_prompt=True)
 check(prompt == keel["chat_prompt"], f"transformers renders the chat prompt as {prompt!r}")
-hf_worst = 0.0
-for p in keel["prompts"]:
-    ids = tok(p["text"], add_special_tokens=p["add_special"])["input_ids"]
-    check(ids == p["ids"], f"transformers tokenizes {p['text'][:30]!r} as {ids}, keel as {p['ids']}")
-    with torch.no_grad():
-        got = model(torch.tensor([p["ids"]])).logits[0, -1].numpy()
-    diff = float(np.abs(got - np.array(p["last_logits"], dtype=np.float32)).max())
-    hf_worst = max(hf_worst, diff)
-    check(diff <= args.hf_tolerance, f"transformers last logits of {p['text'][:30]!r} differ by {diff}")
+hf_worst = transformers_worst(tok, model, "transformers")
 ids = keel["prompts"][0]["ids"]
 with torch.no_grad():
     out = model.generate(torch.tensor([ids]), max_new_tokens=len(keel["answer_ids"]), do_sample=False)
@@ -85,15 +91,7 @@ del model
 gguf = Path(args.gguf)
 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-gguf_worst = 0.0
-for p in keel["prompts"]:
-    ids = tok(p["text"], add_special_tokens=p["add_special"])["input_ids"]
-    check(ids == p["ids"], f"transformers (GGUF) tokenizes {p['text'][:30]!r} as {ids}, keel as {p['ids']}")
-    with torch.no_grad():
-        got = model(torch.tensor([p["ids"]])).logits[0, -1].numpy()
-    diff = float(np.abs(got - np.array(p["last_logits"], dtype=np.float32)).max())
-    gguf_worst = max(gguf_worst, diff)
-    check(diff <= args.hf_tolerance, f"transformers (GGUF) last logits of {p['text'][:30]!r} differ by {diff}")
+gguf_worst = transformers_worst(tok, model, "transformers (GGUF)")
 
 print(f"llama.cpp: last logits max |diff| {llama_worst:.3g} (tolerance {args.llama_tolerance}); "
       f"transformers on the converted folder: {hf_worst:.3g} (tolerance {args.hf_tolerance}), "
