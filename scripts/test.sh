@@ -76,6 +76,15 @@ if [ "$(uname -m)" = x86_64 ]; then
   done
 fi
 
+# keel's default bf16 product widens the weight; on a CPU with AVX-512 BF16
+# the dot-product kernel (KEEL_BF16=dot, PyTorch's autocast numerics) runs the
+# numerics and training tests too.
+if grep -q avx512_bf16 /proc/cpuinfo; then
+  echo "== numerics and training tests with bf16 dot products (KEEL_BF16=dot)"
+  KEEL_BF16=dot cargo test --workspace --no-fail-fast --lib --test model_logits --test train \
+    "$@" || status=1
+fi
+
 # The Burn-free fuzz targets briefly under libFuzzer (nightly Rust and
 # cargo-fuzz; the model targets would need Burn built again with nightly).
 # Every target's committed corpus was already replayed on stable above.

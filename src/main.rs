@@ -234,8 +234,9 @@ fn keep_freed_memory() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    // A KEEL_CPU the CPU cannot honour is the user's error, not a panic deep in a kernel.
-    keel_gemm::Tier::from_env()?;
+    // A KEEL_CPU or KEEL_BF16 the CPU cannot honour is the user's error, not
+    // a panic deep in a kernel.
+    keel_gemm::Bf16Product::from_env()?;
     match cli.command {
         Command::Train {
             recipe,

@@ -7,11 +7,14 @@
 //! log-softmax ([`log_softmax_row`]) and the MLP's SwiGLU ([`swiglu`]).
 //!
 //! Why: a bf16 base weight is what makes LoRA training cheap, but the `gemm`
-//! crate behind Burn's CPU backend has no bf16 dot-product kernel, so a bf16
-//! weight was widened and multiplied in f32. `vdpbf16ps` does twice the
-//! multiply-adds of an f32 FMA per instruction, and needs half the memory
-//! traffic. Numerics are those of PyTorch's bf16 autocast: the activations
-//! are rounded to bf16 (to nearest even), products accumulate in f32.
+//! crate behind Burn's CPU backend has no bf16 kernel, and a dense f32 copy
+//! of the weight would undo the saving. Either the weight is widened to f32 a
+//! block of columns at a time and multiplied through `gemm`, exactly, on
+//! every tier ([`Bf16Product::Widen`]); or, on an AVX-512 BF16 CPU,
+//! `vdpbf16ps` does twice the multiply-adds of an f32 FMA per instruction on
+//! half the memory traffic ([`Bf16Product::Dot`]), with PyTorch's bf16
+//! autocast numerics: the activations are rounded to bf16 (to nearest even),
+//! products accumulate in f32. [`bf16_product`] says which runs.
 //!
 //! Layout (the classic GotoBLAS split): the weight is repacked into strips
 //! of [`NR`] columns in which each 32-bit lane holds two consecutive `k`
@@ -60,13 +63,87 @@ impl Weight {
     }
 }
 
-/// Whether the bf16 product ([`matmul_bf16`], [`PackedWeight`]) rounds the
-/// activations to bf16 (PyTorch's bf16 autocast): on the AVX-512 BF16 tier,
-/// whose dot products take bf16 pairs. Every other tier widens the weight to
-/// f32 a block of columns at a time and multiplies the f32 activations as
-/// they are.
+/// The environment variable that picks the [`Bf16Product`]: `widen`,
+/// `dot`, or `auto` (the default).
+pub const BF16_ENV: &str = "KEEL_BF16";
+
+/// How the bf16 product ([`matmul_bf16`], [`PackedWeight`]) multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Product {
+    /// The weight widened to f32 a block of columns at a time, the f32
+    /// activations as they are, through `gemm`: every tier.
+    Widen,
+    /// AVX-512 BF16 dot products of bf16 pairs, the activations rounded to
+    /// bf16 (PyTorch's bf16 autocast): the AVX-512 BF16 tier only.
+    Dot,
+}
+
+/// Whether the CPU is AMD's. Zen 4 and later issue a 512-bit `vdpbf16ps` as
+/// often as a 512-bit FMA, so dot products double the f32 rate: SmolLM2
+/// trained at 556 tokens/s with them on a bf16 base against 422 in f32 (an
+/// AMD EPYC, 2 cores, `docs/performance.md`). Intel's cores issue two FMAs
+/// per cycle and one `vdpbf16ps`, so they tie at best and the packing is
+/// extra: on an Intel Xeon (2 cores) the dot kernel reached about 140 GFLOPS
+/// against gemm's 250 in f32, and `keel bench train` ran at 177 tokens/s
+/// with it and 220 widening.
+fn amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0 spells the vendor in ebx, edx, ecx.
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        vendor == b"AuthenticAMD"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+impl Bf16Product {
+    /// The methods the tier in force runs.
+    pub fn runnable() -> impl Iterator<Item = Bf16Product> {
+        let dot = tier() == Tier::Avx512Bf16;
+        [Bf16Product::Widen]
+            .into_iter()
+            .chain(dot.then_some(Bf16Product::Dot))
+    }
+
+    /// The method `KEEL_BF16` asks for, checked against the tier in force;
+    /// `auto` takes dot products on an AMD CPU of the AVX-512 BF16 tier,
+    /// and widens elsewhere (see [`amd`]).
+    pub fn from_env() -> Result<Bf16Product, TierError> {
+        let tier = Tier::from_env()?;
+        let dot = tier == Tier::Avx512Bf16;
+        match std::env::var(BF16_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") if dot && amd() => Ok(Bf16Product::Dot),
+            Err(_) | Ok("") | Ok("auto") | Ok("widen") => Ok(Bf16Product::Widen),
+            Ok("dot") if dot => Ok(Bf16Product::Dot),
+            Ok("dot") => Err(TierError::Bf16(format!(
+                "dot products need the avx512bf16 tier; this one is {tier}"
+            ))),
+            Ok(other) => Err(TierError::Bf16(format!(
+                "{other:?} is not auto, widen or dot"
+            ))),
+        }
+    }
+}
+
+/// The method every bf16 product uses: [`Bf16Product::from_env`], read once.
+///
+/// # Panics
+/// When `KEEL_BF16` or `KEEL_CPU` cannot be honoured (a program that wants
+/// an error instead calls [`Bf16Product::from_env`] first).
+pub fn bf16_product() -> Bf16Product {
+    static METHOD: std::sync::OnceLock<Bf16Product> = std::sync::OnceLock::new();
+    *METHOD.get_or_init(|| Bf16Product::from_env().unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// Whether the bf16 product rounds the activations to bf16:
+/// [`Bf16Product::Dot`].
 pub fn rounds_activations() -> bool {
-    tier() == Tier::Avx512Bf16
+    bf16_product() == Bf16Product::Dot
 }
 
 /// Weight columns widened to f32 per task on tiers without bf16 units: the
@@ -203,9 +280,22 @@ impl<'w> PackedWeight<'w> {
     /// # Panics
     /// If `w` is not `k × n`.
     pub fn new(w: &'w [bf16], k: usize, n: usize, layout: Weight) -> Self {
+        Self::with(bf16_product(), w, k, n, layout)
+    }
+
+    /// [`PackedWeight::new`] for `method`, one of [`Bf16Product::runnable`].
+    ///
+    /// # Panics
+    /// If `w` is not `k × n`.
+    pub fn with(method: Bf16Product, w: &'w [bf16], k: usize, n: usize, layout: Weight) -> Self {
         assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
         #[cfg(target_arch = "x86_64")]
-        if rounds_activations() {
+        if method == Bf16Product::Dot {
+            assert_eq!(
+                tier(),
+                Tier::Avx512Bf16,
+                "bf16 dot products need avx512bf16"
+            );
             // SAFETY: the tier in force is AVX-512 BF16, so the CPU has it.
             let packed = unsafe { x86::pack_weight(w, k, n, layout) };
             return PackedWeight {
@@ -612,23 +702,27 @@ mod tests {
     ];
 
     /// The bf16 product equals the f64 product of its operands, the
-    /// activations rounded to bf16 where the tier rounds them, at every edge
-    /// shape, both layouts.
+    /// activations rounded to bf16 by the method that rounds them, at every
+    /// edge shape, both layouts, by every method the CPU runs.
     #[test]
     fn the_product_is_the_bf16_rounded_product() {
-        let round = |x: f32| match rounds_activations() {
-            true => bf16::from_f32(x).to_f64(),
-            false => f64::from(x),
-        };
-        for (m, k, n) in SHAPES.into_iter().chain([(5, 70, 200)]) {
-            for layout in [Weight::KN, Weight::NK] {
-                let a = values(m * k, 1);
-                let w: Vec<bf16> = values(k * n, 2).into_iter().map(bf16::from_f32).collect();
-                let got = matmul_bf16(&a, &w, m, k, n, layout);
-                let rounded: Vec<f64> = a.iter().map(|&x| round(x)).collect();
-                let w64: Vec<f64> = w.iter().map(|x| x.to_f64()).collect();
-                let want = reference(&rounded, &w64, m, k, n, layout);
-                assert_matches(&got, want, &format!("bf16 {m}x{k}x{n} {layout:?}"));
+        for method in Bf16Product::runnable() {
+            let round = |x: f32| match method {
+                Bf16Product::Dot => bf16::from_f32(x).to_f64(),
+                Bf16Product::Widen => f64::from(x),
+            };
+            for (m, k, n) in SHAPES.into_iter().chain([(5, 70, 200)]) {
+                for layout in [Weight::KN, Weight::NK] {
+                    let a = values(m * k, 1);
+                    let w: Vec<bf16> = values(k * n, 2).into_iter().map(bf16::from_f32).collect();
+                    let mut got = vec![f32::NAN; m * n];
+                    PackedWeight::with(method, &w, k, n, layout).matmul_into(&a, m, &mut got);
+                    let rounded: Vec<f64> = a.iter().map(|&x| round(x)).collect();
+                    let w64: Vec<f64> = w.iter().map(|x| x.to_f64()).collect();
+                    let want = reference(&rounded, &w64, m, k, n, layout);
+                    let what = format!("bf16 {method:?} {m}x{k}x{n} {layout:?}");
+                    assert_matches(&got, want, &what);
+                }
             }
         }
     }
@@ -652,11 +746,16 @@ mod tests {
     /// lies just above the midpoint between two bf16 values and rounds up.
     #[test]
     fn activations_round_to_nearest() {
-        if !rounds_activations() {
+        if !Bf16Product::runnable().any(|m| m == Bf16Product::Dot) {
             return;
         }
         let x = 1.0 + 2f32.powi(-8) + 2f32.powi(-16);
-        let got = matmul_bf16(&[x], &[bf16::ONE], 1, 1, 1, Weight::KN);
+        let mut got = [0f32];
+        PackedWeight::with(Bf16Product::Dot, &[bf16::ONE], 1, 1, Weight::KN).matmul_into(
+            &[x],
+            1,
+            &mut got,
+        );
         assert_eq!(got[0], 1.0 + 2f32.powi(-7));
     }
 }

@@ -115,11 +115,16 @@ impl FromStr for Tier {
     }
 }
 
-/// A `KEEL_CPU` that cannot be honoured.
+/// A `KEEL_CPU` or `KEEL_BF16` that cannot be honoured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TierError {
     Unknown(String),
-    Unsupported { asked: Tier, detected: Tier },
+    Unsupported {
+        asked: Tier,
+        detected: Tier,
+    },
+    /// `KEEL_BF16` names no method, or `dot` on a tier without bf16 units.
+    Bf16(String),
 }
 
 impl fmt::Display for TierError {
@@ -133,6 +138,7 @@ impl fmt::Display for TierError {
                 f,
                 "{ENV}={asked} asks for instructions this CPU lacks; its best tier is {detected}"
             ),
+            TierError::Bf16(reason) => write!(f, "{}: {reason}", crate::BF16_ENV),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct BenchReport {
     /// The CPU tier keel's kernels ran with (`KEEL_CPU`); Burn's f32
     /// products through `gemm` always use the CPU's best.
     pub cpu_tier: &'static str,
+    /// How a bf16 base was multiplied (`KEEL_BF16`): `widen` or `dot`.
+    pub bf16_product: &'static str,
     pub seq: usize,
     pub batch: usize,
     pub timed_steps: usize,
@@ -137,6 +139,10 @@ dir = {out:?}
         base_dtype: o.base_dtype.clone(),
         activation_checkpointing: o.activation_checkpointing,
         cpu_tier: keel_gemm::tier().name(),
+        bf16_product: match keel_gemm::bf16_product() {
+            keel_gemm::Bf16Product::Widen => "widen",
+            keel_gemm::Bf16Product::Dot => "dot",
+        },
         seq: o.seq,
         batch: o.batch,
         timed_steps: times.len(),
