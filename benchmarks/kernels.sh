@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The CPU kernels alone: gemm's f32 (what Burn's flex backend calls) and
-# keel-gemm's AVX-512 BF16 kernel, on SmolLM2-135M's shapes for 1024 tokens,
-# and keel-gemm's causal attention on SmolLM2's heads.
+# The CPU kernels alone, at every CPU tier this machine runs (KEEL_CPU) and,
+# for a bf16 weight, by every method it has (KEEL_BF16): gemm's f32 (what
+# Burn's flex backend calls) and keel-gemm's bf16 product on SmolLM2-135M's
+# shapes for 1024 tokens, and keel-gemm's causal attention on SmolLM2's heads.
 # Writes docs/performance-kernels.md.
 #
 #   benchmarks/kernels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
-table="$(cargo bench --quiet -p keel-gemm --bench gflops 2>/dev/null)"
+flags="$(grep -m1 '^flags' /proc/cpuinfo || true)"
+has() { [[ " $flags " == *" $1 "* ]]; }
+runs=("baseline widen")
+if has avx2 && has fma; then runs+=("avx2 widen"); fi
+if has avx512f && has avx512bw && has avx512vl; then runs+=("avx512 widen"); fi
+if has avx512_bf16; then runs+=("avx512bf16 widen" "avx512bf16 dot"); fi
+cargo bench --quiet -p keel-gemm --bench gflops --no-run 2>/dev/null
 {
   echo "# Performance: CPU kernels"
   echo
@@ -18,11 +25,19 @@ table="$(cargo bench --quiet -p keel-gemm --bench gflops 2>/dev/null)"
   echo "gemm 0.19 in f32 (Burn's flex backend), and keel-gemm with a bf16 \`W\` stored \`[k, n]\` (x·W, forward)"
   echo "or \`[n, k]\` (x·Wᵀ, the input gradient and the tied LM head); then keel-gemm's causal attention"
   echo "(forward, and backward with its recomputation), counting only the unmasked half of each product."
+  echo "One table per keel-gemm tier (\`KEEL_CPU\`) and bf16 method (\`KEEL_BF16\`) this CPU runs. gemm picks its"
+  echo "own instructions from the CPU, not from \`KEEL_CPU\`: its column is this CPU's best in every table, and the"
+  echo "widened bf16 product, which multiplies through gemm, shows keel-gemm's lower tiers only in its widening."
+  for run in "${runs[@]}"; do
+    read -r cpu bf16 <<<"$run"
+    echo
+    echo "\`KEEL_CPU=$cpu KEEL_BF16=$bf16\`:"
+    echo
+    echo '```'
+    KEEL_CPU="$cpu" KEEL_BF16="$bf16" cargo bench --quiet -p keel-gemm --bench gflops 2>/dev/null
+    echo '```'
+  done
   echo
-  echo '```'
-  echo "$table"
-  echo '```'
-  echo
-  echo "Command: \`cargo bench -p keel-gemm --bench gflops\`"
+  echo "Command: \`KEEL_CPU=<tier> KEEL_BF16=<method> cargo bench -p keel-gemm --bench gflops\`"
 } > docs/performance-kernels.md
 cat docs/performance-kernels.md

@@ -22,7 +22,10 @@ cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], captur
             if l.startswith("Model name")), platform.processor())
 print("# Performance: keel vs HF PEFT, training\n")
 print("Written by `benchmarks/compare.sh` from its own runs; do not edit by hand.\n")
-print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
+keel_rows = [r for r in rows if r["tool"] == "keel"]
+kernels = ", ".join(sorted({f"keel-gemm tier {r.get('cpu_tier', '?')}, bf16 product {r.get('bf16_product', '?')}"
+                            for r in keel_rows}))
+print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores ({kernels}). "
       "Workload: SmolLM2-135M-Instruct, LoRA r16 alpha 32 on q,k,v,o,gate,up,down, AdamW, "
       f"random tokens, seq {rows[0]['seq']} x batch {rows[0]['batch']}; medians over "
       f"{len(rows) // (2 * max(1, len(groups)))} alternating rounds of {rows[0]['timed_steps']} timed steps.\n")

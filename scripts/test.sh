@@ -2,7 +2,8 @@
 # keel's test command: on a fresh Debian machine it installs what the tests
 # need (Mesa lavapipe for wgpu, the Python references, SmolLM2, qemu-user),
 # then runs the whole suite with every environment-dependent test switched
-# on, and the numerics tests again on emulated lower CPU tiers.
+# on, the numerics tests again on emulated lower CPU tiers, and keel-gemm's
+# tests cross-built for aarch64 under qemu-user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ packages=()
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers libvulkan1)
 command -v chromium >/dev/null || packages+=(chromium)
 command -v qemu-x86_64 >/dev/null || packages+=(qemu-user)
+command -v aarch64-linux-gnu-gcc >/dev/null || packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 if [ ${#packages[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
@@ -83,6 +85,17 @@ if grep -q avx512_bf16 /proc/cpuinfo; then
   echo "== numerics and training tests with bf16 dot products (KEEL_BF16=dot)"
   KEEL_BF16=dot cargo test --workspace --no-fail-fast --lib --test model_logits --test train \
     "$@" || status=1
+fi
+
+# keel-gemm on aarch64, cross-built and run on an emulated CPU: its kernels
+# compile for NEON (every aarch64 CPU's baseline) and keep their f64 bounds.
+if [ "$(uname -m)" = x86_64 ]; then
+  echo "== the workspace checked for aarch64, and keel-gemm's tests on an emulated aarch64 CPU"
+  rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
+  cargo check --workspace --all-targets --target aarch64-unknown-linux-gnu || status=1
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+    cargo test -p keel-gemm --target aarch64-unknown-linux-gnu "$@" || status=1
 fi
 
 # The Burn-free fuzz targets briefly under libFuzzer (nightly Rust and

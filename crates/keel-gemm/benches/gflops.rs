@@ -1,13 +1,14 @@
 //! GFLOPS of `matmul_bf16` against the f32 `gemm` that Burn's flex backend
 //! calls, on SmolLM2-135M's projection and LM-head shapes (1024 tokens), at
-//! the CPU tier in force. `cargo bench -p keel-gemm`, `KEEL_CPU=avx2 cargo
-//! bench -p keel-gemm`
+//! the CPU tier and bf16 method in force. `cargo bench -p keel-gemm`,
+//! `KEEL_CPU=avx2 cargo bench -p keel-gemm`, `KEEL_BF16=dot cargo bench -p
+//! keel-gemm` (`benchmarks/kernels.sh` runs every pair the CPU has).
 
 use std::time::Instant;
 
 use half::bf16;
 use keel_gemm::{
-    AttentionShape, Weight, causal_attention, causal_attention_backward, matmul_bf16,
+    AttentionShape, Weight, bf16_product, causal_attention, causal_attention_backward, matmul_bf16,
     matmul_f32_into, tier,
 };
 
@@ -28,8 +29,9 @@ fn gemm_f32(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 }
 
 fn main() {
-    // The bf16 product's method depends on the tier (KEEL_CPU picks a lower one).
-    println!("CPU tier: {}", tier());
+    // KEEL_CPU picks a lower tier for keel-gemm's kernels (gemm's f32
+    // product keeps the CPU's best); KEEL_BF16 the bf16 product's method.
+    println!("CPU tier: {}, bf16 product: {:?}", tier(), bf16_product());
     matmuls();
     attention();
 }

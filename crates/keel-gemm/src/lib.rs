@@ -35,13 +35,18 @@ pub use swiglu::{swiglu, swiglu_backward};
 pub(crate) use tier::vectorised;
 pub use tier::{Tier, TierError, tier};
 
+// The AVX-512 BF16 kernel's blocking.
 /// Rows of the output tile a microkernel call computes.
+#[cfg(target_arch = "x86_64")]
 const MR: usize = 12;
 /// Columns of the output tile: two 16-lane registers.
+#[cfg(target_arch = "x86_64")]
 const NR: usize = 32;
 /// Rows per parallel task: the task's bf16 activations stay in L2.
+#[cfg(target_arch = "x86_64")]
 const MC: usize = 8 * MR;
 /// Column strips per parallel task.
+#[cfg(target_arch = "x86_64")]
 const STRIPS_PER_TASK: usize = 8;
 
 /// How the weight `w` is laid out, seen as the right-hand operand `B[k, n]`.
@@ -267,6 +272,7 @@ pub struct PackedWeight<'w> {
 
 enum Form<'w> {
     /// [`x86::pack_weight`]'s strips of bf16 pairs.
+    #[cfg(target_arch = "x86_64")]
     Pairs(Vec<u32>),
     /// The weight as given, widened a block of columns at a time: borrowed,
     /// since a copy would cost a product with few rows as much as the
@@ -287,6 +293,7 @@ impl<'w> PackedWeight<'w> {
     ///
     /// # Panics
     /// If `w` is not `k × n`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     pub fn with(method: Bf16Product, w: &'w [bf16], k: usize, n: usize, layout: Weight) -> Self {
         assert_eq!(w.len(), size(k, n), "matmul_bf16: weight is not {k} x {n}");
         #[cfg(target_arch = "x86_64")]
@@ -334,50 +341,48 @@ impl<'w> PackedWeight<'w> {
             return out.fill(0.0);
         }
         match &self.form {
+            #[cfg(target_arch = "x86_64")]
             Form::Pairs(packed) => self.pairs_into(packed, a, m, out),
             Form::Widened(w, layout) => widened_into(w, *layout, a, (m, k, n), out),
         }
     }
 
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    #[cfg(target_arch = "x86_64")]
     fn pairs_into(&self, packed: &[u32], a: &[f32], m: usize, out: &mut [f32]) {
         let (k, n) = (self.k, self.n);
-        #[cfg(target_arch = "x86_64")]
-        {
-            let pairs = k.div_ceil(2);
-            // SAFETY: pairs are only packed on the AVX-512 BF16 tier.
-            let a = unsafe { x86::pack_activations(a, m, k) };
-            let strips = n.div_ceil(NR);
-            let tasks: Vec<(usize, usize)> = (0..m.div_ceil(MC))
-                .flat_map(|i| (0..strips.div_ceil(STRIPS_PER_TASK)).map(move |j| (i, j)))
-                .collect();
-            let c = SharedOut(out.as_mut_ptr());
-            tasks.into_par_iter().for_each(|(i, j)| {
-                let rows = i * MC..(m.min((i + 1) * MC));
-                for s in j * STRIPS_PER_TASK..strips.min((j + 1) * STRIPS_PER_TASK) {
-                    let strip = &packed[s * pairs * NR..(s + 1) * pairs * NR];
-                    let cols = NR.min(n - s * NR);
-                    for r in rows.clone().step_by(MR) {
-                        let tile = &a[r * pairs..(r + MR) * pairs];
-                        // SAFETY: the AVX-512 BF16 tier is in force; `tile` and `strip`
-                        // hold `MR` rows and `NR` columns of `pairs`; tasks write
-                        // disjoint tiles of `out`, rows `r..r+MR` ∩ `..m` and the
-                        // columns of strip `s`, all inside its `m × n`.
-                        unsafe {
-                            x86::tile(
-                                tile,
-                                strip,
-                                pairs,
-                                c.at(r * n + s * NR),
-                                n,
-                                MR.min(m - r),
-                                cols,
-                            )
-                        };
-                    }
+        let pairs = k.div_ceil(2);
+        // SAFETY: pairs are only packed on the AVX-512 BF16 tier.
+        let a = unsafe { x86::pack_activations(a, m, k) };
+        let strips = n.div_ceil(NR);
+        let tasks: Vec<(usize, usize)> = (0..m.div_ceil(MC))
+            .flat_map(|i| (0..strips.div_ceil(STRIPS_PER_TASK)).map(move |j| (i, j)))
+            .collect();
+        let c = SharedOut(out.as_mut_ptr());
+        tasks.into_par_iter().for_each(|(i, j)| {
+            let rows = i * MC..(m.min((i + 1) * MC));
+            for s in j * STRIPS_PER_TASK..strips.min((j + 1) * STRIPS_PER_TASK) {
+                let strip = &packed[s * pairs * NR..(s + 1) * pairs * NR];
+                let cols = NR.min(n - s * NR);
+                for r in rows.clone().step_by(MR) {
+                    let tile = &a[r * pairs..(r + MR) * pairs];
+                    // SAFETY: the AVX-512 BF16 tier is in force; `tile` and `strip`
+                    // hold `MR` rows and `NR` columns of `pairs`; tasks write
+                    // disjoint tiles of `out`, rows `r..r+MR` ∩ `..m` and the
+                    // columns of strip `s`, all inside its `m × n`.
+                    unsafe {
+                        x86::tile(
+                            tile,
+                            strip,
+                            pairs,
+                            c.at(r * n + s * NR),
+                            n,
+                            MR.min(m - r),
+                            cols,
+                        )
+                    };
                 }
-            });
-        }
+            }
+        });
     }
 }
 
