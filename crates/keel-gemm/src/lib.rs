@@ -107,6 +107,14 @@ fn amd() -> bool {
 }
 
 impl Bf16Product {
+    /// The name `KEEL_BF16` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Product::Widen => "widen",
+            Bf16Product::Dot => "dot",
+        }
+    }
+
     /// The methods the tier in force runs.
     pub fn runnable() -> impl Iterator<Item = Bf16Product> {
         let dot = tier() == Tier::Avx512Bf16;

@@ -411,6 +411,12 @@ impl HfConfig {
             (None, Some(p)) => theta_of(p)?.unwrap_or(10_000.0),
             (None, None) => 10_000.0,
         };
+        let window_of = |w: &Value| -> Result<usize, Error> {
+            w.as_u64()
+                .filter(|&w| w > 0)
+                .map(|w| w as usize)
+                .ok_or_else(|| bad("sliding_window", format!("{w} is not a positive integer")))
+        };
         let (layer_types, sliding_window, rope_local_theta) = match architecture {
             Architecture::Gemma3 => {
                 let layer_types = match &self.layer_types {
@@ -446,19 +452,13 @@ impl HfConfig {
                 };
                 let window = match &self.sliding_window {
                     None => 4096,
-                    Some(w) => w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
-                        bad("sliding_window", format!("{w} is not a positive integer"))
-                    })? as usize,
+                    Some(w) => window_of(w)?,
                 };
                 (layer_types, Some(window), Some(local.unwrap_or(10_000.0)))
             }
             arch => {
                 let window = match (&self.sliding_window, arch.honours_sliding_window()) {
-                    (Some(w), true) if !w.is_null() => {
-                        Some(w.as_u64().filter(|&w| w > 0).ok_or_else(|| {
-                            bad("sliding_window", format!("{w} is not a positive integer"))
-                        })? as usize)
-                    }
+                    (Some(w), true) if !w.is_null() => Some(window_of(w)?),
                     _ => None,
                 };
                 let kind = match window {

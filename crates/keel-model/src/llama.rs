@@ -111,6 +111,12 @@ impl Rope {
         )
     }
 
+    /// Whether a cache may have to be recomputed ([`Rope::crosses`]): the
+    /// tokens it holds are kept then.
+    fn recomputes(&self) -> bool {
+        self.freqs.long.is_some()
+    }
+
     /// Whether these `len` positions after `start` cached ones take some
     /// row (left-padded by `pads`) past the original context, from within
     /// it: its cached positions were rotated with the short factors.
@@ -141,9 +147,9 @@ impl Rope {
 }
 
 /// Keys and values of the positions already seen, per layer, the tokens
-/// they came from (longrope recomputes them) and the left padding of each
-/// row of a batch. Cloning is cheap (tensors are shared) and a clone
-/// extends independently.
+/// they came from (kept for longrope, which recomputes them) and the left
+/// padding of each row of a batch. Cloning is cheap (tensors are shared)
+/// and a clone extends independently.
 #[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
@@ -471,7 +477,9 @@ impl Llama {
             return hidden.narrow(1, start, s);
         }
         let inputs = self.layer_inputs(start, s, &pads, &tokens.device());
-        if let Some(cache) = cache.as_mut() {
+        if let Some(cache) = cache.as_mut()
+            && self.rope.recomputes()
+        {
             cache.tokens = Some(match cache.tokens.take() {
                 Some(seen) => Tensor::cat(vec![seen, tokens.clone()], 1),
                 None => tokens.clone(),
@@ -500,18 +508,27 @@ impl Llama {
     /// left-padded by `pads`.
     fn layer_inputs(&self, start: usize, len: usize, pads: &[usize], device: &Device) -> Inputs {
         let keys = start + len;
-        let of = |rope: &Rope, window: Option<usize>| {
-            let (cos, sin) = rope.tables(start, len, pads, device);
+        let (cos, sin) = self.rope.tables(start, len, pads, device);
+        let window = self.layers.iter().find_map(|l| l.self_attn.window);
+        let sliding = window.map(|w| {
+            // The global tables serve sliding layers without a RoPE of their own.
+            let (cos, sin) = match &self.rope_local {
+                Some(local) => local.tables(start, len, pads, device),
+                None => (cos.clone(), sin.clone()),
+            };
             LayerInputs {
                 cos,
                 sin,
-                mask: attention_mask(pads, window, len, keys, device),
+                mask: attention_mask(pads, Some(w), len, keys, device),
             }
-        };
-        let window = self.layers.iter().find_map(|l| l.self_attn.window);
+        });
         Inputs {
-            full: of(&self.rope, None),
-            sliding: window.map(|w| of(self.rope_local.as_ref().unwrap_or(&self.rope), Some(w))),
+            full: LayerInputs {
+                cos,
+                sin,
+                mask: attention_mask(pads, None, len, keys, device),
+            },
+            sliding,
         }
     }
 
@@ -748,28 +765,39 @@ fn trains(layer: &DecoderLayer) -> bool {
     v.0
 }
 
-/// Decoder layer `i`'s projections with their HF names, in
-/// [`Llama::linears`] order (HF's: attention, then MLP), those a model
-/// lacks left out.
+/// A decoder layer's possible projections, HF names under `model.layers.N.`,
+/// in [`Llama::linears`] order (HF's: attention, then MLP).
+const PROJECTIONS: [&str; 9] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.qkv_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.gate_up_proj",
+    "mlp.down_proj",
+];
+
+/// Decoder layer `i`'s projections with their HF names, in [`PROJECTIONS`]
+/// order, those a model lacks left out.
 fn projections<'a>(
     i: usize,
     a: &'a Attention,
     m: &'a Mlp,
 ) -> impl Iterator<Item = (String, &'a Linear)> {
     let layers = [
-        ("self_attn.q_proj", a.q_proj.as_ref()),
-        ("self_attn.k_proj", a.k_proj.as_ref()),
-        ("self_attn.v_proj", a.v_proj.as_ref()),
-        ("self_attn.qkv_proj", a.qkv_proj.as_ref()),
-        ("self_attn.o_proj", Some(&a.o_proj)),
-        ("mlp.gate_proj", m.gate_proj.as_ref()),
-        ("mlp.up_proj", m.up_proj.as_ref()),
-        ("mlp.gate_up_proj", m.gate_up_proj.as_ref()),
-        ("mlp.down_proj", Some(&m.down_proj)),
+        a.q_proj.as_ref(),
+        a.k_proj.as_ref(),
+        a.v_proj.as_ref(),
+        a.qkv_proj.as_ref(),
+        Some(&a.o_proj),
+        m.gate_proj.as_ref(),
+        m.up_proj.as_ref(),
+        m.gate_up_proj.as_ref(),
+        Some(&m.down_proj),
     ];
-    layers
-        .into_iter()
-        .filter_map(move |(name, lin)| Some((format!("model.layers.{i}.{name}"), lin?)))
+    named(i, layers)
 }
 
 /// [`projections`], mutable.
@@ -779,17 +807,23 @@ fn projections_mut<'a>(
     m: &'a mut Mlp,
 ) -> impl Iterator<Item = (String, &'a mut Linear)> {
     let layers = [
-        ("self_attn.q_proj", a.q_proj.as_mut()),
-        ("self_attn.k_proj", a.k_proj.as_mut()),
-        ("self_attn.v_proj", a.v_proj.as_mut()),
-        ("self_attn.qkv_proj", a.qkv_proj.as_mut()),
-        ("self_attn.o_proj", Some(&mut a.o_proj)),
-        ("mlp.gate_proj", m.gate_proj.as_mut()),
-        ("mlp.up_proj", m.up_proj.as_mut()),
-        ("mlp.gate_up_proj", m.gate_up_proj.as_mut()),
-        ("mlp.down_proj", Some(&mut m.down_proj)),
+        a.q_proj.as_mut(),
+        a.k_proj.as_mut(),
+        a.v_proj.as_mut(),
+        a.qkv_proj.as_mut(),
+        Some(&mut a.o_proj),
+        m.gate_proj.as_mut(),
+        m.up_proj.as_mut(),
+        m.gate_up_proj.as_mut(),
+        Some(&mut m.down_proj),
     ];
-    layers
-        .into_iter()
+    named(i, layers)
+}
+
+/// Layer `i`'s present projections, in [`PROJECTIONS`] order, with their names.
+fn named<T>(i: usize, layers: [Option<T>; 9]) -> impl Iterator<Item = (String, T)> {
+    PROJECTIONS
+        .iter()
+        .zip(layers)
         .filter_map(move |(name, lin)| Some((format!("model.layers.{i}.{name}"), lin?)))
 }

@@ -394,9 +394,8 @@ pub fn build_model(
         lm_head,
         rope: Rope::new(cfg, LayerType::Full),
         rope_local: cfg
-            .layer_types
-            .contains(&LayerType::Sliding)
-            .then(|| Rope::new(cfg, LayerType::Sliding)),
+            .rope_local_theta
+            .map(|_| Rope::new(cfg, LayerType::Sliding)),
         embed_scale: cfg
             .architecture
             .scales_embeddings()

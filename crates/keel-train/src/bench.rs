@@ -139,10 +139,7 @@ dir = {out:?}
         base_dtype: o.base_dtype.clone(),
         activation_checkpointing: o.activation_checkpointing,
         cpu_tier: keel_gemm::tier().name(),
-        bf16_product: match keel_gemm::bf16_product() {
-            keel_gemm::Bf16Product::Widen => "widen",
-            keel_gemm::Bf16Product::Dot => "dot",
-        },
+        bf16_product: keel_gemm::bf16_product().name(),
         seq: o.seq,
         batch: o.batch,
         timed_steps: times.len(),
