@@ -53,8 +53,7 @@ fn open(pair: &Pair) -> Result<(LoadedModel, AdapterFile, Subspace)> {
         .with_context(|| format!("loading {}", pair.model.display()))?;
     let file = AdapterFile::read(&pair.adapter)
         .with_context(|| format!("reading adapter {}", pair.adapter.display()))?;
-    let fingerprint = loaded.model.fingerprint();
-    file.attach(ADAPTER, &mut loaded.model.linears_mut(), &fingerprint)?;
+    loaded.model.attach(&file, ADAPTER)?;
     let reference = AdapterFile::read(&pair.reference)
         .with_context(|| format!("reading reference adapter {}", pair.reference.display()))?;
     let subspace = Subspace::from_adapter(&reference, &device)?;
@@ -91,8 +90,10 @@ pub fn run(cmd: &AlignCommand) -> Result<()> {
                 .base_model
                 .clone()
                 .unwrap_or_else(|| pair.model.display().to_string());
+            // Modules trained in full are not projected: they go out as they came.
+            let saved: Vec<_> = file.saved.clone().into_iter().collect();
             for w in
-                keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &[], &base, out)?
+                keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &saved, &base, out)?
             {
                 eprintln!("warning: {w}");
             }

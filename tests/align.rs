@@ -295,3 +295,34 @@ fn bad_alignment_keys_are_reported() {
     assert!(err(&["alignment.replay=x", "alignment.replay_fraction=1.5"]).contains("(0, 1)"));
     assert!(err(&["alignment.asft_lamda=1.0"]).contains("did you mean `asft_lambda`"));
 }
+
+/// `keel align safe-lora` writes the adapter's modules trained in full
+/// (`modules_to_save`) beside the projected LoRA, unchanged: it once kept
+/// their names in the config and dropped their weights.
+#[test]
+fn safe_lora_keeps_modules_to_save() {
+    let dir = temp_dir("safe-lora-saved");
+    let adapter = fixture("peft/modules-to-save");
+    let out = dir.join("safe");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["align", "safe-lora", "--model"])
+        .arg(fixture("tiny-qwen2"))
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--reference")
+        .arg(reference(&dir))
+        .args(["--top-k", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (before, after) = (
+        AdapterFile::read(&adapter).unwrap(),
+        AdapterFile::read(&out).unwrap(),
+    );
+    assert_eq!(before.saved.len(), 4);
+    assert_eq!(after.config.modules_to_save, before.config.modules_to_save);
+    let names = |f: &AdapterFile| f.saved.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before));
+    assert!(after.saved == before.saved, "the saved weights changed");
+}

@@ -13,8 +13,16 @@ use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::{fuzz_file, scratch, scratch_dir, split};
 
+/// Opens a model folder and does what `keel inspect` and then loading do
+/// with its config: every size in it drives an allocation somewhere here.
 fn load(dir: &Path) {
     if let Ok(source) = ModelSource::open(dir) {
+        let c = &source.config;
+        let _ = (
+            c.linear_modules(),
+            c.weights(),
+            c.training_flop_per_token(64, 8),
+        );
         let _ = source.load(&Device::flex());
     }
 }

@@ -154,6 +154,42 @@ impl LayerType {
     }
 }
 
+/// What a config number sizes, for its upper bound: far above any released
+/// model's, so a number past it is a damaged or hostile file, refused before
+/// it sizes an allocation (the weights present are checked next, by
+/// `WeightSource::check`).
+#[derive(Debug, Clone, Copy)]
+enum Size {
+    Layers,
+    /// hidden, intermediate, head_dim
+    Width,
+    Heads,
+    /// vocab, positions
+    Count,
+}
+
+impl Size {
+    fn limit(self) -> usize {
+        match self {
+            Size::Layers => 1 << 12,
+            Size::Width => 1 << 20,
+            Size::Heads => 1 << 14,
+            Size::Count => 1 << 30,
+        }
+    }
+
+    /// `value`, if within the bound.
+    fn check(self, value: usize) -> Result<usize, String> {
+        match value <= self.limit() {
+            true => Ok(value),
+            false => Err(format!(
+                "{value} is past keel's bound, {}: the file is damaged",
+                self.limit()
+            )),
+        }
+    }
+}
+
 /// Gemma 3's layers: every `pattern`-th is global, the rest slide.
 fn layer_pattern(n_layers: usize, pattern: usize) -> Vec<LayerType> {
     (0..n_layers)
@@ -417,6 +453,10 @@ impl HfConfig {
                 .map(|w| w as usize)
                 .ok_or_else(|| bad("sliding_window", format!("{w} is not a positive integer")))
         };
+        // Checked before it sizes the list of layer kinds below.
+        Size::Layers
+            .check(self.num_hidden_layers)
+            .map_err(|reason| bad("num_hidden_layers", reason))?;
         let (layer_types, sliding_window, rope_local_theta) = match architecture {
             Architecture::Gemma3 => {
                 let layer_types = match &self.layer_types {
@@ -581,21 +621,30 @@ fn parse_rope_scaling(
 impl Config {
     /// Checks the shape arithmetic every later step relies on.
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+        let sizes = [
+            ("vocab_size", self.vocab_size, Size::Count),
+            ("hidden_size", self.hidden_size, Size::Width),
+            ("intermediate_size", self.intermediate_size, Size::Width),
+            ("num_hidden_layers", self.num_hidden_layers, Size::Layers),
+            ("num_attention_heads", self.num_attention_heads, Size::Heads),
+            ("num_key_value_heads", self.num_key_value_heads, Size::Heads),
+            ("head_dim", self.head_dim, Size::Width),
+            (
+                "query_pre_attn_scalar",
+                self.query_pre_attn_scalar,
+                Size::Width,
+            ),
         ];
-        for (key, value) in positive {
+        for (key, value, size) in sizes {
             if value == 0 {
                 return Err((key, "must be positive".into()));
             }
+            size.check(value).map_err(|reason| (key, reason))?;
         }
+        // Zero where a model does not say how long its context is.
+        Size::Count
+            .check(self.max_position_embeddings)
+            .map_err(|reason| ("max_position_embeddings", reason))?;
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads)
@@ -744,7 +793,10 @@ impl Config {
                 }
             }
         };
-        let num_hidden_layers = md.usize(&key("block_count"))?;
+        // Checked before it sizes the list of layer kinds below.
+        let num_hidden_layers = Size::Layers
+            .check(md.usize(&key("block_count"))?)
+            .map_err(|reason| bad(&key("block_count"), reason))?;
         let rope_dims = opt_usize("rope.dimension_count")?;
         // Phi-3 may rotate part of each head: its rope.dimension_count is
         // what rotates, not the head's size.
@@ -952,6 +1004,98 @@ impl Config {
         names
     }
 
+    /// `(in, out)` features of each layer's seven projections: q, k, v, o,
+    /// gate, up, down (Phi-3's fused ones are these, stacked).
+    pub fn projection_shapes(&self) -> [(usize, usize); 7] {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let i = self.intermediate_size;
+        [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+    }
+
+    /// Every weight the model reads, by HF name, with its stored shape
+    /// (`[out, in]` for a projection): what must be present in a file
+    /// before anything is read from it.
+    pub fn weights(&self) -> Vec<(String, Vec<usize>)> {
+        let [(h, q), (_, kv), _, _, (_, i), _, _] = self.projection_shapes();
+        let mut out: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![self.vocab_size, h]),
+            ("model.norm.weight".into(), vec![h]),
+        ];
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), vec![self.vocab_size, h]));
+        }
+        let arch = self.architecture;
+        for l in 0..self.num_hidden_layers {
+            let mut add = |name: &str, shape: Vec<usize>| {
+                out.push((format!("model.layers.{l}.{name}"), shape));
+            };
+            let mut norms = vec!["input_layernorm", "post_attention_layernorm"];
+            if arch.sandwich_norms() {
+                norms.extend(["pre_feedforward_layernorm", "post_feedforward_layernorm"]);
+            }
+            for norm in norms {
+                add(&format!("{norm}.weight"), vec![h]);
+            }
+            let inputs: &[(&str, usize)] = match arch.fused_projections() {
+                true => &[("self_attn.qkv_proj", q + 2 * kv)],
+                false => &[
+                    ("self_attn.q_proj", q),
+                    ("self_attn.k_proj", kv),
+                    ("self_attn.v_proj", kv),
+                ],
+            };
+            for &(name, rows) in inputs {
+                add(&format!("{name}.weight"), vec![rows, h]);
+                if self.attention_bias {
+                    add(&format!("{name}.bias"), vec![rows]);
+                }
+            }
+            if arch.qk_norm() {
+                add("self_attn.q_norm.weight", vec![self.head_dim]);
+                add("self_attn.k_norm.weight", vec![self.head_dim]);
+            }
+            add("self_attn.o_proj.weight", vec![h, q]);
+            match arch.fused_projections() {
+                true => add("mlp.gate_up_proj.weight", vec![2 * i, h]),
+                false => {
+                    add("mlp.gate_proj.weight", vec![i, h]);
+                    add("mlp.up_proj.weight", vec![i, h]);
+                }
+            }
+            add("mlp.down_proj.weight", vec![h, i]);
+        }
+        out
+    }
+
+    /// Model FLOPs of one training token in sequences of `seq`, counted as
+    /// MFU counts them (recomputation excluded): the forward product and the
+    /// input gradient of every frozen weight, LM head included (2 + 2 per
+    /// weight); attention over the keys each position sees (4 per key and
+    /// head dimension forward, twice that backward); a rank-`lora_rank`
+    /// LoRA on all seven projections (forward, both weight gradients and
+    /// the input gradient: 6 per rank and feature).
+    pub fn training_flop_per_token(&self, seq: usize, lora_rank: usize) -> f64 {
+        let shapes = self.projection_shapes();
+        let frozen: usize = shapes.iter().map(|(i, o)| i * o).sum::<usize>()
+            * self.num_hidden_layers
+            + self.hidden_size * self.vocab_size;
+        let lora: usize = shapes.iter().map(|(i, o)| i + o).sum::<usize>() * self.num_hidden_layers;
+        let keys_seen =
+            |window: usize| (1..=seq).map(|p| p.min(window)).sum::<usize>() as f64 / seq as f64;
+        let attention: f64 = self
+            .layer_types
+            .iter()
+            .map(|t| match (t, self.sliding_window) {
+                (LayerType::Sliding, Some(w)) => keys_seen(w),
+                _ => keys_seen(seq),
+            })
+            .sum::<f64>()
+            * (self.num_attention_heads * self.head_dim) as f64;
+        4.0 * frozen as f64 + 12.0 * attention + 6.0 * (lora_rank * lora) as f64
+    }
+
     /// The RoPE of `layer`'s attention: inverse frequencies, one per pair of
     /// rotated dimensions, rescaled as configured (HF
     /// `_compute_default_rope_parameters` and friends); sliding layers use
@@ -1149,5 +1293,54 @@ mod tests {
             err.contains("config.json") && err.contains("use_sliding_window"),
             "{err}"
         );
+    }
+
+    /// The FLOP count against the fixtures' stored weights (Gemma 3's sliding
+    /// layers, Phi-3's fused projections) and a pair-by-pair count of the
+    /// keys each position attends to.
+    #[test]
+    fn training_flops_follow_the_stored_weights() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for name in ["tiny-gemma3", "tiny-phi3", "tiny-llama"] {
+            let dir = root.join(name);
+            let path = dir.join("config.json");
+            let c = HfConfig::from_file(&path)
+                .unwrap()
+                .into_config(&path)
+                .unwrap();
+            let weights = crate::weights::WeightSource::open_hf_dir(&dir).unwrap();
+            let (mut params, mut features) = (c.vocab_size * c.hidden_size, 0);
+            for (tensor, _, shape) in weights.list() {
+                if tensor.contains(".layers.") && tensor.ends_with("proj.weight") {
+                    params += shape[0] * shape[1];
+                    features += shape[0] + shape[1];
+                }
+            }
+            if c.architecture.fused_projections() {
+                // qkv (three projections) and gate_up (two) count their input once.
+                features += c.num_hidden_layers * 3 * c.hidden_size;
+            }
+            let seq = 9;
+            let mut pairs = 0;
+            for t in &c.layer_types {
+                let window = match (t, c.sliding_window) {
+                    (LayerType::Sliding, Some(w)) => w,
+                    _ => usize::MAX,
+                };
+                pairs += (0..seq)
+                    .flat_map(|q| (0..=q).map(move |k| q - k < window))
+                    .filter(|&seen| seen)
+                    .count();
+            }
+            let heads = (c.num_attention_heads * c.head_dim) as f64;
+            let want = 4.0 * params as f64 + 12.0 * heads * pairs as f64 / seq as f64;
+            let got = c.training_flop_per_token(seq, 0);
+            assert!((got - want).abs() < 1e-9 * want, "{name}: {got} vs {want}");
+            let lora = c.training_flop_per_token(seq, 3) - got;
+            assert!(
+                (lora - 18.0 * features as f64).abs() < 1e-6,
+                "{name}: LoRA {lora}"
+            );
+        }
     }
 }

@@ -50,6 +50,7 @@ impl ModelSource {
         let config_path = dir.join("config.json");
         let config = HfConfig::from_file(&config_path)?.into_config(&config_path)?;
         let weights = WeightSource::open_hf_dir(dir)?;
+        weights.check(&config, &config_path, "num_hidden_layers")?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = match tokenizer_path.exists() {
             true => Some(Tokenizer::from_file(&tokenizer_path)?),
@@ -88,10 +89,13 @@ impl ModelSource {
             }),
             None => builtin_template(&config),
         };
+        let weights = WeightSource::Gguf(gguf);
+        let layers_key = format!("{}.block_count", config.architecture.name());
+        weights.check(&config, path, &layers_key)?;
         Ok(ModelSource {
             path: path.to_path_buf(),
             config,
-            weights: WeightSource::Gguf(gguf),
+            weights,
             tokenizer: Some(tokenizer),
             chat_template,
         })

@@ -119,6 +119,88 @@ impl WeightSource {
         }
     }
 
+    /// The shape of the tensor HF calls `hf_name`, without reading it.
+    fn shape_of(&self, hf_name: &str, config: &Config) -> Option<&[usize]> {
+        match self {
+            WeightSource::Safetensors { index, .. } => index.get(hf_name).map(|t| &t.shape[..]),
+            WeightSource::Gguf(g) => g
+                .tensor(&gguf_name(config.architecture, hf_name)?)
+                .map(|t| &t.shape[..]),
+        }
+    }
+
+    /// How many decoder layers the file holds tensors for (the highest
+    /// layer index plus one).
+    fn layers_present(&self) -> usize {
+        let prefix = match self {
+            WeightSource::Safetensors { .. } => "model.layers.",
+            WeightSource::Gguf(_) => "blk.",
+        };
+        self.list()
+            .iter()
+            .filter_map(|(name, _, _)| {
+                name.strip_prefix(prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .map(|i| i + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Checks, before anything is read, that the file holds every weight
+    /// `config` describes, in its shape: a layer count that disagrees is
+    /// blamed on `layers_key` in `config_file`; otherwise one error lists
+    /// every tensor missing or misshapen.
+    pub fn check(
+        &self,
+        config: &Config,
+        config_file: &Path,
+        layers_key: &str,
+    ) -> Result<(), Error> {
+        let present = self.layers_present();
+        if present != config.num_hidden_layers {
+            return Err(Error::Config {
+                file: config_file.to_path_buf(),
+                key: layers_key.to_string(),
+                reason: format!(
+                    "is {}, but the weights hold {present} layers",
+                    config.num_hidden_layers
+                ),
+            });
+        }
+        let wanted = config.weights();
+        let problems: Vec<String> = wanted
+            .iter()
+            .filter_map(|(name, shape)| match self.shape_of(name, config) {
+                None => Some(format!("{name} is missing")),
+                Some(s) if s != &shape[..] => Some(format!(
+                    "{name} has shape {s:?}, the config implies {shape:?}"
+                )),
+                Some(_) => None,
+            })
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        const SHOWN: usize = 8;
+        let more = match problems.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!("; and {n} more"),
+        };
+        Err(Error::BadFile {
+            path: self.file_for(""),
+            reason: format!(
+                "does not hold the weights its config describes ({} of {} tensors wrong, by their HF names): {}{more}",
+                problems.len(),
+                wanted.len(),
+                problems[..problems.len().min(SHOWN)].join("; ")
+            ),
+        })
+    }
+
     /// Reads the tensor HF calls `hf_name`, checking its shape.
     pub fn get(
         &self,

@@ -46,13 +46,16 @@ pub struct BenchReport {
     /// Median wall time of a timed step.
     pub step_s: f64,
     pub tokens_per_s: f64,
+    /// [`keel_model::Config::training_flop_per_token`] of this workload, in GFLOP.
+    pub model_gflop_per_token: f64,
+    /// Model FLOPs done per second: how close the run comes to the CPU's limit.
+    pub model_gflops: f64,
     pub peak_rss_bytes: Option<u64>,
 }
 
 /// Random token ids decoded to text, long enough that every example is cut
 /// to exactly `seq` tokens when read back.
-fn random_text(model: &Path, rows: usize, seq: usize) -> Result<String, Error> {
-    let source = ModelSource::open(model)?;
+fn random_text(source: &ModelSource, rows: usize, seq: usize) -> Result<String, Error> {
     let tokenizer = source.tokenizer()?;
     let vocab = tokenizer.vocab_size() as u64;
     let mut rng = SplitMix64(0);
@@ -67,6 +70,9 @@ fn random_text(model: &Path, rows: usize, seq: usize) -> Result<String, Error> {
     Ok(out)
 }
 
+/// The workload's LoRA rank (PEFT's reference uses the same).
+const RANK: usize = 16;
+
 pub fn bench_train(o: &BenchOptions, work: &Path) -> Result<BenchReport, Error> {
     std::fs::create_dir_all(work).map_err(keel_fs::io(work))?;
     // The recipe resolves relative paths against its own folder.
@@ -74,7 +80,10 @@ pub fn bench_train(o: &BenchOptions, work: &Path) -> Result<BenchReport, Error> 
     let model = std::fs::canonicalize(&o.model).map_err(keel_fs::io(&o.model))?;
     let data = work.join("data.jsonl");
     let rows = o.batch * (o.warmup + o.steps);
-    keel_fs::write_atomic(&data, random_text(&model, rows, o.seq)?.as_bytes())?;
+    let source = ModelSource::open(&model)?;
+    keel_fs::write_atomic(&data, random_text(&source, rows, o.seq)?.as_bytes())?;
+    let gflop_per_token = source.config.training_flop_per_token(o.seq, RANK) / 1e9;
+    drop(source);
     let recipe_text = format!(
         r#"[model]
 path = {model:?}
@@ -83,7 +92,7 @@ base_dtype = "{dtype}"
 activation_checkpointing = {ckpt}
 
 [adapter]
-r = 16
+r = {rank}
 alpha = 32
 targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -105,6 +114,7 @@ dir = {out:?}
         model = model.display().to_string(),
         device = o.device,
         dtype = o.base_dtype,
+        rank = RANK,
         ckpt = o.activation_checkpointing,
         data = data.display().to_string(),
         seq = o.seq,
@@ -132,6 +142,7 @@ dir = {out:?}
         .collect();
     times.sort_by(f64::total_cmp);
     let step_s = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let tokens_per_s = (o.batch * o.seq) as f64 / step_s;
     Ok(BenchReport {
         tool: "keel",
         model: o.model.display().to_string(),
@@ -144,7 +155,9 @@ dir = {out:?}
         batch: o.batch,
         timed_steps: times.len(),
         step_s,
-        tokens_per_s: (o.batch * o.seq) as f64 / step_s,
+        tokens_per_s,
+        model_gflop_per_token: gflop_per_token,
+        model_gflops: gflop_per_token * tokens_per_s,
         peak_rss_bytes: report::peak_rss_bytes(),
     })
 }
