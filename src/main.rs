@@ -14,6 +14,7 @@ use keel_train::RunOptions;
 
 mod align;
 mod probe;
+mod progress;
 
 #[derive(Parser)]
 #[command(
@@ -249,11 +250,10 @@ fn run(cli: Cli) -> Result<()> {
             let opts = RunOptions {
                 resume,
                 overwrite,
-                progress: true,
                 stop_at: None,
                 debug_nan: debug_inject_nan,
             };
-            let report = keel_train::train(&recipe, &opts)?;
+            let report = keel_train::train_with(&recipe, &opts, &mut progress::Training::new()?)?;
             println!("{}", report.table());
             println!("adapter: {}", recipe.output.dir.join("adapter").display());
             Ok(())
@@ -523,6 +523,8 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             all.push(prompt.to_string());
         }
         let mut rows = String::new();
+        let bar = progress::bar(all.len(), "prompts");
+        bar.set_message("answering");
         for (c, chunk) in all.chunks(keel_probes::BATCH).enumerate() {
             let ids = chunk
                 .iter()
@@ -548,9 +550,9 @@ fn generate(args: &GenerateArgs) -> Result<()> {
                 );
                 rows.push('\n');
             }
-            eprint!("\r{} answered", c * keel_probes::BATCH + chunk.len());
+            bar.inc(chunk.len() as u64);
         }
-        eprintln!();
+        bar.finish();
         std::fs::write(out, rows).with_context(|| format!("writing {}", out.display()))?;
         println!("wrote {}", out.display());
         return Ok(());

@@ -103,15 +103,6 @@ fn open(path: &Path, adapter: Option<&Path>, device: DeviceChoice) -> Result<Loa
     Ok(loaded)
 }
 
-fn progress(what: &str) -> impl FnMut(usize, usize) + '_ {
-    move |done, total| {
-        eprint!("\r{what}: {done}/{total}");
-        if done == total {
-            eprintln!();
-        }
-    }
-}
-
 fn label(p: &Path) -> String {
     p.display().to_string()
 }
@@ -127,7 +118,7 @@ pub fn probe(args: &ProbeArgs) -> Result<()> {
         &suite,
         &sets,
         (&label(&args.model), adapter.as_deref()),
-        &mut progress("probing"),
+        &mut crate::progress::counter("probing"),
     )?;
     report_speed(side.results.len(), start);
     let json = serde_json::to_string_pretty(&side.report)? + "\n";
@@ -164,7 +155,7 @@ pub fn drift(args: &DriftArgs) -> Result<()> {
         &suite,
         &sets,
         (&label(&args.base), None),
-        &mut progress("probing base"),
+        &mut crate::progress::counter("probing base"),
     )?;
     let adapter = args.adapter.as_deref().map(label);
     let mut adapted_side = keel_probes::probe(
@@ -172,14 +163,14 @@ pub fn drift(args: &DriftArgs) -> Result<()> {
         &suite,
         &sets,
         (&label(adapted_path), adapter.as_deref()),
-        &mut progress("probing adapted"),
+        &mut crate::progress::counter("probing adapted"),
     )?;
     let mut report = keel_probes::drift(
         &suite,
         &sets,
         (&base, &mut base_side),
         (&adapted, &mut adapted_side),
-        &mut progress("KL to base"),
+        &mut crate::progress::counter("KL to base"),
     );
     if let Some(dir) = &args.reference {
         let file = keel_adapters::peft::AdapterFile::read(dir)

@@ -47,6 +47,35 @@ fn loss_falls_on_a_memorisable_set() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The tiny recipe's first 30 losses and its eval loss, pinned: a change
+/// to the trainer that is meant to keep its behaviour must keep these
+/// (`tests/fixtures/tiny-loss-curve.json` says how they were made). The
+/// bound allows other CPUs' rounding, not a change of the arithmetic.
+#[test]
+fn tiny_recipe_follows_its_pinned_loss_curve() {
+    let _run = one_run();
+    let dir = temp_dir("train-pinned");
+    let report = keel_train::train(&recipe(&dir, &["optim.steps=30"]), &opts()).unwrap();
+    let pin = common::read_json(&fixture("tiny-loss-curve.json"));
+    let want = common::f32s(&pin["loss"]);
+    let got: Vec<f64> = losses(&dir).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(got.len(), want.len());
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - *w as f64).abs() <= 1e-3 * w.abs() as f64,
+            "step {}: {g} vs {w}",
+            step + 1
+        );
+    }
+    let eval = pin["eval_loss"].as_f64().unwrap();
+    let got_eval = report.eval_loss.unwrap();
+    assert!(
+        (got_eval - eval).abs() <= 1e-3 * eval,
+        "eval {got_eval} vs {eval}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Also with PiSSA, whose checkpoints hold the rank-2r adapter on the
 /// original base: the resumed run takes the principal part out again and
 /// reads its A and B back from the first r columns.

@@ -307,12 +307,13 @@ pub fn python_judge(script: &str, args: &[&std::ffi::OsStr]) {
 
 /// (step, loss) of every training row in a run's metrics.jsonl.
 pub fn losses(out: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
+    keel_train::metrics::read(&out.join("metrics.jsonl"))
         .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .into_iter()
+        .filter_map(|row| match row {
+            keel_train::metrics::Row::Step(m) => Some((m.step as u64, m.loss)),
+            keel_train::metrics::Row::Eval(_) => None,
+        })
         .collect()
 }
 

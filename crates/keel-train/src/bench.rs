@@ -12,6 +12,7 @@ use keel_model::ModelSource;
 use keel_recipe::Recipe;
 use serde::Serialize;
 
+use crate::metrics::{self, Row};
 use crate::{Error, RunOptions, report, train};
 
 #[derive(Debug, Clone)]
@@ -132,13 +133,12 @@ dir = {out:?}
         ..RunOptions::default()
     };
     train(&recipe, &opts)?;
-    let metrics_path = work.join("run/metrics.jsonl");
-    let metrics = std::fs::read_to_string(&metrics_path).map_err(keel_fs::io(&metrics_path))?;
-    let mut times: Vec<f64> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize > o.warmup))
-        .filter_map(|v| v["step_s"].as_f64())
+    let mut times: Vec<f64> = metrics::read(&work.join("run/metrics.jsonl"))?
+        .into_iter()
+        .filter_map(|row| match row {
+            Row::Step(m) if m.step > o.warmup => Some(m.step_s),
+            _ => None,
+        })
         .collect();
     times.sort_by(f64::total_cmp);
     let step_s = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);

@@ -6,19 +6,22 @@
 //! perplexity; stops at the first non-finite loss or gradient, keeping the
 //! last good checkpoint. Checkpoints ([`checkpoint`]) hold only what is
 //! trained plus optimizer state, data position and step, are written
-//! atomically, and resume to the same loss curve. Ctrl-C writes one and
-//! exits. Every run ends with a [`report`].
+//! atomically, and resume to the same loss curve. The caller's [`Hooks`]
+//! see every step and may stop the run (the binary's Ctrl-C), which writes
+//! a checkpoint first. Every run ends with a [`report`].
 
 pub mod bench;
 pub mod checkpoint;
 mod error;
 mod loss;
+pub mod metrics;
 pub mod report;
 mod schedule;
 mod selective;
 pub mod trainer;
 
 pub use error::Error;
+pub use metrics::{EvalMetrics, StepMetrics};
 pub use report::RunReport;
 pub use schedule::lr_at;
-pub use trainer::{NanSite, RunOptions, eval_adapter, train};
+pub use trainer::{Hooks, LossTerm, NanSite, RunOptions, Trainer, eval_adapter, train, train_with};

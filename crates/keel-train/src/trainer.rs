@@ -1,9 +1,6 @@
 //! The training loop.
 
-use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::{Module, ParamId};
@@ -22,10 +19,12 @@ use keel_text::{ChatTemplate, Tokenizer};
 use crate::checkpoint::{self, TrainState};
 use crate::error::Error;
 use crate::loss::{constrained_sft, response_betas, weighted_nll};
+use crate::metrics::{EvalMetrics, MetricsLog, Row, StepMetrics};
 use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
 use crate::selective::Selection;
-use keel_align::{Subspace, asft, layers, safe_lora};
+use keel_align::layers::{self, LayerSeparation};
+use keel_align::{Subspace, asft, safe_lora};
 use keel_probes::judges::kl::token_kl;
 
 /// Prompts per probe set used to find the safety layers.
@@ -33,8 +32,6 @@ const SAFETY_LAYER_PROMPTS: usize = 64;
 
 /// The adapter's name inside the model while it trains.
 const ADAPTER: &str = "default";
-/// Set by Ctrl-C / SIGTERM; the loop checkpoints and returns at the next step.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 /// How to run a recipe.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +40,6 @@ pub struct RunOptions {
     pub resume: bool,
     /// Replace a previous run in the output folder.
     pub overwrite: bool,
-    /// Show a progress bar.
-    pub progress: bool,
     /// Stop after this many optimizer steps in total, as an interruption
     /// would (a checkpoint is written): for tests of resume.
     pub stop_at: Option<usize>,
@@ -350,7 +345,6 @@ fn evaluate(
     total / count.max(1) as f64
 }
 
-/// Refuses to mix two runs in one folder, and clears it for `--overwrite`.
 /// What a run writes in its output folder.
 const OUTPUTS: [&str; 6] = [
     "checkpoints",
@@ -361,6 +355,7 @@ const OUTPUTS: [&str; 6] = [
     "alignment.json",
 ];
 
+/// Refuses to mix two runs in one folder, and clears it for `--overwrite`.
 fn prepare_output(out: &Path, opts: &RunOptions) -> Result<(), Error> {
     // A symlink there would send keel's writes (and --overwrite's
     // deletions) outside the folder the user named.
@@ -398,26 +393,65 @@ fn prepare_output(out: &Path, opts: &RunOptions) -> Result<(), Error> {
     Ok(std::fs::create_dir_all(out).map_err(keel_fs::io(out))?)
 }
 
-/// Keeps the metrics lines up to `step`, so a resumed run neither repeats
-/// nor loses steps.
-fn trim_metrics(path: &Path, step: usize) -> Result<(), Error> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    checkpoint::write_atomic(path, kept.as_bytes())
+/// A term of the training objective. A step adds the per-batch terms for
+/// each of its micro-batches, in this order, then the per-step ones; room
+/// is left for preference losses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LossTerm {
+    /// Next-token negative log-likelihood on the loss tokens.
+    Sft,
+    /// Constrained SFT (Qi et al. 2024): the first answer tokens held near
+    /// the reference, the model with its adapter off.
+    ConstrainedSft,
+    /// AsFT: `lambda` times the update's distance from the alignment
+    /// subspace of `[alignment] reference`, per micro-batch.
+    Asft { lambda: f64 },
+    /// `lambda` times the KL from the reference on a batch of the safety
+    /// anchors, once per step.
+    KlAnchors { lambda: f64 },
 }
 
+impl LossTerm {
+    /// The recipe's objective: the data term, then its regularisers (the
+    /// anchors' only where the anchor file holds any).
+    fn of(recipe: &Recipe, has_anchors: bool) -> Vec<LossTerm> {
+        let al = &recipe.alignment;
+        let mut terms = vec![match al.constrained_sft {
+            true => LossTerm::ConstrainedSft,
+            false => LossTerm::Sft,
+        }];
+        if al.reference.is_some() && al.asft_lambda > 0.0 {
+            terms.push(LossTerm::Asft {
+                lambda: al.asft_lambda,
+            });
+        }
+        if has_anchors {
+            terms.push(LossTerm::KlAnchors {
+                lambda: al.anchor_lambda,
+            });
+        }
+        terms
+    }
+}
+
+/// What the caller sees of a run as it goes: the binary draws a progress
+/// bar and turns Ctrl-C into a stop; tests and benchmarks need nothing.
+pub trait Hooks {
+    /// The run begins at `step` (past 0 when resumed) of `total_steps`.
+    fn started(&mut self, _total_steps: usize, _step: usize) {}
+    fn stepped(&mut self, _metrics: &StepMetrics) {}
+    /// Asked after every step: `true` checkpoints and ends the run early.
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+    fn finished(&mut self) {}
+}
+
+/// No progress display, no interruption.
+impl Hooks for () {}
+
+/// The two AdamW states: LoRA's B and everything else (LoRA+ gives B its
+/// own rate).
 struct Optimizers {
     a: ModuleOptimizer,
     b: ModuleOptimizer,
@@ -436,10 +470,34 @@ impl Optimizers {
             b: config.init(),
         }
     }
+
+    /// Takes the states saved in checkpoint `dir`.
+    fn load(self, dir: &Path) -> Result<Self, Error> {
+        let bad = |e| Error::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!("{e:?}"),
+        };
+        Ok(Optimizers {
+            a: self.a.load(dir.join(checkpoint::OPTIM_A)).map_err(bad)?,
+            b: self.b.load(dir.join(checkpoint::OPTIM_B)).map_err(bad)?,
+        })
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), Error> {
+        for (o, name) in [
+            (&self.a, checkpoint::OPTIM_A),
+            (&self.b, checkpoint::OPTIM_B),
+        ] {
+            let bytes = o.into_bytes().map_err(|e| Error::Checkpoint {
+                path: dir.join(name),
+                reason: format!("{e:?}"),
+            })?;
+            checkpoint::write_atomic(&dir.join(name), &bytes)?;
+        }
+        Ok(())
+    }
 }
 
-/// Runs `recipe`: trains, evaluates, checkpoints, and writes the adapter to
-/// `<output>/adapter` and the report to `<output>/report.json`.
 /// `f` of the reference, the model with its adapter switched off (no
 /// second copy of the weights), off the autodiff graph.
 fn with_reference<const D: usize>(
@@ -450,6 +508,602 @@ fn with_reference<const D: usize>(
     let out = f(model).detach();
     model.activate_adapters(&[ADAPTER]);
     out
+}
+
+/// A run of a recipe, in phases (torchtune's recipe shape):
+/// [`Trainer::setup`] loads the model, data and any checkpoint to resume;
+/// [`Trainer::step`] is one optimizer step; [`Trainer::evaluate`] and
+/// [`Trainer::checkpoint`] run when due; [`Trainer::finish`] applies
+/// post-training alignment, writes the adapter and returns the report.
+/// [`train_with`] is the loop over them.
+pub struct Trainer<'r> {
+    recipe: &'r Recipe,
+    opts: RunOptions,
+    device: Device,
+    model: Llama,
+    /// The adapter's configuration, its saved modules listed at each write.
+    cfg: AdapterConfig,
+    fingerprint: String,
+    pad: u32,
+    train_set: Vec<Example>,
+    eval_set: Vec<Example>,
+    /// The safety anchors of [`LossTerm::KlAnchors`], shuffled once.
+    anchors: Vec<Example>,
+    terms: Vec<LossTerm>,
+    /// The alignment subspace of `[alignment] reference`.
+    subspace: Option<Subspace>,
+    safety_layers: Vec<LayerSeparation>,
+    batcher: Batcher,
+    total_steps: usize,
+    /// Where this process stops: the last step, or `RunOptions::stop_at`.
+    stop_at: usize,
+    optims: Optimizers,
+    state: TrainState,
+    selection: Selection,
+    params: Vec<Trained>,
+    metrics: MetricsLog,
+    last_good: Option<PathBuf>,
+    last_loss: Option<f64>,
+    eval_loss: Option<f64>,
+    stopped_early: bool,
+    started: Instant,
+    run_start_tokens: u64,
+    cpu0: Option<f64>,
+    rapl0: Option<f64>,
+}
+
+impl<'r> Trainer<'r> {
+    /// Prepares the output folder, loads the model, the data and the
+    /// alignment inputs, attaches a fresh adapter, and takes the trained
+    /// values and optimizer state of the latest checkpoint when resuming.
+    pub fn setup(recipe: &'r Recipe, opts: &RunOptions) -> Result<Self, Error> {
+        let out = &recipe.output.dir;
+        prepare_output(out, opts)?;
+        let started = Instant::now();
+        let (cpu0, rapl0) = (report::cpu_seconds(), report::rapl_joules());
+        let device = device_of(recipe)?.autodiff();
+        let loaded =
+            ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
+        let tokenizer = loaded.tokenizer()?.clone();
+        let template = loaded.chat_template.clone();
+        let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
+        let mut cfg = adapter_config(recipe);
+        let al = &recipe.alignment;
+        let safety_layers = match al.exclude_safety_layers {
+            Some(k) => {
+                let found = layers::safety_layers(&loaded, k, SAFETY_LAYER_PROMPTS)?;
+                let all = cfg
+                    .layers
+                    .clone()
+                    .unwrap_or_else(|| (0..loaded.model.layers.len()).collect());
+                cfg.layers = Some(
+                    all.into_iter()
+                        .filter(|l| !found.iter().any(|f| f.layer == *l))
+                        .collect(),
+                );
+                found
+            }
+            None => Vec::new(),
+        };
+        let mut model = loaded.model;
+        let fingerprint = model.fingerprint();
+
+        let (train_set, eval_set) = load_data(recipe, &tokenizer, template.as_ref())?;
+        let mut anchors = match &al.anchors {
+            Some(p) => {
+                load_examples(
+                    p,
+                    recipe.data.format,
+                    &tokenizer,
+                    template.as_ref(),
+                    recipe.data.max_length,
+                    false,
+                )?
+                .examples
+            }
+            None => Vec::new(),
+        };
+        keel_data::shuffle(&mut anchors, recipe.optim.seed ^ 0xA4C4_0125);
+        let subspace = match &al.reference {
+            Some(dir) => Some(Subspace::from_adapter(&AdapterFile::read(dir)?, &device)?),
+            None => None,
+        };
+        let o = &recipe.optim;
+        let mut batcher = Batcher::new(train_set.len(), o.batch_size, o.seed);
+        let total_steps = match (o.steps, o.epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => ((e * batcher.batches_per_epoch() as f64) / o.grad_accum as f64)
+                .ceil()
+                .max(1.0) as usize,
+            (None, None) => unreachable!("the recipe check requires steps or epochs"),
+        };
+
+        // A resumed run starts as a fresh one (PiSSA/OLoRA also move the
+        // same part out of the base again), then takes the trained values.
+        let mut optims = Optimizers::new(recipe);
+        let mut state = TrainState::default();
+        let resumed = match opts.resume {
+            true => checkpoint::latest(out)?,
+            false => None,
+        };
+        let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
+        let specs = resolve_targets(&names, &cfg)?;
+        let mut rng = SplitMix64(o.seed);
+        for (name, layer) in model.linears_mut() {
+            if let Some(spec) = specs.iter().find(|s| s.name == name) {
+                init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
+            }
+        }
+        let mut selection = Selection::new(recipe, &mut model, &specs)?;
+        if let Some(dir) = &resumed {
+            state = checkpoint::read_state(dir)?;
+            let file = AdapterFile::read(dir)?;
+            file.check_base(&fingerprint)?;
+            file.restore(ADAPTER, &mut model.linears_mut())?;
+            model.load_saved(&file)?;
+            selection.touched.extend(file.saved.keys().cloned());
+            optims = optims.load(dir)?;
+            batcher = Batcher::resume(
+                train_set.len(),
+                o.batch_size,
+                o.seed,
+                state.epoch,
+                state.pos,
+            );
+        }
+        selection.update(&mut model, state.step);
+        let params = trainable(&mut model, &selection);
+        let metrics = MetricsLog::open(&out.join("metrics.jsonl"), state.step)?;
+        let terms = LossTerm::of(recipe, !anchors.is_empty());
+        Ok(Trainer {
+            recipe,
+            opts: opts.clone(),
+            device,
+            model,
+            cfg,
+            fingerprint,
+            pad,
+            train_set,
+            eval_set,
+            anchors,
+            terms,
+            subspace,
+            safety_layers,
+            batcher,
+            total_steps,
+            stop_at: opts.stop_at.unwrap_or(usize::MAX).min(total_steps),
+            optims,
+            run_start_tokens: state.tokens,
+            state,
+            selection,
+            params,
+            metrics,
+            last_good: resumed,
+            last_loss: None,
+            eval_loss: None,
+            stopped_early: false,
+            started,
+            cpu0,
+            rapl0,
+        })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Optimizer steps done, in this process and before it.
+    pub fn steps_done(&self) -> usize {
+        self.state.step
+    }
+
+    /// Whether this process has done its steps.
+    pub fn done(&self) -> bool {
+        self.state.step >= self.stop_at
+    }
+
+    /// One optimizer step: the objective over `grad_accum` micro-batches,
+    /// a stop at the first non-finite loss or gradient (the last good
+    /// checkpoint kept), clipping, AdamW, and a row in `metrics.jsonl`.
+    pub fn step(&mut self) -> Result<StepMetrics, Error> {
+        let step_start = Instant::now();
+        let recipe = self.recipe;
+        let o = &recipe.optim;
+        if self.selection.new_period(self.state.step) {
+            self.optims = Optimizers::new(recipe);
+        }
+        if self.selection.update(&mut self.model, self.state.step) {
+            self.params = trainable(&mut self.model, &self.selection);
+        }
+        // Reseeding per step makes dropout masks a function of the step:
+        // a resumed run draws the same ones.
+        let step_seed = o.seed ^ (self.state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.device.seed(step_seed);
+        let micro: Vec<Batch> = (0..o.grad_accum)
+            .map(|_| {
+                let idx = self.batcher.next_indices();
+                let refs: Vec<&Example> = idx.iter().map(|&i| &self.train_set[i]).collect();
+                Batch::collate(&refs, self.pad)
+            })
+            .collect();
+        let mut grads = GradientsParams::new();
+        let sums = self.objective(&micro, step_seed, &mut grads);
+        let mut loss = sums.loss;
+        self.inject_nan(&mut loss, &mut grads);
+        let (norm, bad_grad) = grad_norm(&grads, &self.params);
+        let bad = match loss.is_finite() {
+            false => Some(("loss".to_string(), loss)),
+            true => bad_grad.map(|name| (format!("the gradient of `{name}`"), norm)),
+        };
+        if let Some((what, value)) = bad {
+            return Err(Error::NotFinite {
+                step: self.state.step + 1,
+                what,
+                value,
+                kept: self.last_good.clone(),
+            });
+        }
+        let clip = match o.max_grad_norm {
+            Some(max) if norm > max => max / norm,
+            _ => 1.0,
+        };
+        let (rest, b) = scale_and_split(grads, &self.params, clip);
+        let lr = lr_at(
+            self.state.step,
+            self.total_steps,
+            o.warmup_steps,
+            o.lr,
+            o.schedule,
+        );
+        // AdamW takes the model and gives it back; the clone shares every
+        // tensor, so nothing is copied.
+        self.model = self.optims.a.step(lr, self.model.clone(), rest);
+        self.model = self
+            .optims
+            .b
+            .step(lr * o.lora_plus_ratio, self.model.clone(), b);
+
+        let state = &mut self.state;
+        state.step += 1;
+        state.tokens += micro.iter().map(|b| (b.batch * b.seq) as u64).sum::<u64>();
+        state.epoch = self.batcher.epoch;
+        state.pos = self.batcher.pos;
+        let step_s = step_start.elapsed().as_secs_f64();
+        state.elapsed_s += step_s;
+        self.last_loss = Some(loss);
+        let metrics = StepMetrics {
+            step: state.step,
+            loss,
+            lr,
+            grad_norm: norm,
+            tokens: state.tokens,
+            tokens_per_s: (state.tokens - self.run_start_tokens) as f64
+                / self.started.elapsed().as_secs_f64().max(1e-9),
+            epoch: state.epoch,
+            step_s,
+            rss_bytes: report::rss_bytes(),
+            peak_rss_bytes: report::peak_rss_bytes(),
+            asft_penalty: sums.asft_penalty,
+            anchor_kl: sums.anchor_kl,
+        };
+        self.metrics.write(Row::Step(metrics.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Adds the gradients of every [`LossTerm`] over the step's batches to
+    /// `grads`, and returns what they came to.
+    fn objective(&mut self, micro: &[Batch], step_seed: u64, grads: &mut GradientsParams) -> Sums {
+        let recipe = self.recipe;
+        let (o, device) = (&recipe.optim, &self.device);
+        let model = &mut self.model;
+        let backprop = Backprop {
+            device,
+            params: &self.params,
+            checkpointed: recipe.model.activation_checkpointing,
+        };
+        let targets_total: usize = micro.iter().map(Batch::target_tokens).sum::<usize>().max(1);
+        let mut sums = Sums::default();
+        for (m, batch) in micro.iter().enumerate() {
+            let b = OnDevice::new(batch, device);
+            for term in &self.terms {
+                match *term {
+                    LossTerm::Sft | LossTerm::ConstrainedSft => {
+                        let reference = (*term == LossTerm::ConstrainedSft)
+                            .then(|| with_reference(model, |m| b.log_probs(m)));
+                        let mut nll = None;
+                        backprop.run(model, &b, step_seed ^ m as u64, grads, |hidden| {
+                            let log_p = model.target_log_probs(hidden, b.targets.clone());
+                            let n = weighted_nll(log_p.clone(), b.weights.clone())
+                                .div_scalar(targets_total as f64);
+                            nll = Some(n.clone().detach());
+                            match reference {
+                                Some(r) => {
+                                    let betas = response_betas(&batch.weights, batch.seq);
+                                    let betas = b.values(&betas, device);
+                                    constrained_sft(log_p, r, betas, b.weights.clone())
+                                        .div_scalar(targets_total as f64)
+                                }
+                                None => n,
+                            }
+                        });
+                        sums.loss += nll.expect("the objective ran").into_scalar::<f32>() as f64;
+                    }
+                    LossTerm::Asft { lambda } => {
+                        let subspace = self.subspace.as_ref().expect("AsFT has a reference");
+                        let penalty = asft::penalty(&model.linears(), ADAPTER, subspace)
+                            .map(|p| p.mul_scalar(lambda / o.grad_accum as f64));
+                        let total = sums.asft_penalty.get_or_insert(0.0);
+                        if let Some(p) = penalty {
+                            let g = GradientsParams::from_grads(p.backward(), &*model);
+                            accumulate(grads, g, &self.params);
+                            *total += p.into_scalar::<f32>() as f64;
+                        }
+                    }
+                    LossTerm::KlAnchors { .. } => {}
+                }
+            }
+        }
+        for term in &self.terms {
+            let LossTerm::KlAnchors { lambda } = *term else {
+                continue;
+            };
+            // The step's anchors, a function of the step so resume agrees.
+            let refs: Vec<&Example> = (0..o.batch_size)
+                .map(|i| &self.anchors[(self.state.step * o.batch_size + i) % self.anchors.len()])
+                .collect();
+            let batch = Batch::collate(&refs, self.pad);
+            let b = OnDevice::new(&batch, device);
+            let reference = with_reference(model, |m| m.logits(b.hidden(m)));
+            let mut kl = None;
+            let seed = step_seed ^ micro.len() as u64;
+            backprop.run(model, &b, seed, grads, |hidden| {
+                let k = token_kl(reference, model.logits(hidden))
+                    .mul(b.weights.clone())
+                    .sum()
+                    .div_scalar(batch.target_tokens().max(1) as f64);
+                kl = Some(k.clone().detach());
+                k.mul_scalar(lambda)
+            });
+            sums.anchor_kl = Some(kl.expect("the objective ran").into_scalar::<f32>() as f64);
+        }
+        sums
+    }
+
+    /// `--debug-inject-nan`: makes the loss, or the first trained
+    /// parameter's gradient, NaN at the chosen step.
+    fn inject_nan(&self, loss: &mut f64, grads: &mut GradientsParams) {
+        match self.opts.debug_nan {
+            Some((step, NanSite::Loss)) if step == self.state.step + 1 => *loss = f64::NAN,
+            Some((step, NanSite::Gradient)) if step == self.state.step + 1 => {
+                let p = &self.params[0];
+                if p.matrix {
+                    let g = grads.remove::<2>(p.id).expect("a gradient");
+                    grads.register(p.id, g.mul_scalar(f64::NAN));
+                } else {
+                    let g = grads.remove::<1>(p.id).expect("a gradient");
+                    grads.register(p.id, g.mul_scalar(f64::NAN));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the eval set is due after the step just done: every
+    /// `[eval] every` steps and at the last.
+    pub fn eval_due(&self) -> bool {
+        let step = self.state.step;
+        !self.eval_set.is_empty()
+            && (self
+                .recipe
+                .eval
+                .every
+                .is_some_and(|n| step.is_multiple_of(n))
+                || step == self.total_steps)
+    }
+
+    /// The eval loss now, also written to `metrics.jsonl`.
+    pub fn evaluate(&mut self) -> Result<f64, Error> {
+        self.evaluate_after(None)
+    }
+
+    fn evaluate_after(&mut self, after: Option<&str>) -> Result<f64, Error> {
+        let batch_size = self.recipe.optim.batch_size;
+        let l = evaluate(
+            &self.model,
+            &self.eval_set,
+            batch_size,
+            self.pad,
+            &self.device,
+        );
+        self.eval_loss = Some(l);
+        let row = EvalMetrics::new(self.state.step, l, after);
+        self.metrics.write(Row::Eval(row))?;
+        Ok(l)
+    }
+
+    /// Whether a checkpoint is due after the step just done: every
+    /// `[output] save_every` steps and where this process stops.
+    pub fn save_due(&self) -> bool {
+        let step = self.state.step;
+        self.recipe
+            .output
+            .save_every
+            .is_some_and(|n| step.is_multiple_of(n))
+            || step == self.stop_at
+    }
+
+    /// Writes a checkpoint of the step just done; returns its folder.
+    pub fn checkpoint(&mut self) -> Result<PathBuf, Error> {
+        let (recipe, state) = (self.recipe, self.state.clone());
+        let dir = checkpoint::save(&recipe.output.dir, &state, |dir| {
+            self.write_adapter(dir)?;
+            self.optims.save(dir)
+        })?;
+        self.last_good = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Ends the run here: a checkpoint, and the report says it stopped early.
+    pub fn interrupt(&mut self) -> Result<PathBuf, Error> {
+        self.stopped_early = true;
+        self.checkpoint()
+    }
+
+    /// The adapter as a PEFT folder, with the modules trained in full.
+    fn write_adapter(&mut self, dir: &Path) -> Result<usize, Error> {
+        let saved_names: Vec<String> = self.selection.touched.iter().cloned().collect();
+        let saved = self.model.saved_modules(&saved_names);
+        let cfg = AdapterConfig {
+            modules_to_save: saved_names,
+            ..self.cfg.clone()
+        };
+        Ok(peft::write(
+            dir,
+            ADAPTER,
+            &cfg,
+            &self.model.linears(),
+            &saved,
+            &self.recipe.model.path.display().to_string(),
+            &self.fingerprint,
+        )?)
+    }
+
+    /// Safe LoRA and the safety-layer record (`alignment.json`) where the
+    /// recipe asks, then the adapter (`<output>/adapter`) and the report
+    /// (`<output>/report.json`).
+    pub fn finish(mut self) -> Result<RunReport, Error> {
+        let recipe = self.recipe;
+        let out = &recipe.output.dir;
+        self.stopped_early |= self.state.step < self.total_steps;
+        if self.subspace.is_some() || !self.safety_layers.is_empty() {
+            self.align_after_training()?;
+        }
+        let adapter_dir = out.join("adapter");
+        std::fs::create_dir_all(&adapter_dir).map_err(keel_fs::io(&adapter_dir))?;
+        self.write_adapter(&adapter_dir)?;
+        let adapter_bytes = std::fs::metadata(adapter_dir.join(peft::WEIGHTS_FILE))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let wall = self.started.elapsed().as_secs_f64();
+        let (energy, source) = match (self.rapl0, report::rapl_joules()) {
+            (Some(a), Some(b)) if b >= a => (Some(b - a), "rapl".to_string()),
+            _ => (
+                self.cpu0
+                    .zip(report::cpu_seconds())
+                    .map(|(a, b)| (b - a) * report::WATTS_PER_CORE),
+                format!("cpu-time x {} W per core", report::WATTS_PER_CORE),
+            ),
+        };
+        let report = RunReport {
+            steps: self.state.step,
+            wall_s: wall,
+            tokens: self.state.tokens,
+            tokens_per_s: (self.state.tokens - self.run_start_tokens) as f64 / wall.max(1e-9),
+            peak_rss_bytes: report::peak_rss_bytes(),
+            trainable_params: self.trainable_params(),
+            adapter_bytes,
+            final_loss: self.last_loss,
+            eval_loss: self.eval_loss,
+            eval_perplexity: self.eval_loss.map(f64::exp),
+            energy_joules: energy,
+            energy_source: source,
+            stopped_early: self.stopped_early,
+        };
+        checkpoint::write_atomic(
+            &out.join("report.json"),
+            &serde_json::to_vec_pretty(&report).expect("JSON"),
+        )?;
+        Ok(report)
+    }
+
+    /// Safe LoRA's projection (or only its similarity report) against the
+    /// reference, written to `alignment.json` with the excluded safety
+    /// layers; the eval set again if anything was projected.
+    fn align_after_training(&mut self) -> Result<(), Error> {
+        let recipe = self.recipe;
+        let al = &recipe.alignment;
+        let mode = match (al.safe_lora_threshold, al.safe_lora_top_k) {
+            (Some(t), _) => Some(safe_lora::Mode::Threshold(t)),
+            (None, Some(k)) => Some(safe_lora::Mode::TopK(k)),
+            (None, None) => None,
+        };
+        let modules = match (&self.subspace, mode) {
+            (Some(s), Some(mode)) => {
+                safe_lora::apply(&mut self.model.linears_mut(), ADAPTER, s, mode)
+            }
+            (Some(s), None) => safe_lora::report(&self.model.linears(), ADAPTER, s),
+            (None, _) => Vec::new(),
+        };
+        let projected = modules.iter().filter(|m| m.projected).count();
+        checkpoint::write_atomic(
+            &recipe.output.dir.join("alignment.json"),
+            &serde_json::to_vec_pretty(&serde_json::json!({"safe_lora_projected": projected,
+                "safety_layers_excluded": self.safety_layers, "modules": modules}))
+            .expect("JSON"),
+        )?;
+        if projected > 0 && !self.eval_set.is_empty() {
+            self.evaluate_after(Some("safe_lora"))?;
+        }
+        Ok(())
+    }
+
+    /// Parameters trained: LoRA's (and DoRA's magnitudes) and those of the
+    /// modules trained in full.
+    fn trainable_params(&mut self) -> usize {
+        let adapters: usize = self
+            .model
+            .linears()
+            .iter()
+            .flat_map(|(_, l)| l.adapters.iter())
+            .map(|a| {
+                a.a.num_params()
+                    + a.b.num_params()
+                    + a.magnitude.as_ref().map_or(0, |m| m.num_params())
+            })
+            .sum();
+        self.selection.num_params(&mut self.model) + adapters
+    }
+}
+
+/// What a step's loss terms came to.
+#[derive(Default)]
+struct Sums {
+    loss: f64,
+    asft_penalty: Option<f64>,
+    anchor_kl: Option<f64>,
+}
+
+/// Runs `recipe` with no hooks: see [`train_with`].
+pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
+    train_with(recipe, opts, &mut ())
+}
+
+/// Runs `recipe`: trains, evaluates and checkpoints when due, and writes
+/// the adapter to `<output>/adapter` and the report to
+/// `<output>/report.json`. `hooks` see each step and may stop the run.
+pub fn train_with(
+    recipe: &Recipe,
+    opts: &RunOptions,
+    hooks: &mut dyn Hooks,
+) -> Result<RunReport, Error> {
+    let mut trainer = Trainer::setup(recipe, opts)?;
+    hooks.started(trainer.total_steps(), trainer.steps_done());
+    while !trainer.done() {
+        let metrics = trainer.step()?;
+        hooks.stepped(&metrics);
+        if trainer.eval_due() {
+            trainer.evaluate()?;
+        }
+        if hooks.stop_requested() {
+            trainer.interrupt()?;
+            break;
+        }
+        if trainer.save_due() {
+            trainer.checkpoint()?;
+        }
+    }
+    hooks.finished();
+    trainer.finish()
 }
 
 /// The recipe's training set (with any safety replay mixed in, packed if
@@ -529,449 +1183,6 @@ fn base_dtype_of(recipe: &Recipe) -> DType {
         keel_recipe::Dtype::F16 => DType::F16,
         keel_recipe::Dtype::Bf16 => DType::BF16,
     }
-}
-
-pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunReport, Error> {
-    let out = recipe.output.dir.clone();
-    prepare_output(&out, opts)?;
-    let started = Instant::now();
-    let (cpu0, rapl0) = (report::cpu_seconds(), report::rapl_joules());
-    // A second registration (several runs in one process) keeps the first.
-    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
-    STOP.store(false, Ordering::SeqCst);
-
-    let device = device_of(recipe)?.autodiff();
-    let loaded = ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
-    let tokenizer = loaded.tokenizer()?.clone();
-    let template = loaded.chat_template.clone();
-    let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
-    let mut cfg = adapter_config(recipe);
-    let al = &recipe.alignment;
-    let safety_layers = match al.exclude_safety_layers {
-        Some(k) => {
-            let found = layers::safety_layers(&loaded, k, SAFETY_LAYER_PROMPTS)?;
-            let all = cfg
-                .layers
-                .clone()
-                .unwrap_or_else(|| (0..loaded.model.layers.len()).collect());
-            cfg.layers = Some(
-                all.into_iter()
-                    .filter(|l| !found.iter().any(|f| f.layer == *l))
-                    .collect(),
-            );
-            found
-        }
-        None => Vec::new(),
-    };
-    let mut model = loaded.model;
-    let fingerprint = model.fingerprint();
-    let base_name = recipe.model.path.display().to_string();
-
-    let (train_set, eval_set) = load_data(recipe, &tokenizer, template.as_ref())?;
-    let mut anchors = match &al.anchors {
-        Some(p) => {
-            load_examples(
-                p,
-                recipe.data.format,
-                &tokenizer,
-                template.as_ref(),
-                recipe.data.max_length,
-                false,
-            )?
-            .examples
-        }
-        None => Vec::new(),
-    };
-    keel_data::shuffle(&mut anchors, recipe.optim.seed ^ 0xA4C4_0125);
-    let subspace = match &al.reference {
-        Some(dir) => Some(Subspace::from_adapter(&AdapterFile::read(dir)?, &device)?),
-        None => None,
-    };
-    let o = &recipe.optim;
-    let mut batcher = Batcher::new(train_set.len(), o.batch_size, o.seed);
-    let total_steps = match (o.steps, o.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => ((e * batcher.batches_per_epoch() as f64) / o.grad_accum as f64)
-            .ceil()
-            .max(1.0) as usize,
-        (None, None) => unreachable!("the recipe check requires steps or epochs"),
-    };
-
-    // Adapter and optimizer state: fresh, or from the latest checkpoint.
-    let mut optims = Optimizers::new(recipe);
-    let mut state = TrainState {
-        step: 0,
-        epoch: 0,
-        pos: 0,
-        tokens: 0,
-        elapsed_s: 0.0,
-    };
-    let resumed = if opts.resume {
-        checkpoint::latest(&out)?
-    } else {
-        None
-    };
-    // A resumed run starts as a fresh one (PiSSA/OLoRA also move the same
-    // part out of the base again), then takes the trained values.
-    let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
-    let specs = resolve_targets(&names, &cfg)?;
-    let mut rng = SplitMix64(o.seed);
-    for (name, layer) in model.linears_mut() {
-        if let Some(spec) = specs.iter().find(|s| s.name == name) {
-            init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
-        }
-    }
-    let mut selection = Selection::new(recipe, &mut model, &specs)?;
-    if let Some(dir) = &resumed {
-        state = checkpoint::read_state(dir)?;
-        let file = AdapterFile::read(dir)?;
-        file.check_base(&fingerprint)?;
-        file.restore(ADAPTER, &mut model.linears_mut())?;
-        model.load_saved(&file)?;
-        selection.touched.extend(file.saved.keys().cloned());
-        let bad = |reason: String| Error::Checkpoint {
-            path: dir.clone(),
-            reason,
-        };
-        optims.a = optims
-            .a
-            .load(dir.join(checkpoint::OPTIM_A))
-            .map_err(|e| bad(format!("{e:?}")))?;
-        optims.b = optims
-            .b
-            .load(dir.join(checkpoint::OPTIM_B))
-            .map_err(|e| bad(format!("{e:?}")))?;
-        batcher = Batcher::resume(
-            train_set.len(),
-            o.batch_size,
-            o.seed,
-            state.epoch,
-            state.pos,
-        );
-    }
-    selection.update(&mut model, state.step);
-    let mut params = trainable(&mut model, &selection);
-    let trainable_params: usize = selection.num_params(&mut model)
-        + model
-            .linears()
-            .iter()
-            .flat_map(|(_, l)| l.adapters.iter())
-            .map(|a| {
-                a.a.num_params()
-                    + a.b.num_params()
-                    + a.magnitude.as_ref().map_or(0, |m| m.num_params())
-            })
-            .sum::<usize>();
-    let metrics_path = out.join("metrics.jsonl");
-    trim_metrics(&metrics_path, state.step)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(keel_fs::io(&metrics_path))?;
-    let mut log = |v: serde_json::Value| -> Result<(), Error> {
-        writeln!(metrics, "{v}")
-            .and_then(|()| metrics.flush())
-            .map_err(keel_fs::io(&metrics_path))?;
-        Ok(())
-    };
-
-    let write_adapter =
-        |dir: &Path, model: &mut Llama, touched: &BTreeSet<String>| -> Result<usize, Error> {
-            let saved_names: Vec<String> = touched.iter().cloned().collect();
-            let saved = model.saved_modules(&saved_names);
-            let cfg = AdapterConfig {
-                modules_to_save: saved_names,
-                ..cfg.clone()
-            };
-            Ok(peft::write(
-                dir,
-                ADAPTER,
-                &cfg,
-                &model.linears(),
-                &saved,
-                &base_name,
-                &fingerprint,
-            )?)
-        };
-    let save = |model: &mut Llama,
-                touched: &BTreeSet<String>,
-                optims: &Optimizers,
-                state: &TrainState|
-     -> Result<PathBuf, Error> {
-        checkpoint::save(&out, state, |dir| {
-            write_adapter(dir, model, touched)?;
-            let bytes = |o: &ModuleOptimizer, name: &str| -> Result<(), Error> {
-                let b = o.into_bytes().map_err(|e| Error::Checkpoint {
-                    path: dir.join(name),
-                    reason: format!("{e:?}"),
-                })?;
-                checkpoint::write_atomic(&dir.join(name), &b)
-            };
-            bytes(&optims.a, checkpoint::OPTIM_A)?;
-            bytes(&optims.b, checkpoint::OPTIM_B)
-        })
-    };
-
-    let bar = opts.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(total_steps as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps | {msg} | ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        bar.set_position(state.step as u64);
-        bar
-    });
-    let mut last_good = resumed.clone();
-    let (mut last_loss, mut eval_loss) = (None, None);
-    let run_start_tokens = state.tokens;
-    let stop_at = opts.stop_at.unwrap_or(usize::MAX).min(total_steps);
-    let mut stopped_early = false;
-
-    while state.step < stop_at {
-        let step_start = Instant::now();
-        if selection.new_period(state.step) {
-            optims = Optimizers::new(recipe);
-        }
-        if selection.update(&mut model, state.step) {
-            params = trainable(&mut model, &selection);
-        }
-        // Reseeding per step makes dropout masks a function of the step:
-        // a resumed run draws the same ones.
-        let step_seed = o.seed ^ (state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        device.seed(step_seed);
-        let micro: Vec<Batch> = (0..o.grad_accum)
-            .map(|_| {
-                let idx = batcher.next_indices();
-                let refs: Vec<&Example> = idx.iter().map(|&i| &train_set[i]).collect();
-                Batch::collate(&refs, pad)
-            })
-            .collect();
-        let targets_total: usize = micro.iter().map(Batch::target_tokens).sum::<usize>().max(1);
-        let mut grads = GradientsParams::new();
-        let (mut loss_sum, mut penalty_sum) = (0.0f64, 0.0f64);
-        let backprop = Backprop {
-            device: &device,
-            params: &params,
-            checkpointed: recipe.model.activation_checkpointing,
-        };
-        for (m, batch) in micro.iter().enumerate() {
-            let b = OnDevice::new(batch, &device);
-            // The reference for constrained SFT is the same model with the
-            // adapter off: no second copy of the weights.
-            let reference = al
-                .constrained_sft
-                .then(|| with_reference(&mut model, |m| b.log_probs(m)));
-            let mut nll = None;
-            backprop.run(&model, &b, step_seed ^ m as u64, &mut grads, |hidden| {
-                let log_p = model.target_log_probs(hidden, b.targets.clone());
-                let n =
-                    weighted_nll(log_p.clone(), b.weights.clone()).div_scalar(targets_total as f64);
-                nll = Some(n.clone().detach());
-                match reference {
-                    Some(r) => {
-                        let betas = b.values(&response_betas(&batch.weights, batch.seq), &device);
-                        constrained_sft(log_p, r, betas, b.weights.clone())
-                            .div_scalar(targets_total as f64)
-                    }
-                    None => n,
-                }
-            });
-            loss_sum += nll.expect("the objective ran").into_scalar::<f32>() as f64;
-            let penalty = subspace
-                .as_ref()
-                .filter(|_| al.asft_lambda > 0.0)
-                .and_then(|s| asft::penalty(&model.linears(), ADAPTER, s))
-                .map(|p| p.mul_scalar(al.asft_lambda / o.grad_accum as f64));
-            if let Some(p) = penalty {
-                accumulate(
-                    &mut grads,
-                    GradientsParams::from_grads(p.backward(), &model),
-                    &params,
-                );
-                penalty_sum += p.into_scalar::<f32>() as f64;
-            }
-        }
-        let mut anchor_kl = None;
-        if !anchors.is_empty() {
-            // The step's anchors, a function of the step so resume agrees.
-            let refs: Vec<&Example> = (0..o.batch_size)
-                .map(|i| &anchors[(state.step * o.batch_size + i) % anchors.len()])
-                .collect();
-            let batch = Batch::collate(&refs, pad);
-            let b = OnDevice::new(&batch, &device);
-            let reference = with_reference(&mut model, |m| m.logits(b.hidden(m)));
-            let mut kl = None;
-            let seed = step_seed ^ micro.len() as u64;
-            backprop.run(&model, &b, seed, &mut grads, |hidden| {
-                let k = token_kl(reference, model.logits(hidden))
-                    .mul(b.weights.clone())
-                    .sum()
-                    .div_scalar(batch.target_tokens().max(1) as f64);
-                kl = Some(k.clone().detach());
-                k.mul_scalar(al.anchor_lambda)
-            });
-            anchor_kl = Some(kl.expect("the objective ran").into_scalar::<f32>() as f64);
-        }
-        match opts.debug_nan {
-            Some((step, NanSite::Loss)) if step == state.step + 1 => loss_sum = f64::NAN,
-            Some((step, NanSite::Gradient)) if step == state.step + 1 => {
-                let p = &params[0];
-                if p.matrix {
-                    let g = grads.remove::<2>(p.id).expect("a gradient");
-                    grads.register(p.id, g.mul_scalar(f64::NAN));
-                } else {
-                    let g = grads.remove::<1>(p.id).expect("a gradient");
-                    grads.register(p.id, g.mul_scalar(f64::NAN));
-                }
-            }
-            _ => {}
-        }
-        let (norm, bad_grad) = grad_norm(&grads, &params);
-        let bad = if !loss_sum.is_finite() {
-            Some(("loss".to_string(), loss_sum))
-        } else {
-            bad_grad.map(|name| (format!("the gradient of `{name}`"), norm))
-        };
-        if let Some((what, value)) = bad {
-            return Err(Error::NotFinite {
-                step: state.step + 1,
-                what,
-                value,
-                kept: last_good,
-            });
-        }
-        let clip = match o.max_grad_norm {
-            Some(max) if norm > max => max / norm,
-            _ => 1.0,
-        };
-        let (rest, b) = scale_and_split(grads, &params, clip);
-        let lr = lr_at(state.step, total_steps, o.warmup_steps, o.lr, o.schedule);
-        model = optims.a.step(lr, model, rest);
-        model = optims.b.step(lr * o.lora_plus_ratio, model, b);
-
-        state.step += 1;
-        state.tokens += micro.iter().map(|b| (b.batch * b.seq) as u64).sum::<u64>();
-        state.epoch = batcher.epoch;
-        state.pos = batcher.pos;
-        let step_s = step_start.elapsed().as_secs_f64();
-        state.elapsed_s += step_s;
-        let tok_s =
-            (state.tokens - run_start_tokens) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        last_loss = Some(loss_sum);
-        let mut row = serde_json::json!({"step": state.step, "loss": loss_sum, "lr": lr,
-            "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": tok_s, "epoch": state.epoch,
-            "step_s": step_s, "rss_bytes": report::rss_bytes(), "peak_rss_bytes": report::peak_rss_bytes()});
-        if al.asft_lambda > 0.0 {
-            row["asft_penalty"] = penalty_sum.into();
-        }
-        if let Some(kl) = anchor_kl {
-            row["anchor_kl"] = kl.into();
-        }
-        log(row)?;
-        if let Some(bar) = &bar {
-            bar.set_message(format!(
-                "loss {loss_sum:.4} | lr {lr:.2e} | {tok_s:.0} tok/s"
-            ));
-            bar.set_position(state.step as u64);
-        }
-        let eval_due = recipe
-            .eval
-            .every
-            .is_some_and(|n| state.step.is_multiple_of(n))
-            || state.step == total_steps;
-        if eval_due && !eval_set.is_empty() {
-            let l = evaluate(&model, &eval_set, o.batch_size, pad, &device);
-            eval_loss = Some(l);
-            log(
-                serde_json::json!({"step": state.step, "eval_loss": l, "eval_perplexity": l.exp()}),
-            )?;
-        }
-        let interrupted = STOP.load(Ordering::SeqCst);
-        let save_due = recipe
-            .output
-            .save_every
-            .is_some_and(|n| state.step.is_multiple_of(n))
-            || state.step == stop_at
-            || interrupted;
-        if save_due {
-            last_good = Some(save(&mut model, &selection.touched, &optims, &state)?);
-        }
-        if interrupted {
-            stopped_early = true;
-            break;
-        }
-    }
-    if let Some(bar) = &bar {
-        bar.finish();
-    }
-    stopped_early |= state.step < total_steps;
-
-    if subspace.is_some() || !safety_layers.is_empty() {
-        let mode = match (al.safe_lora_threshold, al.safe_lora_top_k) {
-            (Some(t), _) => Some(safe_lora::Mode::Threshold(t)),
-            (None, Some(k)) => Some(safe_lora::Mode::TopK(k)),
-            (None, None) => None,
-        };
-        let modules = match (&subspace, mode) {
-            (Some(s), Some(mode)) => safe_lora::apply(&mut model.linears_mut(), ADAPTER, s, mode),
-            (Some(s), None) => safe_lora::report(&model.linears(), ADAPTER, s),
-            (None, _) => Vec::new(),
-        };
-        let projected = modules.iter().filter(|m| m.projected).count();
-        checkpoint::write_atomic(
-            &out.join("alignment.json"),
-            &serde_json::to_vec_pretty(&serde_json::json!({"safe_lora_projected": projected,
-                "safety_layers_excluded": safety_layers, "modules": modules}))
-            .expect("JSON"),
-        )?;
-        if projected > 0 && !eval_set.is_empty() {
-            let l = evaluate(&model, &eval_set, o.batch_size, pad, &device);
-            eval_loss = Some(l);
-            log(
-                serde_json::json!({"step": state.step, "eval_loss": l, "eval_perplexity": l.exp(),
-                "after": "safe_lora"}),
-            )?;
-        }
-    }
-    let adapter_dir = out.join("adapter");
-    std::fs::create_dir_all(&adapter_dir).map_err(keel_fs::io(&adapter_dir))?;
-    write_adapter(&adapter_dir, &mut model, &selection.touched)?;
-    let adapter_bytes = std::fs::metadata(adapter_dir.join(peft::WEIGHTS_FILE))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let wall = started.elapsed().as_secs_f64();
-    let (energy, source) = match (rapl0, report::rapl_joules()) {
-        (Some(a), Some(b)) if b >= a => (Some(b - a), "rapl".to_string()),
-        _ => (
-            cpu0.zip(report::cpu_seconds())
-                .map(|(a, b)| (b - a) * report::WATTS_PER_CORE),
-            format!("cpu-time x {} W per core", report::WATTS_PER_CORE),
-        ),
-    };
-    let run_tokens = state.tokens - run_start_tokens;
-    let report = RunReport {
-        steps: state.step,
-        wall_s: wall,
-        tokens: state.tokens,
-        tokens_per_s: run_tokens as f64 / wall.max(1e-9),
-        peak_rss_bytes: report::peak_rss_bytes(),
-        trainable_params,
-        adapter_bytes,
-        final_loss: last_loss,
-        eval_loss,
-        eval_perplexity: eval_loss.map(f64::exp),
-        energy_joules: energy,
-        energy_source: source,
-        stopped_early,
-    };
-    checkpoint::write_atomic(
-        &out.join("report.json"),
-        &serde_json::to_vec_pretty(&report).expect("JSON"),
-    )?;
-    Ok(report)
 }
 
 #[cfg(test)]
