@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::AdapterFile;
 use keel_align::{Subspace, safe_lora};
 use keel_model::{DeviceChoice, LoadedModel};
@@ -44,8 +45,6 @@ pub struct Pair {
     #[arg(long)]
     reference: PathBuf,
 }
-
-const ADAPTER: &str = "default";
 
 fn open(pair: &Pair) -> Result<(LoadedModel, AdapterFile, Subspace)> {
     let device = DeviceChoice::Flex.device()?;

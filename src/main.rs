@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::AdapterFile;
 use keel_model::{DeviceChoice, LoadedModel, ModelSource, Sampling};
 use keel_recipe::Recipe;
@@ -510,17 +511,18 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         let text = std::fs::read_to_string(prompts)
             .with_context(|| format!("reading {}", prompts.display()))?;
         let mut all = Vec::new();
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let row: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}", prompts.display(), i + 1))?;
-            let prompt = row["prompt"].as_str().with_context(|| {
-                format!("{}:{}: no \"prompt\" string", prompts.display(), i + 1)
+        #[derive(serde::Deserialize)]
+        struct PromptRow {
+            prompt: String,
+        }
+        for (line, row) in keel_fs::jsonl::<PromptRow>(&text) {
+            let row = row.with_context(|| {
+                format!(
+                    "{}:{line}: a row needs a \"prompt\" string",
+                    prompts.display()
+                )
             })?;
-            all.push(prompt.to_string());
+            all.push(row.prompt);
         }
         let mut rows = String::new();
         let bar = progress::bar(all.len(), "prompts");
@@ -597,9 +599,6 @@ fn gguf_dtype(d: GgufDtypeArg) -> keel_export::GgufDtype {
         GgufDtypeArg::F16 => keel_export::GgufDtype::F16,
     }
 }
-
-/// The adapter name keel gives an adapter loaded from a folder.
-const ADAPTER: &str = "default";
 
 fn export(
     model: &Path,

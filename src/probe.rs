@@ -97,7 +97,7 @@ fn open(path: &Path, adapter: Option<&Path>, device: DeviceChoice) -> Result<Loa
         LoadedModel::open(path, &dev).with_context(|| format!("loading {}", path.display()))?;
     if let Some(dir) = adapter {
         loaded
-            .attach_adapter(dir, "default")
+            .attach_adapter(dir, keel_adapters::DEFAULT_ADAPTER)
             .with_context(|| format!("attaching adapter {}", dir.display()))?;
     }
     Ok(loaded)
@@ -176,7 +176,11 @@ pub fn drift(args: &DriftArgs) -> Result<()> {
         let file = keel_adapters::peft::AdapterFile::read(dir)
             .with_context(|| format!("reading reference adapter {}", dir.display()))?;
         let subspace = keel_align::Subspace::from_adapter(&file, &args.common.device.device()?)?;
-        let scores = keel_align::safe_lora::report(&adapted.model.linears(), "default", &subspace);
+        let scores = keel_align::safe_lora::report(
+            &adapted.model.linears(),
+            keel_adapters::DEFAULT_ADAPTER,
+            &subspace,
+        );
         report.alignment_similarity = Some(
             scores
                 .into_iter()

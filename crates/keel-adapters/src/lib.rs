@@ -22,6 +22,10 @@ mod selective;
 mod target;
 
 pub use config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
+
+/// The name an adapter read from or written to a PEFT folder has inside a
+/// model (PEFT's own default adapter name).
+pub const DEFAULT_ADAPTER: &str = "default";
 pub use error::Error;
 pub use init::init_adapter;
 pub use linear::Linear;

@@ -183,13 +183,10 @@ pub fn load_examples(
     let eos = template.map(|t| t.eos_token.as_str()).unwrap_or_default();
     let mut examples = Vec::new();
     let mut truncated = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (line_no, line) in keel_fs::jsonl_lines(&text) {
         let row_err = |reason: String| Error::Row {
             path: path.to_path_buf(),
-            line: i + 1,
+            line: line_no,
             reason,
         };
         let pieces = row_pieces(line, format, template, eos).map_err(row_err)?;

@@ -41,6 +41,22 @@ pub fn write_synced(path: &Path, contents: &[u8]) -> Result<(), IoError> {
         .map_err(io(path))
 }
 
+/// The rows of a JSONL text: each non-blank line with its 1-based number.
+pub fn jsonl_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| (i + 1, line))
+}
+
+/// The rows of a JSONL text parsed as `T`, with their line numbers (for
+/// errors that name the line).
+pub fn jsonl<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> impl Iterator<Item = (usize, Result<T, serde_json::Error>)> {
+    jsonl_lines(text).map(|(line, row)| (line, serde_json::from_str(row)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +77,14 @@ mod tests {
         let err = write_atomic(&dir.join("missing/b.json"), b"x").unwrap_err();
         assert!(err.to_string().contains("missing/.b.json.tmp"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Blank lines are skipped and the others keep their own numbers.
+    #[test]
+    fn jsonl_rows_keep_their_line_numbers() {
+        let rows: Vec<(usize, Result<u32, _>)> = jsonl("1\n\n  \nx\n3\n").collect();
+        let lines: Vec<usize> = rows.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [1, 4, 5]);
+        assert!(rows[0].1.as_ref().is_ok_and(|v| *v == 1) && rows[1].1.is_err());
     }
 }

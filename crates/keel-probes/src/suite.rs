@@ -289,19 +289,16 @@ impl Suite {
                     false => std::fs::read_to_string(&path).map_err(keel_fs::io(&path))?,
                 };
                 let mut rows = Vec::new();
-                for (i, line) in text.lines().enumerate() {
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let row: Row = serde_json::from_str(line).map_err(|e| Error::Row {
+                for (line, row) in keel_fs::jsonl::<Row>(&text) {
+                    let row = row.map_err(|e| Error::Row {
                         path: path.clone(),
-                        line: i + 1,
+                        line,
                         reason: e.to_string(),
                     })?;
                     if spec.expect == Expect::Correct && row.answers.is_empty() {
                         return Err(Error::Row {
                             path: path.clone(),
-                            line: i + 1,
+                            line,
                             reason: "a capability row needs a non-empty \"answers\" list".into(),
                         });
                     }

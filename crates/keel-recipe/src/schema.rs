@@ -306,22 +306,6 @@ pub struct Recipe {
     pub alignment: Alignment,
 }
 
-/// Edit distance, for did-you-mean suggestions.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + (ca != *cb) as usize).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
 /// Adds a did-you-mean to serde's "unknown field `x`, expected one of ..."
 /// and "unknown variant" messages.
 fn with_suggestion(message: &str) -> String {
@@ -330,9 +314,9 @@ fn with_suggestion(message: &str) -> String {
         Some((unknown, expected)) if message.starts_with("unknown") && !expected.is_empty() => {
             let best = expected
                 .iter()
-                .min_by_key(|e| distance(unknown, e))
+                .min_by_key(|e| strsim::levenshtein(unknown, e))
                 .expect("non-empty");
-            if distance(unknown, best) <= (best.len() / 2).max(2) {
+            if strsim::levenshtein(unknown, best) <= (best.len() / 2).max(2) {
                 format!("{message}; did you mean `{best}`?")
             } else {
                 message.to_string()

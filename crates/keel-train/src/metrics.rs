@@ -80,13 +80,11 @@ impl Row {
 /// naming the file and line.
 pub fn read(path: &Path) -> Result<Vec<Row>, Error> {
     let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Output {
+    keel_fs::jsonl(&text)
+        .map(|(line, row)| {
+            row.map_err(|e| Error::Output {
                 path: path.to_path_buf(),
-                reason: format!("line {}: not a metrics row: {e}", i + 1),
+                reason: format!("line {line}: not a metrics row: {e}"),
             })
         })
         .collect()

@@ -55,9 +55,19 @@ impl RunReport {
     }
 }
 
-/// Peak resident memory of this process (`VmHWM`).
+/// This process's resource use so far (`getrusage`).
+fn usage() -> Option<libc::rusage> {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given and touches nothing else.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call (and zeroed before it).
+    ok.then(|| unsafe { u.assume_init() })
+}
+
+/// Peak resident memory of this process.
 pub fn peak_rss_bytes() -> Option<u64> {
-    proc_status_bytes("VmHWM:")
+    // Linux reports ru_maxrss in KiB.
+    usage().map(|u| u.ru_maxrss as u64 * 1024)
 }
 
 /// This process's resident set now (Linux), in bytes.
@@ -79,12 +89,8 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
 
 /// CPU seconds this process has used (user + system).
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    usage().map(|u| seconds(u.ru_utime) + seconds(u.ru_stime))
 }
 
 /// The package energy counter (Intel RAPL), in joules, when readable.

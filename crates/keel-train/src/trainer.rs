@@ -6,6 +6,7 @@ use std::time::Instant;
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData};
+use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::{self, AdapterFile};
 use keel_adapters::rng::SplitMix64;
 use keel_adapters::{
@@ -29,9 +30,6 @@ use keel_probes::judges::kl::token_kl;
 
 /// Prompts per probe set used to find the safety layers.
 const SAFETY_LAYER_PROMPTS: usize = 64;
-
-/// The adapter's name inside the model while it trains.
-const ADAPTER: &str = "default";
 
 /// How to run a recipe.
 #[derive(Debug, Clone, Default)]
