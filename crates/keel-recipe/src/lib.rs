@@ -7,6 +7,7 @@
 //! documented in this crate's README.
 
 mod error;
+mod locate;
 mod schema;
 
 pub use error::{Error, Problem};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Problem};
+use crate::locate::{key_at_line, line_of, line_of_key};
 
 /// `[model]`: what to adapt, where.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -324,49 +325,6 @@ fn with_suggestion(message: &str) -> String {
         }
         _ => message.to_string(),
     }
-}
-
-/// 1-based line of byte offset `at` in `text`.
-fn line_of(text: &str, at: usize) -> usize {
-    text[..at.min(text.len())].matches('\n').count() + 1
-}
-
-/// The dotted key written at 1-based `line` (`section.key`, or the
-/// section name for a `[section]` header).
-fn key_at_line(text: &str, line: usize) -> Option<String> {
-    let mut section = String::new();
-    for (i, l) in text.lines().enumerate().take(line) {
-        let t = l.trim();
-        if t.starts_with('[') {
-            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
-            if i + 1 == line {
-                return Some(section);
-            }
-        } else if i + 1 == line {
-            let key = t.split('=').next()?.trim();
-            return Some(if section.is_empty() {
-                key.to_string()
-            } else {
-                format!("{section}.{key}")
-            });
-        }
-    }
-    None
-}
-
-/// The line where `section.key` is written, if it is.
-fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
-    let (section, key) = dotted.split_once('.')?;
-    let mut in_section = false;
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_section = t.trim_matches(|c| c == '[' || c == ']').trim() == section;
-        } else if in_section && t.split('=').next().map(str::trim) == Some(key) {
-            return Some(i + 1);
-        }
-    }
-    None
 }
 
 /// Parses an override value as TOML, or as a bare string when it is not
@@ -782,6 +740,16 @@ dir = "runs/x"
     #[test]
     fn wrong_type_names_the_key_and_line() {
         let e = err(&GOOD.replace("r = 8", "r = \"eight\""), &[]);
+        assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
+    }
+
+    /// A comment after a section header leaves the keys under it found.
+    #[test]
+    fn keys_under_a_commented_header_keep_their_lines() {
+        let text = GOOD.replace("[adapter]", "[adapter] # the LoRA");
+        let e = err(&text.replace("r = 8", "r = \"eight\""), &[]);
+        assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
+        let e = err(&text.replace("r = 8", "r = 0"), &[]);
         assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
     }
 
