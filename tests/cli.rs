@@ -77,6 +77,8 @@ fn commands_exit_and_print_as_documented() {
         Some(&|n: &str| !n.contains(".mlp.")),
     );
     let recipe = fixture("../../recipes/tiny.toml");
+    let out_dir = format!("output.dir={}", dir.join("run").display());
+    let adapter = dir.join("run/adapter");
     let cases = [
         case(&[&"--help"], 0, &["train", "inspect", "export", "drift"]),
         case(
@@ -126,6 +128,144 @@ fn commands_exit_and_print_as_documented() {
             &[&"adapter", &"info", &fixture("peft/modules-to-save")],
             0,
             &["post_attention_layernorm"],
+        ),
+        // A short run, then what a user does with its adapter.
+        case(
+            &[
+                &"train",
+                &recipe,
+                &"--set",
+                &"optim.steps=3",
+                &"--set",
+                &out_dir,
+            ],
+            0,
+            &["adapter:", "final loss"],
+        ),
+        case(
+            &[
+                &"train",
+                &recipe,
+                &"--set",
+                &"optim.steps=3",
+                &"--set",
+                &out_dir,
+            ],
+            1,
+            &["already holds a run: pass --resume"],
+        ),
+        case(
+            &[&"eval", &recipe, &"--adapter", &adapter],
+            0,
+            &["\"eval_loss\""],
+        ),
+        case(
+            &[
+                &"generate",
+                &"--model",
+                &tiny_gguf,
+                &"--adapter",
+                &adapter,
+                &"--prompt",
+                &"Hi",
+                &"--max-new-tokens",
+                &"3",
+            ],
+            0,
+            &[],
+        ),
+        case(
+            &[&"convert", &tiny_gguf, &"--out", &dir.join("hf")],
+            0,
+            &["wrote"],
+        ),
+        case(
+            &[
+                &"export",
+                &"--model",
+                &tiny_gguf,
+                &"--adapter",
+                &adapter,
+                &"--format",
+                &"peft",
+                &"--out",
+                &dir.join("peft"),
+            ],
+            0,
+            &["wrote"],
+        ),
+        case(
+            &[
+                &"export",
+                &"--model",
+                &tiny_gguf,
+                &"--adapter",
+                &adapter,
+                &"--format",
+                &"gguf",
+                &"--out",
+                &dir.join("lora.gguf"),
+            ],
+            0,
+            &["wrote"],
+        ),
+        case(
+            &[
+                &"export",
+                &"--model",
+                &tiny_gguf,
+                &"--adapter",
+                &adapter,
+                &"--format",
+                &"merged",
+                &"--out",
+                &dir.join("merged"),
+            ],
+            0,
+            &["wrote"],
+        ),
+        case(
+            &[
+                &"export",
+                &"--model",
+                &tiny,
+                &"--adapter",
+                &adapter,
+                &"--format",
+                &"peft",
+                &"--out",
+                &dir.join("wrong"),
+            ],
+            1,
+            &["made for another base model"],
+        ),
+        case(
+            &[
+                &"align",
+                &"similarity",
+                &"--model",
+                &tiny_gguf,
+                &"--adapter",
+                &adapter,
+                &"--reference",
+                &adapter,
+            ],
+            0,
+            &["\"asft_penalty\""],
+        ),
+        case(
+            &[
+                &"bench",
+                &"generate",
+                &"--model",
+                &tiny_gguf,
+                &"--prompt-tokens",
+                &"8",
+                &"--new-tokens",
+                &"4",
+            ],
+            0,
+            &["\"decode_tokens_per_s\""],
         ),
     ];
     let mut failures = Vec::new();
