@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use keel_model::{DeviceChoice, LoadedModel};
+use keel_model::DeviceChoice;
 use keel_probes::report::{results_jsonl, write_files};
 use keel_probes::{Suite, html};
 
@@ -91,18 +91,6 @@ impl Common {
     }
 }
 
-fn open(path: &Path, adapter: Option<&Path>, device: DeviceChoice) -> Result<LoadedModel> {
-    let dev = device.device()?;
-    let mut loaded =
-        LoadedModel::open(path, &dev).with_context(|| format!("loading {}", path.display()))?;
-    if let Some(dir) = adapter {
-        loaded
-            .attach_adapter(dir, keel_adapters::DEFAULT_ADAPTER)
-            .with_context(|| format!("attaching adapter {}", dir.display()))?;
-    }
-    Ok(loaded)
-}
-
 fn label(p: &Path) -> String {
     p.display().to_string()
 }
@@ -110,7 +98,8 @@ fn label(p: &Path) -> String {
 pub fn probe(args: &ProbeArgs) -> Result<()> {
     let suite = args.common.suite()?;
     let sets = suite.read_sets()?;
-    let loaded = open(&args.model, args.adapter.as_deref(), args.common.device)?;
+    let loaded =
+        super::open_maybe_adapter(&args.model, args.adapter.as_deref(), args.common.device)?;
     let start = std::time::Instant::now();
     let adapter = args.adapter.as_deref().map(label);
     let side = keel_probes::probe(
@@ -147,8 +136,9 @@ pub fn drift(args: &DriftArgs) -> Result<()> {
     let suite = args.common.suite()?;
     let sets = suite.read_sets()?;
     let adapted_path = args.adapted.as_ref().unwrap_or(&args.base);
-    let base = open(&args.base, None, args.common.device)?;
-    let adapted = open(adapted_path, args.adapter.as_deref(), args.common.device)?;
+    let base = super::open(&args.base, args.common.device)?;
+    let adapted =
+        super::open_maybe_adapter(adapted_path, args.adapter.as_deref(), args.common.device)?;
     let start = std::time::Instant::now();
     let mut base_side = keel_probes::probe(
         &base,

@@ -47,15 +47,10 @@ pub struct Pair {
 }
 
 fn open(pair: &Pair) -> Result<(LoadedModel, AdapterFile, Subspace)> {
-    let device = DeviceChoice::Flex.device()?;
-    let mut loaded = LoadedModel::open(&pair.model, &device)
-        .with_context(|| format!("loading {}", pair.model.display()))?;
-    let file = AdapterFile::read(&pair.adapter)
-        .with_context(|| format!("reading adapter {}", pair.adapter.display()))?;
-    loaded.model.attach(&file, ADAPTER)?;
+    let (loaded, file) = super::open_with_adapter(&pair.model, &pair.adapter, DeviceChoice::Flex)?;
     let reference = AdapterFile::read(&pair.reference)
         .with_context(|| format!("reading reference adapter {}", pair.reference.display()))?;
-    let subspace = Subspace::from_adapter(&reference, &device)?;
+    let subspace = Subspace::from_adapter(&reference, &DeviceChoice::Flex.device()?)?;
     Ok((loaded, file, subspace))
 }
 

@@ -1,0 +1,116 @@
+//! `keel export`: an adapter for a server, as a PEFT folder, a GGUF LoRA
+//! or a model with the adapter merged in.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
+use keel_model::DeviceChoice;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The base model the adapter was made for (HF folder or .gguf).
+    #[arg(long)]
+    model: PathBuf,
+    /// A PEFT-format adapter folder (keel's own adapters are in this format).
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    #[arg(long)]
+    out: PathBuf,
+    /// Tensor type of a GGUF adapter or merged GGUF model.
+    #[arg(long, value_enum, default_value = "f32")]
+    gguf_dtype: GgufDtypeArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// HF PEFT folder (HF PEFT, vLLM, TGI, LoRAX).
+    Peft,
+    /// GGUF LoRA adapter (llama.cpp `--lora`, Ollama `ADAPTER`).
+    Gguf,
+    /// The adapter merged into the base: an HF folder, or a GGUF model
+    /// (f32 or f16, `--gguf-dtype`) when the base and `--out` are `.gguf`.
+    Merged,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GgufDtypeArg {
+    F32,
+    F16,
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+fn gguf_dtype(d: GgufDtypeArg) -> keel_export::GgufDtype {
+    match d {
+        GgufDtypeArg::F32 => keel_export::GgufDtype::F32,
+        GgufDtypeArg::F16 => keel_export::GgufDtype::F16,
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        model,
+        adapter,
+        format,
+        out,
+        gguf_dtype: dtype,
+    } = &args;
+    let (model, out, dtype) = (model.as_path(), out.as_path(), *dtype);
+    let (mut loaded, file) = super::open_with_adapter(model, adapter, DeviceChoice::Flex)?;
+    let base_name = file
+        .base_model
+        .clone()
+        .unwrap_or_else(|| model.display().to_string());
+    let warnings = match *format {
+        ExportFormat::Peft => {
+            let saved: Vec<_> = file.saved.clone().into_iter().collect();
+            keel_export::export_peft(
+                &loaded.model,
+                ADAPTER,
+                &file.config,
+                &saved,
+                &base_name,
+                out,
+            )?
+        }
+        ExportFormat::Gguf => {
+            let dtype = gguf_dtype(dtype);
+            let mut notes = keel_export::export_gguf_lora(
+                &loaded.model,
+                &loaded.config,
+                ADAPTER,
+                &file.config,
+                out,
+                dtype,
+            )?;
+            notes.extend(keel_export::servers::check(&file.config, &loaded.model));
+            notes
+        }
+        ExportFormat::Merged if is_gguf(model) && is_gguf(out) => {
+            keel_export::export_merged_gguf(
+                &mut loaded,
+                model,
+                ADAPTER,
+                file.config.has_lora(),
+                out,
+                gguf_dtype(dtype),
+            )?;
+            Vec::new()
+        }
+        ExportFormat::Merged => {
+            keel_export::export_merged(&mut loaded, ADAPTER, file.config.has_lora(), out)?;
+            Vec::new()
+        }
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
