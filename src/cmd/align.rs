@@ -8,6 +8,7 @@ use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::AdapterFile;
 use keel_align::{Subspace, safe_lora};
 use keel_model::{DeviceChoice, LoadedModel};
+use keel_recipe::SafeLora;
 
 #[derive(clap::Subcommand)]
 pub enum AlignCommand {
@@ -73,11 +74,8 @@ pub fn run(cmd: &AlignCommand) -> Result<()> {
             out,
         } => {
             let (mut loaded, file, subspace) = open(pair)?;
-            let mode = match (threshold, top_k) {
-                (Some(t), _) => safe_lora::Mode::Threshold(*t),
-                (None, Some(k)) => safe_lora::Mode::TopK(*k),
-                (None, None) => unreachable!("clap requires one"),
-            };
+            let mode =
+                SafeLora::from_either(*threshold, *top_k).context("give --threshold or --top-k")?;
             let modules =
                 safe_lora::apply(&mut loaded.model.linears_mut(), ADAPTER, &subspace, mode);
             let base = file

@@ -9,18 +9,10 @@
 use burn::module::Param;
 use burn::tensor::Tensor;
 use keel_adapters::Linear;
+use keel_recipe::SafeLora;
 use serde::Serialize;
 
 use crate::Subspace;
-
-/// Which modules to project.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
-    /// Those whose cosine similarity to their projection is below this.
-    Threshold(f64),
-    /// The `k` least similar.
-    TopK(usize),
-}
 
 /// One module's similarity to the alignment subspace.
 #[derive(Debug, Clone, Serialize)]
@@ -83,7 +75,7 @@ pub fn apply(
     linears: &mut [(String, &mut Linear)],
     name: &str,
     subspace: &Subspace,
-    mode: Mode,
+    mode: SafeLora,
 ) -> Vec<ModuleSimilarity> {
     let view: Vec<(String, &Linear)> = linears.iter().map(|(n, l)| (n.clone(), &**l)).collect();
     let sims = similarities(&view, name, subspace);
@@ -92,8 +84,8 @@ pub fn apply(
     order.sort_by(|&i, &j| sims[i].1.total_cmp(&sims[j].1).then(i.cmp(&j)));
     let chosen: Vec<bool> = (0..sims.len())
         .map(|i| match mode {
-            Mode::Threshold(t) => sims[i].1 < t,
-            Mode::TopK(k) => order.iter().take(k).any(|&o| o == i),
+            SafeLora::Threshold(t) => sims[i].1 < t,
+            SafeLora::TopK(k) => order.iter().take(k).any(|&o| o == i),
         })
         .collect();
     let mut out = Vec::with_capacity(sims.len());

@@ -10,8 +10,9 @@ use keel_adapters::peft::{AdapterFile, ModuleWeights};
 use keel_adapters::rng::SplitMix64;
 use keel_adapters::{Adapter, AdapterConfig, Linear};
 
-use crate::safe_lora::{self, Mode};
+use crate::safe_lora;
 use crate::{Subspace, asft};
+use keel_recipe::SafeLora;
 
 const MODULES: [&str; 3] = [
     "model.layers.0.self_attn.q_proj",
@@ -234,7 +235,7 @@ fn safe_lora_projects_dissimilar_modules_only() {
     assert!(cos0 < 0.9, "{cos0}");
     assert!(before[1].similarity > 0.999, "{}", before[1].similarity);
 
-    let result = safe_lora::apply(&mut named, "domain", &subspace, Mode::Threshold(0.9));
+    let result = safe_lora::apply(&mut named, "domain", &subspace, SafeLora::Threshold(0.9));
     assert_eq!(
         result.iter().map(|r| r.projected).collect::<Vec<_>>(),
         vec![true, false]
@@ -251,7 +252,7 @@ fn safe_lora_projects_dissimilar_modules_only() {
         .map(|m| m.to_string())
         .zip(layers.iter_mut())
         .collect();
-    let r = safe_lora::apply(&mut named, "domain", &subspace, Mode::TopK(1));
+    let r = safe_lora::apply(&mut named, "domain", &subspace, SafeLora::TopK(1));
     let least = r
         .iter()
         .min_by(|x, y| x.similarity.total_cmp(&y.similarity))

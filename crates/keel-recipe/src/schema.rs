@@ -185,9 +185,12 @@ pub struct Optim {
     pub schedule: Schedule,
     #[serde(default)]
     pub warmup_steps: usize,
-    /// Passes over the training set; or give `steps`.
-    pub epochs: Option<f64>,
-    pub steps: Option<usize>,
+    /// Passes over the training set; or give `steps`. Read as [`Optim::length`].
+    pub(crate) epochs: Option<f64>,
+    pub(crate) steps: Option<usize>,
+    /// `steps` or `epochs`, decoded once the recipe is checked.
+    #[serde(skip)]
+    length: Option<Length>,
     pub batch_size: usize,
     #[serde(default = "one_usize")]
     pub grad_accum: usize,
@@ -203,6 +206,43 @@ pub struct Optim {
     pub eps: f64,
     #[serde(default)]
     pub seed: u64,
+}
+
+/// How long a run trains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Length {
+    /// Optimizer steps.
+    Steps(usize),
+    /// Passes over the training set (fractions allowed).
+    Epochs(f64),
+}
+
+impl Optim {
+    /// How long the run trains (the checks require `steps` or `epochs`).
+    pub fn length(&self) -> Length {
+        self.length
+            .expect("Recipe::parse sets the length of every recipe it returns")
+    }
+}
+
+/// Which modules Safe LoRA projects onto the alignment subspace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SafeLora {
+    /// Those whose update's cosine similarity to its projection is below this.
+    Threshold(f64),
+    /// The `k` least similar.
+    TopK(usize),
+}
+
+impl SafeLora {
+    /// From a threshold or a top-k, the threshold first; none from neither.
+    pub fn from_either(threshold: Option<f64>, top_k: Option<usize>) -> Option<Self> {
+        match (threshold, top_k) {
+            (Some(t), _) => Some(SafeLora::Threshold(t)),
+            (None, Some(k)) => Some(SafeLora::TopK(k)),
+            (None, None) => None,
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -256,10 +296,14 @@ pub struct Alignment {
     /// LoRA and AsFT anchor to.
     pub reference: Option<PathBuf>,
     /// Safe LoRA: after training, project the modules whose update has
-    /// cosine similarity to its projection below this.
-    pub safe_lora_threshold: Option<f64>,
+    /// cosine similarity to its projection below this. Read as `safe_lora`.
+    pub(crate) safe_lora_threshold: Option<f64>,
     /// Safe LoRA: after training, project the `k` least similar modules.
-    pub safe_lora_top_k: Option<usize>,
+    pub(crate) safe_lora_top_k: Option<usize>,
+    /// `safe_lora_threshold` or `safe_lora_top_k`, decoded once the recipe
+    /// is checked.
+    #[serde(skip)]
+    pub safe_lora: Option<SafeLora>,
     /// AsFT: weight of `Σ ‖(I − C)·ΔW‖²` in the training loss.
     #[serde(default)]
     pub asft_lambda: f64,
@@ -438,6 +482,12 @@ impl Recipe {
                 .collect();
             return Err(fail(problems));
         }
+        recipe.optim.length = match (recipe.optim.steps, recipe.optim.epochs) {
+            (Some(steps), _) => Some(Length::Steps(steps)),
+            (None, epochs) => epochs.map(Length::Epochs),
+        };
+        let al = &mut recipe.alignment;
+        al.safe_lora = SafeLora::from_either(al.safe_lora_threshold, al.safe_lora_top_k);
         let dir = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut recipe.model.path,
@@ -741,6 +791,29 @@ dir = "runs/x"
     fn wrong_type_names_the_key_and_line() {
         let e = err(&GOOD.replace("r = 8", "r = \"eight\""), &[]);
         assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
+    }
+
+    /// `steps` or `epochs`, and a Safe LoRA threshold or top-k, come out
+    /// of the parse as one typed value each.
+    #[test]
+    fn either_or_keys_are_decoded_once() {
+        let parse = |text: &str, set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            Recipe::parse(text, Path::new("r.toml"), &set).unwrap()
+        };
+        let r = parse(GOOD, &[]);
+        assert_eq!(
+            (r.optim.length(), r.alignment.safe_lora),
+            (Length::Epochs(2.0), None)
+        );
+        let r = parse(
+            &GOOD.replace("epochs = 2", "steps = 7"),
+            &["alignment.reference=ref", "alignment.safe_lora_top_k=3"],
+        );
+        assert_eq!(
+            (r.optim.length(), r.alignment.safe_lora),
+            (Length::Steps(7), Some(SafeLora::TopK(3)))
+        );
     }
 
     /// A comment after a section header leaves the keys under it found.

@@ -85,44 +85,29 @@ pub fn bench_train(o: &BenchOptions, work: &Path) -> Result<BenchReport, Error> 
     keel_fs::write_atomic(&data, random_text(&source, rows, o.seq)?.as_bytes())?;
     let gflop_per_token = source.config.training_flop_per_token(o.seq, RANK) / 1e9;
     drop(source);
-    let recipe_text = format!(
-        r#"[model]
-path = {model:?}
-device = "{device}"
-base_dtype = "{dtype}"
-activation_checkpointing = {ckpt}
-
-[adapter]
-r = {rank}
-alpha = 32
-targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-[data]
-train = {data:?}
-format = "text"
-max_length = {seq}
-
-[optim]
-lr = 1e-4
-schedule = "constant"
-steps = {steps}
-batch_size = {batch}
-seed = 0
-
-[output]
-dir = {out:?}
-"#,
-        model = model.display().to_string(),
-        device = o.device,
-        dtype = o.base_dtype,
-        rank = RANK,
-        ckpt = o.activation_checkpointing,
-        data = data.display().to_string(),
-        seq = o.seq,
-        steps = o.warmup + o.steps,
-        batch = o.batch,
-        out = work.join("run").display().to_string(),
-    );
+    let recipe = serde_json::json!({
+        "model": {
+            "path": model,
+            "device": o.device,
+            "base_dtype": o.base_dtype,
+            "activation_checkpointing": o.activation_checkpointing,
+        },
+        "adapter": {
+            "r": RANK,
+            "alpha": 32,
+            "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        },
+        "data": {"train": data, "format": "text", "max_length": o.seq},
+        "optim": {
+            "lr": 1e-4,
+            "schedule": "constant",
+            "steps": o.warmup + o.steps,
+            "batch_size": o.batch,
+            "seed": 0,
+        },
+        "output": {"dir": work.join("run")},
+    });
+    let recipe_text = toml::to_string(&recipe).expect("tables of plain values are TOML");
     let recipe_path = work.join("bench.toml");
     let recipe = Recipe::parse(&recipe_text, &recipe_path, &[]).map_err(|e| Error::Output {
         path: recipe_path.clone(),

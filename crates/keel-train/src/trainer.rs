@@ -14,7 +14,7 @@ use keel_adapters::{
 };
 use keel_data::{Batch, Batcher, Example, load_examples, mix_replay, pack, split_eval};
 use keel_model::{DeviceChoice, Llama, ModelSource};
-use keel_recipe::Recipe;
+use keel_recipe::{Length, Recipe};
 use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::checkpoint::{self, TrainState};
@@ -608,12 +608,11 @@ impl<'r> Trainer<'r> {
         };
         let o = &recipe.optim;
         let mut batcher = Batcher::new(train_set.len(), o.batch_size, o.seed);
-        let total_steps = match (o.steps, o.epochs) {
-            (Some(s), _) => s,
-            (None, Some(e)) => ((e * batcher.batches_per_epoch() as f64) / o.grad_accum as f64)
+        let total_steps = match o.length() {
+            Length::Steps(s) => s,
+            Length::Epochs(e) => ((e * batcher.batches_per_epoch() as f64) / o.grad_accum as f64)
                 .ceil()
                 .max(1.0) as usize,
-            (None, None) => unreachable!("the recipe check requires steps or epochs"),
         };
 
         // A resumed run starts as a fresh one (PiSSA/OLoRA also move the
@@ -1020,12 +1019,7 @@ impl<'r> Trainer<'r> {
     fn align_after_training(&mut self) -> Result<(), Error> {
         let recipe = self.recipe;
         let al = &recipe.alignment;
-        let mode = match (al.safe_lora_threshold, al.safe_lora_top_k) {
-            (Some(t), _) => Some(safe_lora::Mode::Threshold(t)),
-            (None, Some(k)) => Some(safe_lora::Mode::TopK(k)),
-            (None, None) => None,
-        };
-        let modules = match (&self.subspace, mode) {
+        let modules = match (&self.subspace, al.safe_lora) {
             (Some(s), Some(mode)) => {
                 safe_lora::apply(&mut self.model.linears_mut(), ADAPTER, s, mode)
             }
