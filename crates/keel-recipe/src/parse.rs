@@ -1,0 +1,297 @@
+//! Reading a recipe: TOML with file, line, key and did-you-mean in every
+//! error, `--set` overrides, the checks, then the typed values and resolved
+//! paths.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Problem};
+use crate::locate::{key_at_line, line_of, line_of_key};
+use crate::overrides::apply;
+use crate::schema::*;
+
+/// Adds a did-you-mean to serde's "unknown field `x`, expected one of ..."
+/// and "unknown variant" messages.
+fn with_suggestion(message: &str) -> String {
+    let ticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    match ticked.split_first() {
+        Some((unknown, expected)) if message.starts_with("unknown") && !expected.is_empty() => {
+            let best = expected
+                .iter()
+                .min_by_key(|e| strsim::levenshtein(unknown, e))
+                .expect("non-empty");
+            if strsim::levenshtein(unknown, best) <= (best.len() / 2).max(2) {
+                format!("{message}; did you mean `{best}`?")
+            } else {
+                message.to_string()
+            }
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// A recipe path: `~/` is the home folder, a relative path is relative to
+/// the recipe's folder.
+fn resolve(recipe_dir: &Path, p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => recipe_dir.join(p),
+    }
+}
+
+/// Deserializes TOML `text` (the contents of `path`) into any keel schema,
+/// with recipe-grade errors: line, dotted key, did-you-mean.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, Error> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        let key = line
+            .and_then(|l| key_at_line(text, l))
+            .unwrap_or_else(|| "-".into());
+        Error {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                line,
+                key,
+                message: with_suggestion(e.message().trim()),
+            }],
+        }
+    })
+}
+
+impl Recipe {
+    /// Reads, overrides (`section.key=value`), checks and resolves a recipe.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
+        let fail = |problems: Vec<Problem>| Error {
+            file: path.to_path_buf(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![Problem {
+                line: None,
+                key: "-".into(),
+                message: e.to_string(),
+            }])
+        })?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// As [`Recipe::load`], from text; `path` names the file and anchors relative paths.
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Recipe, Error> {
+        let fail = |problems: Vec<Problem>| Error {
+            file: path.to_path_buf(),
+            problems,
+        };
+        // Parsed from the text first, so errors carry lines.
+        let parsed: Recipe = parse_toml(text, path)?;
+        let mut recipe = match overrides.is_empty() {
+            true => parsed,
+            false => {
+                let mut table: toml::Table = toml::from_str(text).expect("parsed above");
+                for o in overrides {
+                    apply(&mut table, o).map_err(|message| {
+                        fail(vec![Problem {
+                            line: None,
+                            key: format!("--set {o}"),
+                            message,
+                        }])
+                    })?;
+                }
+                Recipe::deserialize(table).map_err(|e| {
+                    let key = format!("--set {}", overrides.join(" --set "));
+                    fail(vec![Problem {
+                        line: None,
+                        key,
+                        message: with_suggestion(e.message().trim()),
+                    }])
+                })?
+            }
+        };
+        let problems = recipe.problems();
+        if !problems.is_empty() {
+            let problems = problems
+                .into_iter()
+                .map(|(key, message)| Problem {
+                    line: line_of_key(text, &key),
+                    key,
+                    message,
+                })
+                .collect();
+            return Err(fail(problems));
+        }
+        recipe.optim.length = match (recipe.optim.steps, recipe.optim.epochs) {
+            (Some(steps), _) => Some(Length::Steps(steps)),
+            (None, epochs) => epochs.map(Length::Epochs),
+        };
+        let al = &mut recipe.alignment;
+        al.safe_lora = SafeLora::from_either(al.safe_lora_threshold, al.safe_lora_top_k);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut recipe.model.path,
+            &mut recipe.data.train,
+            &mut recipe.output.dir,
+        ] {
+            *p = resolve(dir, p);
+        }
+        for p in [
+            &mut recipe.data.eval,
+            &mut recipe.alignment.reference,
+            &mut recipe.alignment.replay,
+            &mut recipe.alignment.anchors,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = resolve(dir, p);
+        }
+        Ok(recipe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[model]
+path = "model.gguf"
+
+[adapter]
+r = 8
+alpha = 16
+targets = ["q_proj", "v_proj"]
+
+[data]
+train = "train.jsonl"
+format = "chat"
+max_length = 256
+
+[optim]
+lr = 2e-4
+epochs = 2
+batch_size = 4
+
+[output]
+dir = "runs/x"
+"#;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Recipe::parse(text, Path::new("recipes/r.toml"), &o)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn good_recipe_resolves_paths_and_defaults() {
+        let r = Recipe::parse(GOOD, Path::new("recipes/r.toml"), &[]).unwrap();
+        assert_eq!(r.model.path, Path::new("recipes/model.gguf"));
+        assert_eq!(r.optim.schedule, Schedule::Cosine);
+        assert_eq!((r.optim.grad_accum, r.optim.eps), (1, 1e-8));
+    }
+
+    #[test]
+    fn unknown_key_has_line_and_suggestion() {
+        let text = GOOD.replace("lr = 2e-4", "lrr = 2e-4");
+        let e = err(&text, &[]);
+        assert!(
+            e.contains("recipes/r.toml:16") && e.contains("did you mean `lr`?"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_and_line() {
+        let e = err(&GOOD.replace("r = 8", "r = \"eight\""), &[]);
+        assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
+    }
+
+    /// `steps` or `epochs`, and a Safe LoRA threshold or top-k, come out
+    /// of the parse as one typed value each.
+    #[test]
+    fn either_or_keys_are_decoded_once() {
+        let parse = |text: &str, set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            Recipe::parse(text, Path::new("r.toml"), &set).unwrap()
+        };
+        let r = parse(GOOD, &[]);
+        assert_eq!(
+            (r.optim.length(), r.alignment.safe_lora),
+            (Length::Epochs(2.0), None)
+        );
+        let r = parse(
+            &GOOD.replace("epochs = 2", "steps = 7"),
+            &["alignment.reference=ref", "alignment.safe_lora_top_k=3"],
+        );
+        assert_eq!(
+            (r.optim.length(), r.alignment.safe_lora),
+            (Length::Steps(7), Some(SafeLora::TopK(3)))
+        );
+    }
+
+    /// A comment after a section header leaves the keys under it found.
+    #[test]
+    fn keys_under_a_commented_header_keep_their_lines() {
+        let text = GOOD.replace("[adapter]", "[adapter] # the LoRA");
+        let e = err(&text.replace("r = 8", "r = \"eight\""), &[]);
+        assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
+        let e = err(&text.replace("r = 8", "r = 0"), &[]);
+        assert!(e.contains(":6:") && e.contains("adapter.r"), "{e}");
+    }
+
+    #[test]
+    fn unknown_variant_is_suggested() {
+        let e = err(&GOOD.replace("format = \"chat\"", "format = \"chta\""), &[]);
+        assert!(e.contains("did you mean `chat`?"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_all_reported_with_lines() {
+        let e = err(
+            &GOOD
+                .replace("r = 8", "r = 0")
+                .replace("lr = 2e-4", "lr = -1.0"),
+            &[],
+        );
+        assert!(
+            e.contains(":6: adapter.r: the rank must be at least 1"),
+            "{e}"
+        );
+        assert!(e.contains(":16: optim.lr:"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_checked() {
+        let o = vec!["optim.lr=1e-4".to_string(), "output.dir=runs/y".to_string()];
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &o).unwrap();
+        assert_eq!(
+            (r.optim.lr, r.output.dir.as_path()),
+            (1e-4, Path::new("runs/y"))
+        );
+        let e = err(GOOD, &["optim.lrr=1"]);
+        assert!(
+            e.contains("--set") && e.contains("did you mean `lr`?"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn selective_keys_are_checked() {
+        let e = err(GOOD, &["adapter.kind=\"none\""]);
+        assert!(
+            e.contains("adapter.kind") && e.contains("remove r, alpha and targets"),
+            "{e}"
+        );
+        assert!(e.contains("needs modules to train in full"), "{e}");
+        let e = err(GOOD, &["adapter.lisa_layers=2"]);
+        assert!(
+            e.contains("adapter.lisa_layers") && e.contains("kind = \"none\""),
+            "{e}"
+        );
+        let e = err(
+            GOOD,
+            &["adapter.train_norms=true", "alignment.constrained_sft=true"],
+        );
+        assert!(e.contains("alignment.constrained_sft"), "{e}");
+    }
+}
