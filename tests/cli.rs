@@ -127,7 +127,36 @@ fn commands_exit_and_print_as_documented() {
         case(
             &[&"adapter", &"info", &fixture("peft/modules-to-save")],
             0,
-            &["post_attention_layernorm"],
+            &[
+                "trained fully: 4 ([\"model.layers.1.self_attn.q_proj\", \"post_attention_layernorm\"])",
+            ],
+        ),
+        case(
+            &[
+                &"adapter",
+                &"info",
+                &fixture("peft/modules-to-save"),
+                &"--json",
+            ],
+            0,
+            &[
+                "\"saved_modules\": [",
+                "\"model.layers.2.post_attention_layernorm\"",
+            ],
+        ),
+        case(
+            &[&"inspect", &tiny, &"--json"],
+            0,
+            &[
+                "\"architecture\": \"llama\"",
+                "\"dtype\": \"F32\"",
+                "\"lm_head\"",
+            ],
+        ),
+        case(
+            &[&"inspect", &fixture("gguf-quants/quants.gguf"), &"--json"],
+            0,
+            &["\"model\": null", "\"not_runnable\": ", "is not supported"],
         ),
         // A short run, then what a user does with its adapter.
         case(

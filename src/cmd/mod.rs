@@ -56,6 +56,17 @@ pub fn open_maybe_adapter(
     }
 }
 
+/// Prints a summary as text or, with `json`, as pretty JSON.
+pub fn print_summary(
+    summary: &(impl std::fmt::Display + serde::Serialize),
+    json: bool,
+) -> Result<()> {
+    match json {
+        true => print_out(&(serde_json::to_string_pretty(summary)? + "\n")),
+        false => print_out(&summary.to_string()),
+    }
+}
+
 /// Prints to stdout; a closed pipe (`keel inspect M | head`) is not an error.
 pub fn print_out(text: &str) -> Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {

@@ -19,6 +19,7 @@ mod lora;
 pub mod peft;
 pub mod rng;
 mod selective;
+mod summary;
 mod target;
 
 pub use config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
@@ -31,4 +32,5 @@ pub use init::init_adapter;
 pub use linear::Linear;
 pub use lora::{Adapter, param_id};
 pub use selective::{SavedModule, resolve_saved};
+pub use summary::AdapterSummary;
 pub use target::{ModuleSpec, layer_index, resolve_targets};

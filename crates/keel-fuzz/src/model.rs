@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use keel_adapters::peft::AdapterFile;
-use keel_model::{Llama, LoadedModel, ModelSource};
+use keel_model::{Llama, LoadedModel, ModelSource, ModelSummary};
 use keel_recipe::DataFormat;
 use keel_text::{ChatTemplate, Tokenizer};
 
@@ -16,13 +16,10 @@ use crate::{fuzz_file, scratch, scratch_dir, split};
 /// Opens a model folder and does what `keel inspect` and then loading do
 /// with its config: every size in it drives an allocation somewhere here.
 fn load(dir: &Path) {
+    let _ = ModelSummary::of(dir).map(|s| s.to_string());
     if let Ok(source) = ModelSource::open(dir) {
         let c = &source.config;
-        let _ = (
-            c.linear_modules(),
-            c.weights(),
-            c.training_flop_per_token(64, 8),
-        );
+        let _ = (c.weights(), c.training_flop_per_token(64, 8));
         let _ = source.load(&Device::flex());
     }
 }
