@@ -377,6 +377,140 @@ impl AdapterFile {
         })
     }
 
+    /// Adapter `name` of `linears` and the modules trained in full, as a
+    /// PEFT folder would hold them: factors on the original base (PiSSA and
+    /// OLoRA's start put back) in keel's layout, and the config that says
+    /// so. `dir` is empty until the adapter is written or read.
+    pub fn capture(
+        name: &str,
+        cfg: &AdapterConfig,
+        linears: &[(String, &Linear)],
+        saved: &[(String, SavedModule)],
+        base_model: &str,
+        base_fingerprint: &str,
+    ) -> Result<Self, Error> {
+        let host = |t: Tensor<2>| -> Matrix {
+            let dims = t.dims().to_vec();
+            (dims, t.try_into_vec_as::<f32>().expect("float tensor"))
+        };
+        let mut modules = BTreeMap::new();
+        for (module, layer) in linears {
+            let Some(adapter) = layer.adapter(name) else {
+                continue;
+            };
+            if adapter.merged.is_some() {
+                return Err(Error::Module {
+                    module: module.clone(),
+                    reason: format!("adapter `{name}` is merged; unmerge it before export"),
+                });
+            }
+            if cfg.moves_base() != adapter.initial.is_some() {
+                return Err(Error::Module {
+                    module: module.clone(),
+                    reason: format!(
+                        "adapter `{name}` was {} its start taken out of the base, but the config's init_lora_weights says otherwise",
+                        if adapter.initial.is_some() {
+                            "made with"
+                        } else {
+                            "made without"
+                        }
+                    ),
+                });
+            }
+            let (a, b) = adapter.factors_on_original_base();
+            let magnitude = adapter
+                .magnitude
+                .as_ref()
+                .map(|m| m.val().try_into_vec_as::<f32>().expect("float tensor"));
+            modules.insert(
+                module.clone(),
+                ModuleWeights {
+                    a: host(a),
+                    b: host(b),
+                    magnitude,
+                },
+            );
+        }
+        if modules.is_empty() && saved.is_empty() {
+            return Err(Error::Module {
+                module: String::new(),
+                reason: format!("no layer has an adapter named `{name}`"),
+            });
+        }
+        Ok(AdapterFile {
+            dir: PathBuf::new(),
+            config: cfg.on_original_base(),
+            base_model: Some(base_model.to_string()),
+            base_fingerprint: Some(base_fingerprint.to_string()),
+            modules,
+            saved: saved.iter().cloned().collect(),
+        })
+    }
+
+    /// Writes this adapter as a PEFT folder in `dir` (weights and config
+    /// each through a temporary file and a rename). Returns the number of
+    /// tensors written.
+    pub fn write(&self, dir: &Path) -> Result<usize, Error> {
+        let bytes = host::to_bytes;
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (module, w) in &self.modules {
+            // PEFT's lora_A is [r, in] = Aᵀ; lora_B is [out, r] = Bᵀ.
+            let (sa, da) = transpose(&w.a.0, &w.a.1);
+            let (sb, db) = transpose(&w.b.0, &w.b.1);
+            tensors.push((format!("{PREFIX}{module}.lora_A.weight"), sa, bytes(&da)));
+            tensors.push((format!("{PREFIX}{module}.lora_B.weight"), sb, bytes(&db)));
+            if let Some(m) = &w.magnitude {
+                tensors.push((
+                    format!("{PREFIX}{module}.lora_magnitude_vector"),
+                    vec![m.len()],
+                    bytes(m),
+                ));
+            }
+        }
+        for (module, m) in &self.saved {
+            tensors.push((
+                format!("{PREFIX}{module}.weight"),
+                m.shape.clone(),
+                bytes(&m.weight),
+            ));
+            if let Some(bias) = &m.bias {
+                tensors.push((
+                    format!("{PREFIX}{module}.bias"),
+                    vec![bias.len()],
+                    bytes(bias),
+                ));
+            }
+        }
+        let views = tensors.iter().map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match"),
+            )
+        });
+        let mut metadata: std::collections::HashMap<String, String> =
+            [("format".to_string(), "pt".to_string())].into();
+        if let Some(fingerprint) = &self.base_fingerprint {
+            metadata.insert(BASE_FINGERPRINT_KEY.to_string(), fingerprint.clone());
+        }
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp_weights = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
+        let serialized =
+            safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Tensor {
+                file: tmp_weights.clone(),
+                tensor: "-".into(),
+                reason: e.to_string(),
+            })?;
+        keel_fs::write_synced(&tmp_weights, &host::sorted_header(serialized))?;
+        let config = dir.join(CONFIG_FILE);
+        let tmp_config = dir.join(format!(".{CONFIG_FILE}.tmp"));
+        let base = self.base_model.as_deref().unwrap_or_default();
+        let text = serde_json::to_string_pretty(&config_json(&self.config, base)).expect("JSON");
+        keel_fs::write_synced(&tmp_config, text.as_bytes())?;
+        std::fs::rename(&tmp_weights, &weights).map_err(keel_fs::io(&weights))?;
+        std::fs::rename(&tmp_config, &config).map_err(keel_fs::io(&config))?;
+        Ok(tensors.len())
+    }
+
     /// Refuses an adapter whose recorded base fingerprint is not `base_fingerprint`.
     pub fn check_base(&self, base_fingerprint: &str) -> Result<(), Error> {
         match self
@@ -584,9 +718,9 @@ pub fn config_json(cfg: &AdapterConfig, base_model: &str) -> Value {
     })
 }
 
-/// Writes the adapter named `name` from `linears` as a PEFT folder in `dir`
-/// (which must exist). Files are written to temporary names and renamed,
-/// so a failure never leaves a half-written adapter.
+/// Writes adapter `name` of `linears`, with the modules trained in full, as
+/// a PEFT folder in `dir`: [`AdapterFile::capture`] then
+/// [`AdapterFile::write`]. Returns the number of tensors written.
 pub fn write(
     dir: &Path,
     name: &str,
@@ -596,102 +730,7 @@ pub fn write(
     base_model: &str,
     base_fingerprint: &str,
 ) -> Result<usize, Error> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (module, layer) in linears {
-        let Some(adapter) = layer.adapter(name) else {
-            continue;
-        };
-        if adapter.merged.is_some() {
-            return Err(Error::Module {
-                module: module.clone(),
-                reason: format!("adapter `{name}` is merged; unmerge it before export"),
-            });
-        }
-        let host = |t: Tensor<2>| -> Matrix {
-            let dims = t.dims().to_vec();
-            (dims, t.try_into_vec_as::<f32>().expect("float tensor"))
-        };
-        let bytes = host::to_bytes;
-        if cfg.moves_base() != adapter.initial.is_some() {
-            return Err(Error::Module {
-                module: module.clone(),
-                reason: format!(
-                    "adapter `{name}` was {} its start taken out of the base, but the config's init_lora_weights says otherwise",
-                    if adapter.initial.is_some() {
-                        "made with"
-                    } else {
-                        "made without"
-                    }
-                ),
-            });
-        }
-        let (a, b) = adapter.factors_on_original_base();
-        let (sa, da) = host(a);
-        let (sb, db) = host(b);
-        let (sa, da) = transpose(&sa, &da);
-        let (sb, db) = transpose(&sb, &db);
-        tensors.push((format!("{PREFIX}{module}.lora_A.weight"), sa, bytes(&da)));
-        tensors.push((format!("{PREFIX}{module}.lora_B.weight"), sb, bytes(&db)));
-        if let Some(m) = &adapter.magnitude {
-            let m = m.val();
-            let shape = m.dims().to_vec();
-            tensors.push((
-                format!("{PREFIX}{module}.lora_magnitude_vector"),
-                shape,
-                bytes(&m.try_into_vec_as::<f32>().expect("float")),
-            ));
-        }
-    }
-    for (module, m) in saved {
-        tensors.push((
-            format!("{PREFIX}{module}.weight"),
-            m.shape.clone(),
-            host::to_bytes(&m.weight),
-        ));
-        if let Some(bias) = &m.bias {
-            tensors.push((
-                format!("{PREFIX}{module}.bias"),
-                vec![bias.len()],
-                host::to_bytes(bias),
-            ));
-        }
-    }
-    if tensors.is_empty() {
-        return Err(Error::Module {
-            module: String::new(),
-            reason: format!("no layer has an adapter named `{name}`"),
-        });
-    }
-    let views = tensors.iter().map(|(n, s, b)| {
-        (
-            n.clone(),
-            TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match"),
-        )
-    });
-    let metadata: std::collections::HashMap<String, String> = [
-        ("format".to_string(), "pt".to_string()),
-        (
-            BASE_FINGERPRINT_KEY.to_string(),
-            base_fingerprint.to_string(),
-        ),
-    ]
-    .into();
-    let weights = dir.join(WEIGHTS_FILE);
-    let tmp_weights = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Tensor {
-        file: tmp_weights.clone(),
-        tensor: "-".into(),
-        reason: e.to_string(),
-    })?;
-    keel_fs::write_synced(&tmp_weights, &host::sorted_header(bytes))?;
-    let config = dir.join(CONFIG_FILE);
-    let tmp_config = dir.join(format!(".{CONFIG_FILE}.tmp"));
-    let text = serde_json::to_string_pretty(&config_json(&cfg.on_original_base(), base_model))
-        .expect("JSON");
-    keel_fs::write_synced(&tmp_config, text.as_bytes())?;
-    std::fs::rename(&tmp_weights, &weights).map_err(keel_fs::io(&weights))?;
-    std::fs::rename(&tmp_config, &config).map_err(keel_fs::io(&config))?;
-    Ok(tensors.len())
+    AdapterFile::capture(name, cfg, linears, saved, base_model, base_fingerprint)?.write(dir)
 }
 
 #[cfg(test)]
