@@ -323,7 +323,7 @@ fn pissa_and_olora_leave_the_output_unchanged() {
         let before: Vec<f32> = model.linears()[0].1.weight.val().try_into_vec_as().unwrap();
         let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
         let specs = keel_adapters::resolve_targets(&names, &cfg).unwrap();
-        let mut rng = keel_adapters::rng::SplitMix64(5);
+        let mut rng = keel_adapters::rng::seeded(5);
         for (name, layer) in model.linears_mut() {
             if let Some(spec) = specs.iter().find(|s| s.name == name) {
                 keel_adapters::init_adapter(layer, "default", spec, &cfg, &mut rng).unwrap();

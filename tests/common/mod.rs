@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use keel_adapters::rng::SplitMix64;
+use keel_adapters::rng::{Draw, seeded};
 use keel_adapters::{AdapterConfig, init_adapter, resolve_targets};
 use keel_model::{DeviceChoice, HfConfig, Llama, WeightSource, build_model};
 
@@ -249,7 +249,7 @@ fn error(a: &[f32], b: &[f64]) -> (f64, usize) {
 pub fn make_adapter(model: &mut Llama, cfg: &AdapterConfig, seed: u64, b_std: f64) {
     let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
     let specs = resolve_targets(&names, cfg).unwrap();
-    let mut rng = SplitMix64(seed);
+    let mut rng = seeded(seed);
     for (name, layer) in model.linears_mut() {
         if let Some(spec) = specs.iter().find(|s| s.name == name) {
             init_adapter(layer, "default", spec, cfg, &mut rng).unwrap();

@@ -10,7 +10,7 @@ use crate::config::{AdapterConfig, Init, Variant};
 use crate::error::Error;
 use crate::linear::Linear;
 use crate::lora::Adapter;
-use crate::rng::SplitMix64;
+use crate::rng::{Draw, SplitMix64};
 use crate::target::ModuleSpec;
 
 /// A row-major host matrix.
@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn top_svd_recovers_a_low_rank_matrix() {
-        let mut rng = SplitMix64(1);
+        let mut rng = crate::rng::seeded(1);
         // m = u diag(5, 2) vt with orthonormal u, vt.
         let mut u = Mat::zeros(12, 2);
         u.data.iter_mut().for_each(|x| *x = rng.normal());

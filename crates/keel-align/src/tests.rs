@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use keel_adapters::peft::{AdapterFile, ModuleWeights};
-use keel_adapters::rng::SplitMix64;
+use keel_adapters::rng::{Draw, SplitMix64, seeded};
 use keel_adapters::{Adapter, AdapterConfig, Linear};
 
 use crate::safe_lora;
@@ -133,7 +133,7 @@ fn layers(rng: &mut SplitMix64, device: &Device) -> (Vec<Linear>, Vec<(M, M)>) {
 #[test]
 fn b_times_c_equals_the_dense_alignment_matrix() {
     let device = Device::flex();
-    let mut rng = SplitMix64(1);
+    let mut rng = seeded(1);
     let (file, dense) = alignment(&mut rng);
     let subspace = Subspace::from_adapter(&file, &device).unwrap();
     for (m, c) in &dense {
@@ -157,7 +157,7 @@ fn b_times_c_equals_the_dense_alignment_matrix() {
 #[test]
 fn asft_penalty_equals_the_dense_formula_and_has_gradients() {
     let device = Device::flex().autodiff();
-    let mut rng = SplitMix64(2);
+    let mut rng = seeded(2);
     let (file, dense) = alignment(&mut rng);
     let subspace = Subspace::from_adapter(&file, &device).unwrap();
     let (layers, factors) = layers(&mut rng, &device);
@@ -194,7 +194,7 @@ fn asft_penalty_equals_the_dense_formula_and_has_gradients() {
 #[test]
 fn safe_lora_projects_dissimilar_modules_only() {
     let device = Device::flex();
-    let mut rng = SplitMix64(3);
+    let mut rng = seeded(3);
     let (file, dense) = alignment(&mut rng);
     let subspace = Subspace::from_adapter(&file, &device).unwrap();
     let (mut layers, factors) = layers(&mut rng, &device);
@@ -246,7 +246,7 @@ fn safe_lora_projects_dissimilar_modules_only() {
     assert!(max_diff(&host(layers[1].adapters[0].b.val()), &inside) < 1e-6);
 
     // Top-k picks the least similar.
-    let (mut layers, _) = self::layers(&mut SplitMix64(3), &device);
+    let (mut layers, _) = self::layers(&mut seeded(3), &device);
     let mut named: Vec<(String, &mut Linear)> = MODULES
         .iter()
         .map(|m| m.to_string())

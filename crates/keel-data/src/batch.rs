@@ -1,13 +1,13 @@
 //! Batches: a deterministic per-epoch shuffle, a resumable position, and
 //! padding to the longest sequence in the batch.
 
-use keel_adapters::rng::SplitMix64;
+use keel_adapters::rng::{self, Rng};
 
 use crate::example::Example;
 
 /// A seeded Fisher-Yates shuffle: the same order on every platform.
 pub fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut rng = SplitMix64(seed);
+    let mut rng = rng::seeded(seed);
     for i in (1..v.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         v.swap(i, j);
@@ -107,7 +107,7 @@ impl Batcher {
     fn reorder(&mut self) {
         self.order = (0..self.n).collect();
         // Mix seed and epoch so that (seed, epoch + 1) and (seed + 1, epoch) differ.
-        let mixed = SplitMix64(self.seed).next_u64()
+        let mixed = rng::seeded(self.seed).next_u64()
             ^ (self.epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
         shuffle(&mut self.order, mixed);
     }

@@ -3,7 +3,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use keel_adapters::rng::SplitMix64 as Rng;
+use keel_adapters::rng::{self, Draw, SplitMix64};
 
 use crate::llama::{KvCache, Llama};
 
@@ -38,7 +38,7 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+fn sample(logits: &[f32], s: &Sampling, rng: &mut SplitMix64) -> u32 {
     if s.temperature <= 0.0 {
         return argmax(logits);
     }
@@ -163,8 +163,8 @@ pub fn decode(
     mut on_token: impl FnMut(usize, u32),
 ) -> Vec<Vec<u32>> {
     let rows = logits.len();
-    let mut rngs: Vec<Rng> = (0..rows as u64)
-        .map(|i| Rng(sampling.seed.wrapping_add(i)))
+    let mut rngs: Vec<SplitMix64> = (0..rows as u64)
+        .map(|i| rng::seeded(sampling.seed.wrapping_add(i)))
         .collect();
     let mut out = vec![Vec::new(); rows];
     let mut done: Vec<bool> = logits.iter().map(Vec::is_empty).collect();
@@ -230,7 +230,7 @@ mod tests {
             top_p: 0.5,
             seed: 7,
         };
-        let mut rng = Rng(7);
+        let mut rng = rng::seeded(7);
         assert!((0..200).all(|_| sample(&logits, &s, &mut rng) == 0));
     }
 
@@ -243,7 +243,7 @@ mod tests {
             seed: 3,
         };
         let draw = |seed| {
-            let mut rng = Rng(seed);
+            let mut rng = rng::seeded(seed);
             (0..50)
                 .map(|_| sample(&logits, &s, &mut rng))
                 .collect::<Vec<_>>()

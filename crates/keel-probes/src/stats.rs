@@ -1,7 +1,7 @@
 //! The statistics reports are built from: seeded bootstrap intervals,
 //! AUROC and cosine similarity.
 
-use keel_adapters::rng::SplitMix64;
+use keel_adapters::rng::{self, Rng};
 
 /// A rate or mean with its 95% bootstrap interval.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -24,7 +24,7 @@ impl Estimate {
                 hi: f64::NAN,
             };
         }
-        let mut rng = SplitMix64(seed);
+        let mut rng = rng::seeded(seed);
         let mut means: Vec<f64> = (0..resamples)
             .map(|_| {
                 (0..n)

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_adapters::rng::SplitMix64;
+use keel_adapters::rng::{self, Rng};
 use keel_model::ModelSource;
 use keel_recipe::Recipe;
 use serde::Serialize;
@@ -59,7 +59,7 @@ pub struct BenchReport {
 fn random_text(source: &ModelSource, rows: usize, seq: usize) -> Result<String, Error> {
     let tokenizer = source.tokenizer()?;
     let vocab = tokenizer.vocab_size() as u64;
-    let mut rng = SplitMix64(0);
+    let mut rng = rng::seeded(0);
     let mut out = String::new();
     for _ in 0..rows {
         let ids: Vec<u32> = (0..2 * seq)

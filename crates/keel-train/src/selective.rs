@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use burn::module::ParamId;
-use keel_adapters::rng::SplitMix64;
+use keel_adapters::rng::{self, Draw};
 use keel_adapters::{ModuleSpec, layer_index, resolve_saved};
 use keel_model::{FullModule, Llama};
 use keel_recipe::Recipe;
@@ -89,7 +89,7 @@ impl Selection {
         let Some((n, every)) = self.lisa else {
             return Vec::new();
         };
-        let mut rng = SplitMix64(self.seed ^ 0x4C15_A000 ^ (step / every) as u64);
+        let mut rng = rng::seeded(self.seed ^ 0x4C15_A000 ^ (step / every) as u64);
         let mut layers: Vec<usize> = (0..self.n_layers).collect();
         for i in 0..n {
             let j = i + (rng.next_f64() * (self.n_layers - i) as f64) as usize;

@@ -8,7 +8,6 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData};
 use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::{self, AdapterFile};
-use keel_adapters::rng::SplitMix64;
 use keel_adapters::{
     AdapterConfig, Init, Scaling, TargetModules, Variant, init_adapter, resolve_targets,
 };
@@ -625,7 +624,7 @@ impl<'r> Trainer<'r> {
         };
         let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
         let specs = resolve_targets(&names, &cfg)?;
-        let mut rng = SplitMix64(o.seed);
+        let mut rng = keel_adapters::rng::seeded(o.seed);
         for (name, layer) in model.linears_mut() {
             if let Some(spec) = specs.iter().find(|s| s.name == name) {
                 init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
