@@ -67,15 +67,6 @@ pub enum Row {
     Eval(EvalMetrics),
 }
 
-impl Row {
-    pub fn step(&self) -> usize {
-        match self {
-            Row::Step(m) => m.step,
-            Row::Eval(m) => m.step,
-        }
-    }
-}
-
 /// Every row of a `metrics.jsonl`; a line that is not one is an error
 /// naming the file and line.
 pub fn read(path: &Path) -> Result<Vec<Row>, Error> {
@@ -99,13 +90,20 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Opens `path`, first keeping only the rows up to `step` (what the
     /// checkpoint being resumed had seen), so a resumed run neither repeats
-    /// nor loses steps.
+    /// nor loses steps. A line without a step is dropped, not an error: a
+    /// process killed mid-write leaves its last line torn.
     pub fn open(path: &Path, step: usize) -> Result<Self, Error> {
+        #[derive(Deserialize)]
+        struct Stepped {
+            step: usize,
+        }
         if path.exists() {
-            let kept: String = read(path)?
-                .into_iter()
-                .filter(|r| r.step() <= step)
-                .map(|r| serde_json::to_string(&r).expect("JSON") + "\n")
+            let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
+            let kept: String = keel_fs::jsonl_lines(&text)
+                .filter(|(_, line)| {
+                    serde_json::from_str::<Stepped>(line).is_ok_and(|row| row.step <= step)
+                })
+                .map(|(_, line)| format!("{line}\n"))
                 .collect();
             checkpoint::write_atomic(path, kept.as_bytes())?;
         }
@@ -127,5 +125,38 @@ impl MetricsLog {
             .and_then(|()| self.file.flush())
             .map_err(keel_fs::io(&self.path))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resume keeps the rows up to its checkpoint, as written, and drops
+    /// the rest, a line torn by a kill included.
+    #[test]
+    fn reopening_trims_to_the_checkpoint_and_survives_a_torn_line() {
+        let dir = std::env::temp_dir().join(format!("keel-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let rows = [
+            r#"{"step":1,"eval_loss":2.5,"eval_perplexity":12.18}"#,
+            r#"{"step":2,"eval_loss":2.0,"eval_perplexity":7.39}"#,
+            r#"{"step":3,"eval_lo"#,
+        ];
+        std::fs::write(&path, rows.join("\n")).unwrap();
+        let mut log = MetricsLog::open(&path, 1).unwrap();
+        log.write(Row::Eval(EvalMetrics::new(2, 1.0, None)))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                rows[0],
+                r#"{"step":2,"eval_loss":1.0,"eval_perplexity":2.718281828459045}"#
+            ]
+        );
+        assert_eq!(read(&path).unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
