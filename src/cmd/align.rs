@@ -49,9 +49,7 @@ pub struct Pair {
 
 fn open(pair: &Pair) -> Result<(LoadedModel, AdapterFile, Subspace)> {
     let (loaded, file) = super::open_with_adapter(&pair.model, &pair.adapter, DeviceChoice::Flex)?;
-    let reference = AdapterFile::read(&pair.reference)
-        .with_context(|| format!("reading reference adapter {}", pair.reference.display()))?;
-    let subspace = Subspace::from_adapter(&reference, &DeviceChoice::Flex.device()?)?;
+    let subspace = super::reference_subspace(&pair.reference, DeviceChoice::Flex)?;
     Ok((loaded, file, subspace))
 }
 
@@ -78,15 +76,8 @@ pub fn run(cmd: &AlignCommand) -> Result<()> {
                 SafeLora::from_either(*threshold, *top_k).context("give --threshold or --top-k")?;
             let modules =
                 safe_lora::apply(&mut loaded.model.linears_mut(), ADAPTER, &subspace, mode);
-            let base = file
-                .base_model
-                .clone()
-                .unwrap_or_else(|| pair.model.display().to_string());
             // Modules trained in full are not projected: they go out as they came.
-            let saved: Vec<_> = file.saved.clone().into_iter().collect();
-            for w in
-                keel_export::export_peft(&loaded.model, ADAPTER, &file.config, &saved, &base, out)?
-            {
+            for w in super::export::peft_folder(&loaded, &file, &pair.model, out)? {
                 eprintln!("warning: {w}");
             }
             let projected = modules.iter().filter(|m| m.projected).count();

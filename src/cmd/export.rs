@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
-use keel_model::DeviceChoice;
+use keel_adapters::peft::AdapterFile;
+use keel_model::{DeviceChoice, LoadedModel};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -63,22 +64,8 @@ pub fn run(args: Args) -> Result<()> {
     } = &args;
     let (model, out, dtype) = (model.as_path(), out.as_path(), *dtype);
     let (mut loaded, file) = super::open_with_adapter(model, adapter, DeviceChoice::Flex)?;
-    let base_name = file
-        .base_model
-        .clone()
-        .unwrap_or_else(|| model.display().to_string());
     let warnings = match *format {
-        ExportFormat::Peft => {
-            let saved: Vec<_> = file.saved.clone().into_iter().collect();
-            keel_export::export_peft(
-                &loaded.model,
-                ADAPTER,
-                &file.config,
-                &saved,
-                &base_name,
-                out,
-            )?
-        }
+        ExportFormat::Peft => peft_folder(&loaded, &file, model, out)?,
         ExportFormat::Gguf => {
             let dtype = gguf_dtype(dtype);
             let mut notes = keel_export::export_gguf_lora(
@@ -113,4 +100,29 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// Writes the default adapter of `loaded`, attached from `file` (and maybe
+/// changed since, as Safe LoRA does), as a PEFT folder in `out`, with the
+/// modules `file` trains in full and its base model's name (`model`'s path
+/// where it records none). Returns the servers' warnings.
+pub fn peft_folder(
+    loaded: &LoadedModel,
+    file: &AdapterFile,
+    model: &Path,
+    out: &Path,
+) -> Result<Vec<String>> {
+    let base_name = file
+        .base_model
+        .clone()
+        .unwrap_or_else(|| model.display().to_string());
+    let saved: Vec<_> = file.saved.clone().into_iter().collect();
+    Ok(keel_export::export_peft(
+        &loaded.model,
+        ADAPTER,
+        &file.config,
+        &saved,
+        &base_name,
+        out,
+    )?)
 }

@@ -56,6 +56,17 @@ pub fn open_maybe_adapter(
     }
 }
 
+/// The alignment subspace of the reference adapter in `dir` (the update
+/// that aligned the base), on `device`.
+pub fn reference_subspace(dir: &Path, device: DeviceChoice) -> Result<keel_align::Subspace> {
+    let file = AdapterFile::read(dir)
+        .with_context(|| format!("reading reference adapter {}", dir.display()))?;
+    Ok(keel_align::Subspace::from_adapter(
+        &file,
+        &device.device()?,
+    )?)
+}
+
 /// Prints a summary as text or, with `json`, as pretty JSON.
 pub fn print_summary(
     summary: &(impl std::fmt::Display + serde::Serialize),

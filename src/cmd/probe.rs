@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use keel_model::DeviceChoice;
 use keel_probes::report::{results_jsonl, write_files};
 use keel_probes::{Suite, html};
@@ -163,9 +163,7 @@ pub fn drift(args: &DriftArgs) -> Result<()> {
         &mut crate::progress::counter("KL to base"),
     );
     if let Some(dir) = &args.reference {
-        let file = keel_adapters::peft::AdapterFile::read(dir)
-            .with_context(|| format!("reading reference adapter {}", dir.display()))?;
-        let subspace = keel_align::Subspace::from_adapter(&file, &args.common.device.device()?)?;
+        let subspace = super::reference_subspace(dir, args.common.device)?;
         let scores = keel_align::safe_lora::report(
             &adapted.model.linears(),
             keel_adapters::DEFAULT_ADAPTER,
