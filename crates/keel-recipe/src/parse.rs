@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Problem};
-use crate::locate::{key_at_line, line_of, line_of_key};
+use crate::locate::{KeyLines, line_of};
 use crate::overrides::apply;
 use crate::schema::*;
 
@@ -46,7 +46,7 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Re
     toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
         let key = line
-            .and_then(|l| key_at_line(text, l))
+            .and_then(|l| KeyLines::of(text).key_at(l).map(str::to_string))
             .unwrap_or_else(|| "-".into());
         Error {
             file: path.to_path_buf(),
@@ -109,10 +109,11 @@ impl Recipe {
         };
         let problems = recipe.problems();
         if !problems.is_empty() {
+            let keys = KeyLines::of(text);
             let problems = problems
                 .into_iter()
                 .map(|(key, message)| Problem {
-                    line: line_of_key(text, &key),
+                    line: keys.line_of(&key),
                     key,
                     message,
                 })
