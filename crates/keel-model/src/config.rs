@@ -1295,6 +1295,41 @@ mod tests {
         );
     }
 
+    /// `Config::weights()` (what `WeightSource::check` asks of a file) is
+    /// exactly what transformers saved for each fixture architecture, names
+    /// and shapes: the list cannot drift from the models keel loads.
+    #[test]
+    fn weights_list_what_transformers_saves() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for name in [
+            "tiny-llama",
+            "tiny-llama3",
+            "tiny-mistral",
+            "tiny-qwen2",
+            "tiny-qwen3",
+            "tiny-gemma3",
+            "tiny-phi3",
+        ] {
+            let dir = root.join(name);
+            let path = dir.join("config.json");
+            let c = HfConfig::from_file(&path)
+                .unwrap()
+                .into_config(&path)
+                .unwrap();
+            let mut saved: Vec<(String, Vec<usize>)> =
+                crate::weights::WeightSource::open_hf_dir(&dir)
+                    .unwrap()
+                    .list()
+                    .into_iter()
+                    .map(|(n, _, shape)| (n, shape))
+                    .collect();
+            let mut wanted = c.weights();
+            saved.sort();
+            wanted.sort();
+            assert_eq!(wanted, saved, "{name}");
+        }
+    }
+
     /// The FLOP count against the fixtures' stored weights (Gemma 3's sliding
     /// layers, Phi-3's fused projections) and a pair-by-pair count of the
     /// keys each position attends to.
