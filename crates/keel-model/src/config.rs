@@ -1295,12 +1295,24 @@ mod tests {
         );
     }
 
+    /// A fixture folder's config and weights.
+    fn fixture(name: &str) -> (Config, crate::weights::WeightSource) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(name);
+        let path = dir.join("config.json");
+        let c = HfConfig::from_file(&path)
+            .unwrap()
+            .into_config(&path)
+            .unwrap();
+        (c, crate::weights::WeightSource::open_hf_dir(&dir).unwrap())
+    }
+
     /// `Config::weights()` (what `WeightSource::check` asks of a file) is
     /// exactly what transformers saved for each fixture architecture, names
     /// and shapes: the list cannot drift from the models keel loads.
     #[test]
     fn weights_list_what_transformers_saves() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
         for name in [
             "tiny-llama",
             "tiny-llama3",
@@ -1310,19 +1322,12 @@ mod tests {
             "tiny-gemma3",
             "tiny-phi3",
         ] {
-            let dir = root.join(name);
-            let path = dir.join("config.json");
-            let c = HfConfig::from_file(&path)
-                .unwrap()
-                .into_config(&path)
-                .unwrap();
-            let mut saved: Vec<(String, Vec<usize>)> =
-                crate::weights::WeightSource::open_hf_dir(&dir)
-                    .unwrap()
-                    .list()
-                    .into_iter()
-                    .map(|(n, _, shape)| (n, shape))
-                    .collect();
+            let (c, weights) = fixture(name);
+            let mut saved: Vec<(String, Vec<usize>)> = weights
+                .list()
+                .into_iter()
+                .map(|(n, _, shape)| (n, shape))
+                .collect();
             let mut wanted = c.weights();
             saved.sort();
             wanted.sort();
@@ -1335,15 +1340,8 @@ mod tests {
     /// keys each position attends to.
     #[test]
     fn training_flops_follow_the_stored_weights() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
         for name in ["tiny-gemma3", "tiny-phi3", "tiny-llama"] {
-            let dir = root.join(name);
-            let path = dir.join("config.json");
-            let c = HfConfig::from_file(&path)
-                .unwrap()
-                .into_config(&path)
-                .unwrap();
-            let weights = crate::weights::WeightSource::open_hf_dir(&dir).unwrap();
+            let (c, weights) = fixture(name);
             let (mut params, mut features) = (c.vocab_size * c.hidden_size, 0);
             for (tensor, _, shape) in weights.list() {
                 if tensor.contains(".layers.") && tensor.ends_with("proj.weight") {
