@@ -24,3 +24,13 @@ pub enum Error {
     #[error("module `{module}`: {reason}")]
     Module { module: String, reason: String },
 }
+
+impl From<keel_adapter_config::ConfigError> for Error {
+    fn from(e: keel_adapter_config::ConfigError) -> Self {
+        Error::Config {
+            file: e.file,
+            key: e.key,
+            reason: e.reason,
+        }
+    }
+}

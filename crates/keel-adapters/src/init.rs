@@ -6,12 +6,12 @@
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use crate::config::{AdapterConfig, Init, Variant};
 use crate::error::Error;
 use crate::linear::Linear;
 use crate::lora::Adapter;
 use crate::rng::{Draw, SplitMix64};
 use crate::target::ModuleSpec;
+use keel_adapter_config::{AdapterConfig, Init, Variant};
 
 /// A row-major host matrix.
 struct Mat {

@@ -9,7 +9,6 @@
 //! and writes HF PEFT's on-disk format. Selective-layer adapters train whole
 //! modules instead ([`resolve_saved`], saved as PEFT's `modules_to_save`).
 
-mod config;
 mod error;
 pub mod frozen;
 pub mod host;
@@ -22,7 +21,7 @@ mod selective;
 mod summary;
 mod target;
 
-pub use config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
+pub use keel_adapter_config::{AdapterConfig, ConfigError, Init, Scaling, TargetModules, Variant};
 
 /// The name an adapter read from or written to a PEFT folder has inside a
 /// model (PEFT's own default adapter name).

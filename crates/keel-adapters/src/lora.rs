@@ -10,7 +10,7 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::Tensor;
 use burn::tensor::module::linear;
 
-use crate::config::Variant;
+use keel_adapter_config::Variant;
 
 #[derive(Module, Debug)]
 pub struct Adapter {

@@ -19,13 +19,13 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::{Value, json};
 
-use crate::config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
 use crate::error::Error;
 use crate::host;
 use crate::linear::Linear;
 use crate::lora::Adapter;
 use crate::selective::SavedModule;
 use crate::target::resolve_targets;
+use keel_adapter_config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";

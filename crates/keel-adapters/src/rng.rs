@@ -1,9 +1,10 @@
 //! Seeded random numbers: rand_xoshiro's SplitMix64, the same stream on
 //! every platform and device, so a seed fixes an adapter's initial weights,
-//! a data order and a sampled generation wherever keel runs; and the two
-//! draws keel makes from it.
+//! a data order and a sampled generation wherever keel runs; rand's
+//! shuffles and ranges over it; and the two draws keel makes itself.
 
-pub use rand_core::{Rng, SeedableRng};
+pub use rand::seq::{SliceRandom, index};
+pub use rand::{Rng, RngExt, SeedableRng};
 pub use rand_xoshiro::SplitMix64;
 
 /// A generator seeded with `seed`.

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::config::{Scaling, Variant};
 use crate::peft::{AdapterFile, WEIGHTS_FILE};
+use keel_adapter_config::{Scaling, Variant};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterSummary {

@@ -4,8 +4,8 @@
 
 use regex::Regex;
 
-use crate::config::{AdapterConfig, TargetModules};
 use crate::error::Error;
+use keel_adapter_config::{AdapterConfig, TargetModules};
 
 /// One module to adapt.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +116,7 @@ pub fn resolve_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Scaling;
+    use keel_adapter_config::Scaling;
 
     fn names() -> Vec<String> {
         let mut v = Vec::new();

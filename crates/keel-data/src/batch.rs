@@ -1,17 +1,13 @@
 //! Batches: a deterministic per-epoch shuffle, a resumable position, and
 //! padding to the longest sequence in the batch.
 
-use keel_adapters::rng::{self, Rng};
+use keel_adapters::rng::{self, Rng, SliceRandom};
 
 use crate::example::Example;
 
-/// A seeded Fisher-Yates shuffle: the same order on every platform.
+/// A seeded shuffle (rand's Fisher-Yates): the same order on every platform.
 pub fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut rng = rng::seeded(seed);
-    for i in (1..v.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
+    v.shuffle(&mut rng::seeded(seed));
 }
 
 /// Inputs and next-token targets for one step, row-major `[batch, seq]`.

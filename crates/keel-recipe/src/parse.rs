@@ -124,6 +124,7 @@ impl Recipe {
             (Some(steps), _) => Some(Length::Steps(steps)),
             (None, epochs) => epochs.map(Length::Epochs),
         };
+        recipe.adapter.config = Some(recipe.adapter.to_config());
         let al = &mut recipe.alignment;
         al.safe_lora = SafeLora::from_either(al.safe_lora_threshold, al.safe_lora_top_k);
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -189,6 +190,43 @@ dir = "runs/x"
         assert_eq!(r.model.path, Path::new("recipes/model.gguf"));
         assert_eq!(r.optim.schedule, Schedule::Cosine);
         assert_eq!((r.optim.grad_accum, r.optim.eps), (1, 1e-8));
+    }
+
+    #[test]
+    fn adapter_keys_become_an_adapter_config() {
+        use keel_adapter_config::{AdapterConfig, Init, Scaling, TargetModules, Variant};
+        let o: Vec<String> = [
+            "adapter.kind=\"dora\"",
+            "adapter.scaling=\"rs\"",
+            "adapter.init=\"gaussian\"",
+            "adapter.dropout=0.05",
+            "adapter.layers=[0, 2]",
+            "adapter.rank_pattern={\"v_proj\" = 4, \"q_proj\" = 2}",
+        ]
+        .map(String::from)
+        .to_vec();
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &o).unwrap();
+        let expected = AdapterConfig {
+            variant: Variant::Dora,
+            scaling: Scaling::Rs,
+            init: Init::Gaussian,
+            dropout: 0.05,
+            layers: Some(vec![0, 2]),
+            rank_pattern: vec![("q_proj".into(), 2), ("v_proj".into(), 4)],
+            ..AdapterConfig::lora(8, 16.0, &["q_proj", "v_proj"])
+        };
+        assert_eq!(r.adapter.config(), &expected);
+
+        let pissa = ["adapter.init=\"pissa\"", "adapter.pissa_niter=3"].map(String::from);
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &pissa).unwrap();
+        assert_eq!(r.adapter.config().init, Init::Pissa { niter: 3 });
+
+        let regex = ["adapter.targets=[]", "adapter.target_regex=\".*proj\""].map(String::from);
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &regex).unwrap();
+        assert_eq!(
+            r.adapter.config().targets,
+            TargetModules::Regex(".*proj".into())
+        );
     }
 
     #[test]

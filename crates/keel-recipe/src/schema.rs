@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use keel_adapter_config::{AdapterConfig, TargetModules, Variant};
 use serde::Deserialize;
 
 /// `[model]`: what to adapt, where.
@@ -41,38 +42,43 @@ pub enum Dtype {
     Bf16,
 }
 
-/// `[adapter]`: which modules get which adapter.
+/// `[adapter]`: which modules get which adapter. The low-rank part is
+/// read as [`Adapter::config`]; the selective-layer keys stay as written.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Adapter {
     #[serde(default)]
-    pub kind: AdapterKind,
+    pub(crate) kind: AdapterKind,
     /// Rank and alpha of the low-rank part (not given for `kind = "none"`).
     #[serde(default)]
-    pub r: usize,
+    pub(crate) r: usize,
     #[serde(default)]
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     #[serde(default)]
-    pub dropout: f64,
+    pub(crate) dropout: f64,
     #[serde(default)]
-    pub scaling: Scaling,
+    pub(crate) scaling: Scaling,
     #[serde(default)]
-    pub init: Init,
+    pub(crate) init: Init,
     /// Subspace iterations for `init = "pissa"`.
     #[serde(default = "default_pissa_niter")]
-    pub pissa_niter: usize,
+    pub(crate) pissa_niter: usize,
     /// HF leaf names (`q_proj`) or dotted suffixes; or use `target_regex`.
     #[serde(default)]
-    pub targets: Vec<String>,
+    pub(crate) targets: Vec<String>,
     /// One regex that must match whole module names.
-    pub target_regex: Option<String>,
+    pub(crate) target_regex: Option<String>,
     /// Only these decoder layers.
-    pub layers: Option<Vec<usize>>,
+    pub(crate) layers: Option<Vec<usize>>,
     /// Per-module rank, by pattern (PEFT's `rank_pattern`).
     #[serde(default)]
-    pub rank_pattern: BTreeMap<String, usize>,
+    pub(crate) rank_pattern: BTreeMap<String, usize>,
     #[serde(default)]
-    pub alpha_pattern: BTreeMap<String, f64>,
+    pub(crate) alpha_pattern: BTreeMap<String, f64>,
+    /// The keys above as an adapter configuration, made once the recipe is
+    /// checked.
+    #[serde(skip)]
+    pub(crate) config: Option<AdapterConfig>,
     /// Selective-layer training: modules trained in full, by PEFT's
     /// `modules_to_save` rule (a module whose name ends with an entry).
     #[serde(default)]
@@ -94,6 +100,48 @@ fn default_lisa_every() -> usize {
 }
 
 impl Adapter {
+    /// The low-rank part: kind, rank, scaling, init and targets. Modules
+    /// trained in full are listed when the adapter is written, not here.
+    pub fn config(&self) -> &AdapterConfig {
+        self.config
+            .as_ref()
+            .expect("Recipe::parse sets the adapter config of every recipe it returns")
+    }
+
+    /// The configuration the `[adapter]` keys state (the checks passed).
+    pub(crate) fn to_config(&self) -> AdapterConfig {
+        AdapterConfig {
+            variant: match self.kind {
+                AdapterKind::Lora | AdapterKind::None => Variant::Lora,
+                AdapterKind::Dora => Variant::Dora,
+            },
+            r: self.r,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            scaling: match self.scaling {
+                Scaling::Standard => keel_adapter_config::Scaling::Standard,
+                Scaling::Rs => keel_adapter_config::Scaling::Rs,
+            },
+            init: match self.init {
+                Init::Kaiming => keel_adapter_config::Init::Kaiming,
+                Init::Gaussian => keel_adapter_config::Init::Gaussian,
+                Init::Pissa => keel_adapter_config::Init::Pissa {
+                    niter: self.pissa_niter,
+                },
+                Init::Olora => keel_adapter_config::Init::Olora,
+            },
+            // kind = "none" leaves both empty: no low-rank part.
+            targets: match &self.target_regex {
+                Some(re) => TargetModules::Regex(re.clone()),
+                None => TargetModules::Names(self.targets.clone()),
+            },
+            layers: self.layers.clone(),
+            rank_pattern: self.rank_pattern.clone().into_iter().collect(),
+            alpha_pattern: self.alpha_pattern.clone().into_iter().collect(),
+            modules_to_save: Vec::new(),
+        }
+    }
+
     /// Whether any module is trained in full.
     pub fn trains_full_modules(&self) -> bool {
         !self.modules_to_save.is_empty()
@@ -109,7 +157,7 @@ fn default_pissa_niter() -> usize {
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum AdapterKind {
+pub(crate) enum AdapterKind {
     #[default]
     Lora,
     Dora,
@@ -119,7 +167,7 @@ pub enum AdapterKind {
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Scaling {
+pub(crate) enum Scaling {
     /// alpha / r
     #[default]
     Standard,
@@ -129,7 +177,7 @@ pub enum Scaling {
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Init {
+pub(crate) enum Init {
     #[default]
     Kaiming,
     Gaussian,

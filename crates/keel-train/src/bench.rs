@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_adapters::rng::{self, Rng};
+use keel_adapters::rng::{self, RngExt};
 use keel_model::ModelSource;
 use keel_recipe::Recipe;
 use serde::Serialize;
@@ -58,13 +58,11 @@ pub struct BenchReport {
 /// to exactly `seq` tokens when read back.
 fn random_text(source: &ModelSource, rows: usize, seq: usize) -> Result<String, Error> {
     let tokenizer = source.tokenizer()?;
-    let vocab = tokenizer.vocab_size() as u64;
+    let vocab = tokenizer.vocab_size() as u32;
     let mut rng = rng::seeded(0);
     let mut out = String::new();
     for _ in 0..rows {
-        let ids: Vec<u32> = (0..2 * seq)
-            .map(|_| (rng.next_u64() % vocab) as u32)
-            .collect();
+        let ids: Vec<u32> = (0..2 * seq).map(|_| rng.random_range(0..vocab)).collect();
         out += &serde_json::json!({"text": tokenizer.decode(&ids, true)?}).to_string();
         out.push('\n');
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use burn::module::ParamId;
-use keel_adapters::rng::{self, Draw};
+use keel_adapters::rng;
 use keel_adapters::{ModuleSpec, layer_index, resolve_saved};
 use keel_model::{FullModule, Llama};
 use keel_recipe::Recipe;
@@ -90,13 +90,7 @@ impl Selection {
             return Vec::new();
         };
         let mut rng = rng::seeded(self.seed ^ 0x4C15_A000 ^ (step / every) as u64);
-        let mut layers: Vec<usize> = (0..self.n_layers).collect();
-        for i in 0..n {
-            let j = i + (rng.next_f64() * (self.n_layers - i) as f64) as usize;
-            layers.swap(i, j.min(self.n_layers - 1));
-        }
-        layers.truncate(n);
-        layers
+        rng::index::sample(&mut rng, self.n_layers, n.min(self.n_layers)).into_vec()
     }
 
     /// Whether LISA starts a new period at `step`: its optimizer state is

@@ -8,9 +8,7 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData};
 use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::{self, AdapterFile};
-use keel_adapters::{
-    AdapterConfig, Init, Scaling, TargetModules, Variant, init_adapter, resolve_targets,
-};
+use keel_adapters::{AdapterConfig, init_adapter, resolve_targets};
 use keel_data::{Batch, Batcher, Example, load_examples, mix_replay, pack, split_eval};
 use keel_model::{DeviceChoice, Llama, ModelSource};
 use keel_recipe::{Length, Recipe};
@@ -50,50 +48,6 @@ pub struct RunOptions {
 pub enum NanSite {
     Loss,
     Gradient,
-}
-
-/// The recipe's adapter section as an [`AdapterConfig`].
-pub fn adapter_config(r: &Recipe) -> AdapterConfig {
-    let a = &r.adapter;
-    AdapterConfig {
-        variant: match a.kind {
-            keel_recipe::AdapterKind::Lora | keel_recipe::AdapterKind::None => Variant::Lora,
-            keel_recipe::AdapterKind::Dora => Variant::Dora,
-        },
-        r: a.r,
-        alpha: a.alpha,
-        dropout: a.dropout,
-        scaling: match a.scaling {
-            keel_recipe::Scaling::Standard => Scaling::Standard,
-            keel_recipe::Scaling::Rs => Scaling::Rs,
-        },
-        init: match a.init {
-            keel_recipe::Init::Kaiming => Init::Kaiming,
-            keel_recipe::Init::Gaussian => Init::Gaussian,
-            keel_recipe::Init::Pissa => Init::Pissa {
-                niter: a.pissa_niter,
-            },
-            keel_recipe::Init::Olora => Init::Olora,
-        },
-        // kind = "none" leaves both empty: no low-rank part.
-        targets: match &a.target_regex {
-            Some(re) => TargetModules::Regex(re.clone()),
-            None => TargetModules::Names(a.targets.clone()),
-        },
-        layers: a.layers.clone(),
-        rank_pattern: a
-            .rank_pattern
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-        alpha_pattern: a
-            .alpha_pattern
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-        // The modules trained in full are listed when the adapter is written.
-        modules_to_save: Vec::new(),
-    }
 }
 
 /// A trained parameter: its id, whether it is a matrix, whether it is
@@ -564,7 +518,7 @@ impl<'r> Trainer<'r> {
         let tokenizer = loaded.tokenizer()?.clone();
         let template = loaded.chat_template.clone();
         let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
-        let mut cfg = adapter_config(recipe);
+        let mut cfg = recipe.adapter.config().clone();
         let al = &recipe.alignment;
         let safety_layers = match al.exclude_safety_layers {
             Some(k) => {

@@ -1,7 +1,16 @@
 //! What to adapt and how: keel's adapter configuration, with HF PEFT's
-//! meaning for every field it shares with `LoraConfig`.
+//! meaning for every field it shares with `LoraConfig`. Its own crate, free
+//! of any tensor library, so that the recipe can be parsed straight into
+//! it and keel-adapters can build and write adapters from it.
 
-use crate::error::Error;
+/// A value no adapter can have: the file, the key and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}: key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
 
 /// LoRA computes `s·B(A(x))`; DoRA also learns a per-output magnitude and
 /// rescales the adapted weight's column norms to it (Liu et al. 2024).
@@ -136,8 +145,8 @@ impl AdapterConfig {
     }
 
     /// Checks values no adapter can have; `source` names the file in errors.
-    pub fn validate(&self, source: &str) -> Result<(), Error> {
-        let bad = |key: &str, reason: String| Error::Config {
+    pub fn validate(&self, source: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError {
             file: source.to_string(),
             key: key.to_string(),
             reason,
