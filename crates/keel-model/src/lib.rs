@@ -27,5 +27,5 @@ pub use keel_adapters::Linear;
 pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};
 pub use load::{LoadedModel, ModelSource, build_model};
 pub use selective::FullModule;
-pub use summary::{DtypeCount, ModelSummary, ShapeSummary};
+pub use summary::{DtypeCount, ModelSummary, Runnable, ShapeSummary};
 pub use weights::{HostTensor, QkLayout, WeightSource, gguf_layout, gguf_name, reorder_qk_rows};

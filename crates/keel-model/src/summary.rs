@@ -21,10 +21,17 @@ pub struct ModelSummary {
     pub size_bytes: u64,
     /// Tensor types with how many tensors have each, in order of appearance.
     pub dtypes: Vec<DtypeCount>,
-    /// What keel runs; `None` when it cannot (see `not_runnable`).
-    pub model: Option<ShapeSummary>,
-    /// Why keel cannot run the file.
-    pub not_runnable: Option<String>,
+    /// In JSON, a `model` key or a `not_runnable` key.
+    #[serde(flatten)]
+    pub runnable: Runnable,
+}
+
+/// Whether keel runs the model: the shape it runs, or why it cannot.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runnable {
+    Model(ShapeSummary),
+    NotRunnable(String),
 }
 
 /// How many tensors have a type.
@@ -73,7 +80,7 @@ impl ModelSummary {
                     .unwrap_or("(none given)")
                     .to_string();
                 let tensors = gguf.tensors.iter().map(|t| (t.ggml_type.name(), &t.shape));
-                return Self::new(path, arch, tensors, None, Some(why.to_string()));
+                return Self::new(path, arch, tensors, Runnable::NotRunnable(why.to_string()));
             }
         };
         let c = &source.config;
@@ -96,15 +103,14 @@ impl ModelSummary {
         let tensors = source.weights.list();
         let tensors = tensors.iter().map(|(_, t, shape)| (t.as_str(), shape));
         let arch = c.architecture.name().to_string();
-        Self::new(path, arch, tensors, Some(shape), None)
+        Self::new(path, arch, tensors, Runnable::Model(shape))
     }
 
     fn new<'a>(
         path: &Path,
         architecture: String,
         tensors: impl Iterator<Item = (&'a str, &'a Vec<usize>)>,
-        model: Option<ShapeSummary>,
-        not_runnable: Option<String>,
+        runnable: Runnable,
     ) -> Result<Self, Error> {
         let (mut parameters, mut dtypes) = (0usize, Vec::<DtypeCount>::new());
         for (ty, shape) in tensors {
@@ -123,8 +129,7 @@ impl ModelSummary {
             parameters,
             size_bytes: disk_size(path)?,
             dtypes,
-            model,
-            not_runnable,
+            runnable,
         })
     }
 }
@@ -188,9 +193,9 @@ impl fmt::Display for ModelSummary {
         writeln!(f, "parameters:    {p} ({:.1} M)", p as f64 / 1e6)?;
         writeln!(f, "size:          {:.1} MB", self.size_bytes as f64 / 1e6)?;
         writeln!(f, "dtypes:        {}", dtypes.join(", "))?;
-        let Some(m) = &self.model else {
-            let why = self.not_runnable.as_deref().unwrap_or_default();
-            return writeln!(f, "keel runs it:  no: {why}");
+        let m = match &self.runnable {
+            Runnable::Model(m) => m,
+            Runnable::NotRunnable(why) => return writeln!(f, "keel runs it:  no: {why}"),
         };
         writeln!(f, "layers:        {}", m.layers)?;
         writeln!(
