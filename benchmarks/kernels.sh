@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CPU kernels alone, at every CPU tier this machine runs (KEEL_CPU) and,
 # for a bf16 weight, by every method it has (KEEL_BF16): gemm's f32 (what
-# Burn's flex backend calls) and keel-gemm's bf16 product on SmolLM2-135M's
-# shapes for 1024 tokens, and keel-gemm's causal attention on SmolLM2's heads.
+# Burn's flex backend calls), keel-gemm's bf16 product and its product with a
+# Q8_0 / Q4_0 weight on SmolLM2-135M's shapes for 1024 tokens, and keel-gemm's
+# causal attention on SmolLM2's heads.
 # Writes docs/performance-kernels.md.
 #
 #   benchmarks/kernels.sh
@@ -23,7 +24,9 @@ cargo bench --quiet -p keel-gemm --bench gflops --no-run 2>/dev/null
   echo
   echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) cores. GFLOPS of \`out[m, n] = x[m, k] · W\`:"
   echo "gemm 0.19 in f32 (Burn's flex backend), and keel-gemm with a bf16 \`W\` stored \`[k, n]\` (x·W, forward)"
-  echo "or \`[n, k]\` (x·Wᵀ, the input gradient and the tied LM head); then keel-gemm's causal attention"
+  echo "or \`[n, k]\` (x·Wᵀ, the input gradient and the tied LM head); keel-gemm with \`W\` kept in GGUF blocks"
+  echo "(\`[n, k]\`, ggml's layout, so x·Wᵀ is the forward product and dy·W the input gradient, \`dy[m, n]\`),"
+  echo "dequantized a panel at a time inside the parallel loop; then keel-gemm's causal attention"
   echo "(forward, and backward with its recomputation), counting only the unmasked half of each product."
   echo "One table per keel-gemm tier (\`KEEL_CPU\`) and bf16 method (\`KEEL_BF16\`) this CPU runs. gemm picks its"
   echo "own instructions from the CPU, not from \`KEEL_CPU\`: its column is this CPU's best in every table, and the"

@@ -16,7 +16,8 @@ Writes into tests/fixtures/ (relative to the repo root):
   tiny-phi3/     tiny random Phi3ForCausalLM: fused qkv_proj and gate_up_proj, half the head dims
                  rotated (partial_rotary_factor 0.5), longrope (short and long factors, attention
                  scaling), a sliding window of 8 on every layer, legacy config, f32
-  gguf-quants/   quants.gguf + expected.safetensors + expected_metadata.json (+ manifest.json);
+  gguf-quants/   quants.gguf + expected.safetensors (the dequantized values, and NAME.source: what
+                 gguf.quants.quantize was given) + expected_metadata.json (+ manifest.json);
                  other.gguf, one IQ2_XXS tensor (a type keel reads the size of, not the values)
   smollm2/       reference.json, last_logits.safetensors, hf-tokenizer/  (needs the GGUF from
                  scripts/fetch_smollm2.sh)
@@ -536,9 +537,13 @@ def make_quants(out: Path) -> dict:
         block, tsize = gguf.GGML_QUANT_SIZES[qt]
         assert QUANT_COLS % block == 0
         data = rng.standard_normal((QUANT_ROWS, QUANT_COLS)).astype(np.float32)
+        # An all-zero block: its scale is 0 (what 1/d does then matters).
+        data[1, :block] = 0.0
         try:
             raw = gguf.quants.quantize(data, qt)
-            how = "gguf.quants.quantize(standard normal f32)"
+            how = "gguf.quants.quantize(standard normal f32, the second row's first block zero)"
+            # What was quantized, for keel's own quantization to match bit for bit.
+            expected[f"{tname.lower()}.source"] = data
         except NotImplementedError:
             nblocks = QUANT_ROWS * QUANT_COLS // block
             blocks = rng.integers(0, 256, size=(nblocks, tsize), dtype=np.uint8)

@@ -1,10 +1,11 @@
 //! GGUF reading against the `gguf` Python package: every metadata value
-//! type, and dequantization of each supported tensor type, bit for bit.
+//! type, dequantization of each supported tensor type, and quantization to
+//! each type the package quantizes to, bit for bit.
 
 mod common;
 
 use common::{fixture, read_json};
-use keel_gguf::{GgufFile, Value};
+use keel_gguf::{GgufFile, Value, quantize};
 use safetensors::SafeTensors;
 
 #[test]
@@ -94,6 +95,41 @@ fn dequantization_is_bit_exact_with_the_gguf_package() {
             "BF16", "F16", "F32", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K",
             "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"
         ]
+    );
+}
+
+/// keel's quantization gives the bytes `gguf.quants.quantize` wrote, from
+/// the same values (saved beside the expected dequantization), for every
+/// type the package quantizes to; the values include an all-zero block.
+#[test]
+fn quantization_is_bit_exact_with_the_gguf_package() {
+    let gguf = GgufFile::open(fixture("gguf-quants/quants.gguf")).unwrap();
+    let bytes = std::fs::read(fixture("gguf-quants/expected.safetensors")).unwrap();
+    let expected = SafeTensors::deserialize(&bytes).unwrap();
+    let mut checked = Vec::new();
+    for info in &gguf.tensors {
+        let Ok(source) = expected.tensor(&format!("{}.source", info.name)) else {
+            continue;
+        };
+        let source: Vec<f32> = source
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let got = quantize(info.ggml_type, &source).unwrap();
+        let want = gguf.tensor_bytes(info);
+        let block = info.ggml_type.block_bytes();
+        let differ: Vec<usize> = (0..want.len() / block)
+            .filter(|&b| got[b * block..(b + 1) * block] != want[b * block..(b + 1) * block])
+            .collect();
+        assert_eq!(got.len(), want.len(), "{}", info.name);
+        assert!(differ.is_empty(), "{}: blocks {differ:?} differ", info.name);
+        checked.push(info.ggml_type.name());
+    }
+    checked.sort_unstable();
+    assert_eq!(
+        checked,
+        ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
     );
 }
 

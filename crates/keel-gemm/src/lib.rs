@@ -4,7 +4,8 @@
 //! (`vdpbf16ps`: AMD Zen 4 and later, Intel Cooper Lake, Sapphire Rapids and
 //! later) and widened to f32 block by block elsewhere, causal
 //! self-attention ([`causal_attention`]), the LM head's row
-//! log-softmax ([`log_softmax_row`]) and the MLP's SwiGLU ([`swiglu`]).
+//! log-softmax ([`log_softmax_row`]) and the MLP's SwiGLU ([`swiglu`]); and
+//! the product with a weight kept in its GGUF blocks ([`QuantWeight`]).
 //!
 //! Why: a bf16 base weight is what makes LoRA training cheap, but the `gemm`
 //! crate behind Burn's CPU backend has no bf16 kernel, and a dense f32 copy
@@ -22,14 +23,18 @@
 //! a microkernel keeps an `MR × NR` tile of the output in 24 registers and
 //! walks `k` two at a time. Row blocks × column chunks run on rayon.
 
+use std::ops::Range;
+
 use half::bf16;
 use rayon::prelude::*;
 
 mod attention;
+mod quant;
 mod softmax;
 mod swiglu;
 mod tier;
 pub use attention::{AttentionShape, causal_attention, causal_attention_backward};
+pub use quant::QuantWeight;
 pub use softmax::log_softmax_row;
 pub use swiglu::{swiglu, swiglu_backward};
 pub(crate) use tier::vectorised;
@@ -394,9 +399,9 @@ impl<'w> PackedWeight<'w> {
     }
 }
 
-/// `out[m, n] = a[m, k] · B` on tiers without bf16 units: one task per
-/// block of [`WIDEN_COLS`] columns of `B` widens them to f32 (exactly) and
-/// multiplies through `gemm`, so no f32 copy of the whole weight exists.
+/// `out[m, n] = a[m, k] · B` on tiers without bf16 units: each block of
+/// [`WIDEN_COLS`] columns of `B` is widened to f32 (exactly), so no f32 copy
+/// of the whole weight exists.
 fn widened_into(
     w: &[bf16],
     layout: Weight,
@@ -404,45 +409,60 @@ fn widened_into(
     (m, k, n): (usize, usize, usize),
     out: &mut [f32],
 ) {
+    blockwise_into(
+        layout,
+        WIDEN_COLS,
+        a,
+        (m, k, n),
+        out,
+        |cols, panel| match layout {
+            Weight::KN => panel.extend(
+                (0..k)
+                    .flat_map(|l| &w[l * n + cols.start..l * n + cols.end])
+                    .map(|x| x.to_f32()),
+            ),
+            Weight::NK => panel.extend(w[cols.start * k..cols.end * k].iter().map(|x| x.to_f32())),
+        },
+    );
+}
+
+/// `out[m, n] = a[m, k] · B` for a `B` stored in some other form: one task
+/// per block of `width` columns has `panel` fill an f32 panel with those
+/// columns of `B` and multiplies it through `gemm`, so `B` is never dense in
+/// memory. The panel keeps the layout's order: `KN` is the block's rows
+/// (`[k, width]`), `NK` its columns (`[width, k]`).
+fn blockwise_into(
+    layout: Weight,
+    width: usize,
+    a: &[f32],
+    (m, k, n): (usize, usize, usize),
+    out: &mut [f32],
+    panel: impl Fn(Range<usize>, &mut Vec<f32>) + Sync,
+) {
     let c = SharedOut(out.as_mut_ptr());
-    (0..n.div_ceil(WIDEN_COLS))
-        .into_par_iter()
-        .for_each(|block| {
-            let cols = block * WIDEN_COLS..n.min((block + 1) * WIDEN_COLS);
-            let width = cols.len();
-            // The block as `gemm` reads it: `KN` keeps its rows (`[k, width]`),
-            // `NK` its columns (`[width, k]`, the rows of `w`).
-            let (widened, row_stride, col_stride): (Vec<f32>, isize, isize) = match layout {
-                Weight::KN => (
-                    (0..k)
-                        .flat_map(|l| w[l * n + cols.start..l * n + cols.end].iter())
-                        .map(|x| x.to_f32())
-                        .collect(),
-                    width as isize,
-                    1,
-                ),
-                Weight::NK => (
-                    w[cols.start * k..cols.end * k]
-                        .iter()
-                        .map(|x| x.to_f32())
-                        .collect(),
-                    1,
-                    k as isize,
-                ),
-            };
-            // SAFETY: `a` is `m × k` and the block `k × width` at these strides
-            // (checked by the caller); this task writes only columns `cols` of
-            // the `m × n` output.
-            unsafe {
-                gemm_into(
-                    (m, k, width),
-                    (c.at(cols.start), n),
-                    a.as_ptr(),
-                    (widened.as_ptr(), row_stride, col_stride),
-                    gemm::Parallelism::None,
-                )
-            }
-        });
+    (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
+        let cols = block * width..n.min((block + 1) * width);
+        let width = cols.len();
+        let mut values = Vec::with_capacity(k * width);
+        panel(cols.clone(), &mut values);
+        assert_eq!(values.len(), k * width, "a panel is not {k} x {width}");
+        let (row_stride, col_stride) = match layout {
+            Weight::KN => (width as isize, 1),
+            Weight::NK => (1, k as isize),
+        };
+        // SAFETY: `a` is `m × k` (checked by the caller) and the panel
+        // `k × width` at these strides (checked above); this task writes only
+        // columns `cols` of the `m × n` output.
+        unsafe {
+            gemm_into(
+                (m, k, width),
+                (c.at(cols.start), n),
+                a.as_ptr(),
+                (values.as_ptr(), row_stride, col_stride),
+                gemm::Parallelism::None,
+            )
+        }
+    });
 }
 
 /// The output buffer, shared by tasks that write disjoint tiles of it.
@@ -647,7 +667,7 @@ mod tests {
     use super::*;
 
     /// A reproducible stream of values in [-2, 2).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -664,7 +684,7 @@ mod tests {
     /// The product in f64 of `a` and `B` read from `w` as `layout` says,
     /// and the sum of the terms' magnitudes (the scale of f32's
     /// accumulation error).
-    fn reference(
+    pub(crate) fn reference(
         a: &[f64],
         w: &[f64],
         m: usize,
@@ -689,7 +709,7 @@ mod tests {
         (out, scale)
     }
 
-    fn assert_matches(got: &[f32], want: (Vec<f64>, Vec<f64>), what: &str) {
+    pub(crate) fn assert_matches(got: &[f32], want: (Vec<f64>, Vec<f64>), what: &str) {
         let (want, scale) = want;
         for i in 0..got.len() {
             let err = (f64::from(got[i]) - want[i]).abs();

@@ -12,6 +12,17 @@ use crate::ggml_type::{GgmlType, QK_K};
 /// # Errors
 /// When `bytes` is not whole blocks, or `ty` is one keel cannot dequantize.
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, Error> {
+    let mut out = Vec::with_capacity(bytes.len() / ty.block_bytes() * ty.block_len());
+    dequantize_into(ty, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// [`dequantize`], appending to `out`: a kernel reuses one buffer for the
+/// blocks it dequantizes.
+///
+/// # Errors
+/// As [`dequantize`]; `out` is then unchanged.
+pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), Error> {
     let block_bytes = ty.block_bytes();
     if !bytes.len().is_multiple_of(block_bytes) {
         return Err(Error::invalid(
@@ -22,24 +33,24 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, Error> {
             ),
         ));
     }
-    let mut out = Vec::with_capacity(bytes.len() / block_bytes * ty.block_len());
+    out.reserve(bytes.len() / block_bytes * ty.block_len());
     let blocks = bytes.chunks_exact(block_bytes);
     match ty {
         GgmlType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
         GgmlType::F16 => out.extend(blocks.map(|b| f16_at(b, 0))),
         GgmlType::BF16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        GgmlType::Q4_0 => blocks.for_each(|b| q4_0(b, &mut out)),
-        GgmlType::Q4_1 => blocks.for_each(|b| q4_1(b, &mut out)),
-        GgmlType::Q5_0 => blocks.for_each(|b| q5_0(b, &mut out)),
-        GgmlType::Q5_1 => blocks.for_each(|b| q5_1(b, &mut out)),
-        GgmlType::Q8_0 => blocks.for_each(|b| q8_0(b, &mut out)),
-        GgmlType::Q2K => blocks.for_each(|b| q2_k(b, &mut out)),
-        GgmlType::Q3K => blocks.for_each(|b| q3_k(b, &mut out)),
-        GgmlType::Q4K => blocks.for_each(|b| q4_k(b, &mut out)),
-        GgmlType::Q5K => blocks.for_each(|b| q5_k(b, &mut out)),
-        GgmlType::Q6K => blocks.for_each(|b| q6_k(b, &mut out)),
-        GgmlType::IQ4NL => blocks.for_each(|b| iq4_nl(b, &mut out)),
-        GgmlType::IQ4XS => blocks.for_each(|b| iq4_xs(b, &mut out)),
+        GgmlType::Q4_0 => blocks.for_each(|b| q4_0(b, out)),
+        GgmlType::Q4_1 => blocks.for_each(|b| q4_1(b, out)),
+        GgmlType::Q5_0 => blocks.for_each(|b| q5_0(b, out)),
+        GgmlType::Q5_1 => blocks.for_each(|b| q5_1(b, out)),
+        GgmlType::Q8_0 => blocks.for_each(|b| q8_0(b, out)),
+        GgmlType::Q2K => blocks.for_each(|b| q2_k(b, out)),
+        GgmlType::Q3K => blocks.for_each(|b| q3_k(b, out)),
+        GgmlType::Q4K => blocks.for_each(|b| q4_k(b, out)),
+        GgmlType::Q5K => blocks.for_each(|b| q5_k(b, out)),
+        GgmlType::Q6K => blocks.for_each(|b| q6_k(b, out)),
+        GgmlType::IQ4NL => blocks.for_each(|b| iq4_nl(b, out)),
+        GgmlType::IQ4XS => blocks.for_each(|b| iq4_xs(b, out)),
         GgmlType::Other(t) => {
             return Err(Error::invalid(
                 format!("{} data", t.name),
@@ -47,7 +58,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, Error> {
             ));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {

@@ -4,21 +4,24 @@
 //! tensor table, checking every count, length and offset against the file's
 //! real size before it allocates anything, so a lying header gives an
 //! [`Error`] that names the field instead of a panic or a giant allocation.
-//! [`dequantize`] turns a tensor's blocks into `f32`, bit-exact with the
-//! reference dequantization of the `gguf` Python package.
+//! [`dequantize`] turns a tensor's blocks into `f32`, and [`quantize`]
+//! `f32` into the legacy block types, both bit-exact with the `gguf` Python
+//! package.
 //!
 //! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
 
 mod dequant;
 mod error;
 mod ggml_type;
+mod quantize;
 mod reader;
 mod value;
 mod writer;
 
-pub use dequant::dequantize;
+pub use dequant::{dequantize, dequantize_into};
 pub use error::{Error, ErrorKind};
 pub use ggml_type::{GgmlType, OtherType};
+pub use quantize::quantize;
 pub use reader::{GgufFile, TensorInfo};
 pub use value::{Metadata, Value};
 pub use writer::GgufWriter;
