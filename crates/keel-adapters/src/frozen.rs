@@ -8,6 +8,15 @@
 //! the CPU has them and widens a block of columns at a time elsewhere.
 //! Anything else (f32 weights, a weight being trained, wgpu) is Burn's own
 //! matmul.
+//!
+//! A base kept in its GGUF blocks ([`QuantBase`]) goes to keel-gemm's
+//! [`keel_gemm::QuantWeight`] on flex, forward and backward alike, so the
+//! layer's weight is never dense; elsewhere (wgpu) it is dequantized for
+//! the one product.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,9 +26,10 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Bytes, Dispatch, Flex, backend_extension};
 use burn::tensor::module::linear;
-use burn::tensor::{DType, Device, Shape, Tensor};
+use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use half::bf16;
-use keel_gemm::Weight;
+use keel_gemm::{QuantWeight, Weight};
+use keel_gguf::GgmlType;
 
 /// `x · W` for `W` `[in, out]`, the layout of [`crate::Linear`]'s weight.
 pub fn matmul<const D: usize>(x: Tensor<D>, w: Tensor<2>) -> Tensor<D> {
@@ -48,11 +58,12 @@ pub fn matmul_transposed(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
 }
 
 fn uses_kernel<const D: usize>(x: &Tensor<D>, w: &Tensor<2>) -> bool {
-    w.dtype() == DType::BF16
-        && x.dtype() == DType::F32
-        && !w.is_require_grad()
-        // Equal for flex with and without autodiff.
-        && x.device() == Device::flex()
+    w.dtype() == DType::BF16 && !w.is_require_grad() && on_flex_f32(x)
+}
+
+fn on_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
+    // Equal for flex with and without autodiff.
+    x.dtype() == DType::F32 && x.device() == Device::flex()
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -100,6 +111,180 @@ fn product(a: &FlexTensor, w: &FlexTensor, layout: Weight) -> FlexTensor {
         Layout::contiguous(Shape::from(dims)),
         DType::F32,
     )
+}
+
+/// A frozen weight `W [out, in]` kept in its GGUF blocks (ggml's layout: a
+/// row per output, each row whole blocks), in bytes shared with whoever
+/// owns them (a memory-mapped file, or a buffer quantized at load).
+#[derive(Clone)]
+pub struct QuantBase {
+    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+    ty: GgmlType,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl fmt::Debug for QuantBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "QuantBase({} [{}, {}])",
+            self.ty.name(),
+            self.out_features,
+            self.in_features
+        )
+    }
+}
+
+impl QuantBase {
+    /// `bytes[range]` read as `W [out_features, in_features]` of type `ty`.
+    ///
+    /// # Errors
+    /// When keel cannot multiply by `ty`, a row is not whole blocks, or the
+    /// range is not inside `bytes` or not exactly the rows' bytes.
+    pub fn new(
+        bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        range: Range<usize>,
+        ty: GgmlType,
+        [out_features, in_features]: [usize; 2],
+    ) -> Result<Self, String> {
+        if matches!(ty, GgmlType::Other(_)) {
+            return Err(format!("keel cannot multiply by {} blocks", ty.name()));
+        }
+        if !in_features.is_multiple_of(ty.block_len()) {
+            return Err(format!(
+                "rows of {in_features} values are not whole {}-value {} blocks",
+                ty.block_len(),
+                ty.name()
+            ));
+        }
+        let want = (in_features / ty.block_len())
+            .checked_mul(ty.block_bytes())
+            .and_then(|row| row.checked_mul(out_features));
+        if want != Some(range.len()) || range.end > (*bytes).as_ref().len() {
+            return Err(format!(
+                "bytes {range:?} of {} are not {out_features} rows of {in_features} {} values",
+                (*bytes).as_ref().len(),
+                ty.name()
+            ));
+        }
+        Ok(QuantBase {
+            bytes,
+            range,
+            ty,
+            out_features,
+            in_features,
+        })
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// `[out, in]`, as HF stores a projection.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.out_features, self.in_features]
+    }
+
+    fn weight(&self) -> QuantWeight<'_> {
+        let bytes = &(*self.bytes).as_ref()[self.range.clone()];
+        QuantWeight::new(self.ty, bytes, self.out_features, self.in_features)
+    }
+
+    /// `W` dense, `[out, in]` row-major: for a device without the kernel,
+    /// and for tests.
+    pub fn dequantize(&self) -> Vec<f32> {
+        keel_gguf::dequantize(self.ty, &(*self.bytes).as_ref()[self.range.clone()])
+            .expect("QuantBase::new checked the type and the block sizes")
+    }
+}
+
+/// `x · Wᵀ` for a base in GGUF blocks: a projection's forward pass.
+pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantBase) -> Tensor<D> {
+    if on_flex_f32(&x) {
+        return Tensor::from_dispatch(<Dispatch as QuantMatmul>::quant_matmul(
+            x.into_dispatch(),
+            w,
+        ));
+    }
+    let dense = Tensor::<2>::from_data(
+        TensorData::new(w.dequantize(), w.dims()),
+        (&x.device(), x.dtype()),
+    );
+    linear(x, dense.transpose(), None)
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait QuantMatmul: Backend {
+    /// `x [.., in]` (f32) · `Wᵀ`, `W [out, in]` in GGUF blocks.
+    fn quant_matmul(x: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self>;
+}
+
+impl QuantMatmul for Flex {
+    fn quant_matmul(x: FlexTensor, w: &QuantBase) -> FlexTensor {
+        quant_product(&x, w, false)
+    }
+}
+
+/// `a · Wᵀ` (forward), or `a · W` (`backward`: the input gradient).
+fn quant_product(a: &FlexTensor, w: &QuantBase, backward: bool) -> FlexTensor {
+    let [out, inp] = w.dims();
+    let (k, n) = if backward { (out, inp) } else { (inp, out) };
+    let mut dims = a.layout().shape().as_slice().to_vec();
+    let inner = dims
+        .last_mut()
+        .expect("quant matmul: activations with no dimension");
+    assert_eq!(
+        *inner, k,
+        "quant matmul: activations' last dimension against the weight's {k}"
+    );
+    *inner = n;
+    let m = dims[..dims.len() - 1].iter().product();
+    let a = a.to_contiguous();
+    let a = a.as_slice::<f32>().expect("quant matmul: f32 activations");
+    let mut y = vec![0f32; m * n];
+    match backward {
+        false => w.weight().matmul_transposed_into(a, m, &mut y),
+        true => w.weight().matmul_into(a, m, &mut y),
+    }
+    FlexTensor::new(
+        Bytes::from_elems(y),
+        Layout::contiguous(Shape::from(dims)),
+        DType::F32,
+    )
+}
+
+/// The input gradient `dy · W` of [`quant_matmul`].
+#[derive(Debug)]
+struct QuantMatmulBackward;
+
+impl Backward<Flex, 1> for QuantMatmulBackward {
+    /// The weight: its bytes are shared, not copied.
+    type State = QuantBase;
+
+    fn backward(self, ops: Ops<QuantBase, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let w = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
+            quant_product(&dy, &w, true)
+        });
+    }
+}
+
+impl<C: CheckpointStrategy> QuantMatmul for Autodiff<Flex, C> {
+    fn quant_matmul(x: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self> {
+        match QuantMatmulBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = quant_product(&x.into_primitive(), w, false);
+                prep.finish(w.clone(), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(quant_product(&x.into_primitive(), w, false)),
+        }
+    }
 }
 
 /// The input gradient `dy · Bᵀ`: the same weight read the other way.
@@ -243,6 +428,96 @@ mod tests {
             rounded(flat).matmul(dense),
             "2-D forward",
         );
+    }
+
+    /// A layer whose base stays in GGUF blocks gives the outputs and the
+    /// gradients (LoRA's A and B, the input's) of the same layer on the
+    /// dequantized base, through Burn's f32 matmul: with and without
+    /// activation checkpointing, for a 4-bit and an 8-bit type, on a shape
+    /// whose outputs are not a multiple of the kernel's panels.
+    #[test]
+    fn a_base_in_blocks_trains_as_its_dequantized_copy() {
+        use crate::{Adapter, Linear};
+        let (out, inp, r) = (70, 96, 4);
+        for device in [
+            Device::flex().autodiff(),
+            Device::flex().autodiff().gradient_checkpointing(),
+        ] {
+            for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+                let uniform = Distribution::Uniform(-1.0, 1.0);
+                let w: Vec<f32> = Tensor::<2>::random([out, inp], uniform, &device)
+                    .into_data()
+                    .try_to_vec()
+                    .unwrap();
+                let bytes = keel_gguf::quantize(ty, &w).unwrap();
+                let len = bytes.len();
+                let base = QuantBase::new(Arc::new(bytes), 0..len, ty, [out, inp]).unwrap();
+                let dense =
+                    Tensor::<2>::from_data(TensorData::new(base.dequantize(), [out, inp]), &device);
+                let (a, b) = (
+                    Tensor::<2>::random([inp, r], uniform, &device),
+                    Tensor::<2>::random([r, out], uniform, &device),
+                );
+                let x = Tensor::<3>::random([2, 5, inp], uniform, &device);
+                assert!(on_flex_f32(&x), "the kernel is not in use");
+                let dy = Tensor::<3>::random([2, 5, out], uniform, &device);
+                let run = |mut layer: Linear| {
+                    let adapter =
+                        Adapter::new("m", "default", a.clone(), b.clone(), None, 0.5, 0.0);
+                    layer.add_adapter(adapter).unwrap();
+                    let x = x.clone().require_grad();
+                    let y = layer.forward(x.clone());
+                    let grads = (y.clone() * dy.clone()).sum().backward();
+                    let lora = &layer.adapters[0];
+                    (
+                        y.detach(),
+                        x.grad(&grads).unwrap(),
+                        lora.a.val().grad(&grads).unwrap(),
+                        lora.b.val().grad(&grads).unwrap(),
+                    )
+                };
+                let blocks = run(Linear::quantized(base.clone(), None, &device));
+                let plain = run(Linear::frozen(dense.clone().transpose(), None));
+                let what = |part: &str| format!("{} {part}", ty.name());
+                assert_close(blocks.0, plain.0, &what("output"));
+                assert_close(blocks.1, plain.1, &what("input gradient"));
+                assert_close(blocks.2, plain.2, &what("A gradient"));
+                assert_close(blocks.3, plain.3, &what("B gradient"));
+            }
+        }
+    }
+
+    /// What needs the dense weight is refused on a base kept in blocks,
+    /// naming the type.
+    #[test]
+    fn dora_and_merging_are_refused_on_a_base_in_blocks() {
+        use crate::{Adapter, Linear};
+        let device = Device::flex();
+        let bytes = keel_gguf::quantize(GgmlType::Q8_0, &[0.5; 64]).unwrap();
+        let base = QuantBase::new(Arc::new(bytes), 0..68, GgmlType::Q8_0, [2, 32]).unwrap();
+        let mut layer = Linear::quantized(base, None, &device);
+        let (a, b) = (
+            Tensor::<2>::ones([32, 1], &device),
+            Tensor::<2>::ones([1, 2], &device),
+        );
+        let magnitude = Some(Tensor::<1>::ones([2], &device));
+        let dora = Adapter::new("m", "d", a.clone(), b.clone(), magnitude, 1.0, 0.0);
+        let e = layer.add_adapter(dora).unwrap_err().to_string();
+        assert!(
+            e.contains("DoRA needs the dense base weight") && e.contains("Q8_0"),
+            "{e}"
+        );
+        layer
+            .add_adapter(Adapter::new("m", "l", a, b, None, 1.0, 0.0))
+            .unwrap();
+        let e = layer.merge("l").unwrap_err().to_string();
+        assert!(
+            e.contains("merging an adapter needs the dense base weight"),
+            "{e}"
+        );
+        let e =
+            QuantBase::new(Arc::new(vec![0u8; 68]), 0..68, GgmlType::Q8_0, [3, 32]).unwrap_err();
+        assert!(e.contains("are not 3 rows of 32 Q8_0 values"), "{e}");
     }
 
     /// f32 weights and trained weights stay on Burn's matmul.

@@ -194,6 +194,14 @@ pub fn init_adapter(
     rng: &mut SplitMix64,
 ) -> Result<(), Error> {
     let device = layer.weight.val().device();
+    if cfg.moves_base() || cfg.variant == Variant::Dora {
+        layer
+            .needs_dense("PiSSA, OLoRA and DoRA")
+            .map_err(|reason| Error::Module {
+                module: spec.name.clone(),
+                reason,
+            })?;
+    }
     let (d_in, d_out, r) = (layer.in_features(), layer.out_features(), spec.r);
     if r > d_in.min(d_out) {
         return Err(Error::Module {

@@ -27,6 +27,7 @@ pub use keel_adapter_config::{AdapterConfig, ConfigError, Init, Scaling, TargetM
 /// model (PEFT's own default adapter name).
 pub const DEFAULT_ADAPTER: &str = "default";
 pub use error::Error;
+pub use frozen::QuantBase;
 pub use init::init_adapter;
 pub use linear::Linear;
 pub use lora::{Adapter, param_id};

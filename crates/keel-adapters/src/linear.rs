@@ -1,10 +1,10 @@
 //! The adaptable linear layer: a frozen base weight plus named adapters.
 
 use burn::module::{Module, Param};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::Error;
-use crate::frozen;
+use crate::frozen::{self, QuantBase};
 use crate::lora::Adapter;
 
 /// `y = x·W + b + Σ adapter(x)` over the active, unmerged adapters. `W` is
@@ -12,9 +12,14 @@ use crate::lora::Adapter;
 /// holds no gradient and no optimizer state.
 #[derive(Module, Debug)]
 pub struct Linear {
+    /// The base weight; empty (`[0, 0]`) when it is kept in GGUF blocks.
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
     pub adapters: Vec<Adapter>,
+    /// The base weight in its GGUF blocks, never dense: LoRA trains on it;
+    /// what needs `W` itself (DoRA, PiSSA/OLoRA, merging) is refused.
+    #[module(skip)]
+    pub quantized: Option<QuantBase>,
 }
 
 impl Linear {
@@ -24,15 +29,41 @@ impl Linear {
             weight: Param::from_tensor(weight).set_require_grad(false),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             adapters: Vec::new(),
+            quantized: None,
+        }
+    }
+
+    /// A frozen layer whose weight stays in its GGUF blocks, on `device`.
+    pub fn quantized(base: QuantBase, bias: Option<Tensor<1>>, device: &Device) -> Self {
+        Linear {
+            quantized: Some(base),
+            ..Self::frozen(Tensor::zeros([0, 0], device), bias)
         }
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.dims()[0]
+        match &self.quantized {
+            Some(q) => q.dims()[1],
+            None => self.weight.dims()[0],
+        }
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.quantized {
+            Some(q) => q.dims()[0],
+            None => self.weight.dims()[1],
+        }
+    }
+
+    /// Why `what` cannot be done when the base weight is kept in blocks.
+    pub(crate) fn needs_dense(&self, what: &str) -> Result<(), String> {
+        match &self.quantized {
+            Some(q) => Err(format!(
+                "{what} needs the dense base weight; this one is kept in {} blocks",
+                q.ggml_type().name()
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The base weight in `dtype`, for merging into (a half-precision base
@@ -42,7 +73,10 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = frozen::matmul(x.clone(), self.weight.val());
+        let base = match &self.quantized {
+            Some(q) => frozen::quant_matmul(x.clone(), q),
+            None => frozen::matmul(x.clone(), self.weight.val()),
+        };
         let mut out = base.clone();
         for adapter in self.live_adapters() {
             out = out + adapter.forward(x.clone(), &base, &self.weight.val());
@@ -100,6 +134,9 @@ impl Linear {
                 self.out_features()
             )));
         }
+        if adapter.magnitude.is_some() {
+            self.needs_dense("DoRA").map_err(bad)?;
+        }
         if let Some(m) = &adapter.magnitude
             && m.dims()[0] != self.out_features()
         {
@@ -135,6 +172,11 @@ impl Linear {
         if self.adapters[i].merged.is_some() {
             return Ok(());
         }
+        self.needs_dense("merging an adapter")
+            .map_err(|reason| Error::Module {
+                module: String::new(),
+                reason,
+            })?;
         let stored = self.weight.val().dtype();
         let (weight, factor) = self.adapters[i].merge_into(self.weight_as(DType::F32));
         self.weight = Param::from_tensor(weight.cast(stored)).set_require_grad(false);
