@@ -8,12 +8,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::ParamId;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use common::{ALL, fixture, load_tiny, losses, make_adapter, max_abs_diff, one_run, temp_dir};
+use common::{
+    ALL, by_param, fixture, load_tiny, losses, make_adapter, max_abs_diff, one_run, temp_dir,
+};
 use keel_adapters::AdapterConfig;
 use keel_adapters::peft::AdapterFile;
-use keel_model::Llama;
 use keel_recipe::Recipe;
 use keel_train::{NanSite, RunOptions};
 
@@ -291,20 +292,6 @@ fn trains_on_a_bf16_base() {
 }
 
 /// Every gradient in `grads`, by parameter, read to the host.
-fn by_param(model: &Llama, grads: &burn::tensor::Gradients) -> Vec<(ParamId, Vec<f32>)> {
-    struct Collect<'a>(&'a burn::tensor::Gradients, Vec<(ParamId, Vec<f32>)>);
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if let Some(g) = p.val().grad(self.0) {
-                self.1.push((p.id, g.try_into_vec_as::<f32>().unwrap()));
-            }
-        }
-    }
-    let mut c = Collect(grads, Vec::new());
-    model.visit(&mut c);
-    c.1
-}
-
 /// Per-block checkpointing recomputes each layer in backward. With LoRA
 /// dropout on, the recomputed layer must draw its first pass's masks: the
 /// gradients then equal those of one plain backward seeded alike. Adapters

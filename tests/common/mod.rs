@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use keel_adapters::rng::{Draw, seeded};
 use keel_adapters::{AdapterConfig, init_adapter, resolve_targets};
@@ -118,7 +118,13 @@ pub fn load_tiny(name: &str, device: &Device) -> Llama {
         .into_config(&config_path)
         .unwrap();
     let weights = WeightSource::open_hf_dir(&dir).unwrap();
-    build_model(&config, &weights, device, burn::tensor::DType::F32).unwrap()
+    build_model(
+        &config,
+        &weights,
+        device,
+        keel_model::BaseStorage::Dense(burn::tensor::DType::F32),
+    )
+    .unwrap()
 }
 
 /// Full-sequence logits, flattened `[seq * vocab]`.
@@ -258,9 +264,13 @@ pub fn make_adapter(model: &mut Llama, cfg: &AdapterConfig, seed: u64, b_std: f6
             let b: Vec<f32> = (0..a.b.dims().iter().product::<usize>())
                 .map(|_| (rng.normal() * b_std) as f32)
                 .collect();
-            a.b = Param::from_tensor(Tensor::from_data(TensorData::new(b, a.b.dims()), &device));
+            // Keeping the ids: two models given the same adapter can then
+            // be compared parameter by parameter.
+            let b = Tensor::from_data(TensorData::new(b, a.b.dims()), &device);
+            a.b = Param::initialized(a.b.id, b).set_require_grad(true);
             if let Some(m) = &a.magnitude {
-                a.magnitude = Some(Param::from_tensor(m.val().mul_scalar(1.1)));
+                let scaled = m.val().mul_scalar(1.1);
+                a.magnitude = Some(Param::initialized(m.id, scaled).set_require_grad(true));
             }
         }
     }
@@ -323,4 +333,19 @@ static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub fn one_run() -> std::sync::MutexGuard<'static, ()> {
     ONE_RUN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every parameter with a gradient in `grads`: its id and the gradient.
+pub fn by_param(model: &Llama, grads: &burn::tensor::Gradients) -> Vec<(ParamId, Vec<f32>)> {
+    struct Collect<'a>(&'a burn::tensor::Gradients, Vec<(ParamId, Vec<f32>)>);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(g) = p.val().grad(self.0) {
+                self.1.push((p.id, g.try_into_vec_as::<f32>().unwrap()));
+            }
+        }
+    }
+    let mut c = Collect(grads, Vec::new());
+    model.visit(&mut c);
+    c.1
 }

@@ -53,6 +53,14 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// The whole file, as mapped: a tensor's bytes are at its
+/// [`GgufFile::tensor_range`], so they can be shared without a copy.
+impl AsRef<[u8]> for GgufFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
@@ -81,7 +89,12 @@ impl GgufFile {
 
     /// The raw bytes of a tensor (bounds were checked when the file was opened).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
-        &self.map[info.offset as usize..(info.offset + info.n_bytes) as usize]
+        &self.map[self.tensor_range(info)]
+    }
+
+    /// Where a tensor's bytes lie in the file ([`AsRef`] gives the file's).
+    pub fn tensor_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
+        info.offset as usize..(info.offset + info.n_bytes) as usize
     }
 
     /// Dequantizes a tensor by name into `f32`, row-major.

@@ -56,7 +56,8 @@ impl GgufWriter {
         self.metadata.push((key.to_string(), value));
     }
 
-    /// Adds a tensor from `f32` values, stored as `ty` (F32 or F16).
+    /// Adds a tensor from `f32` values, stored as `ty`: any type
+    /// [`quantize`](crate::quantize) writes, each row whole blocks.
     pub fn add_tensor(
         &mut self,
         name: &str,
@@ -71,19 +72,19 @@ impl GgufWriter {
                 format!("shape {shape:?} holds {n} values, got {}", values.len()),
             ));
         }
-        let data: Vec<u8> = match ty {
-            GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            GgmlType::F16 => values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-            other => {
-                return Err(Error::invalid(
-                    format!("tensor `{name}`"),
-                    format!("writing {} is not supported (F32, F16 are)", other.name()),
-                ));
-            }
-        };
+        let row = shape.last().copied().unwrap_or(1);
+        if !row.is_multiple_of(ty.block_len()) {
+            return Err(Error::invalid(
+                format!("tensor `{name}`"),
+                format!(
+                    "rows of {row} values are not whole {}-value {} blocks",
+                    ty.block_len(),
+                    ty.name()
+                ),
+            ));
+        }
+        let data = crate::quantize(ty, values)
+            .map_err(|e| Error::invalid(format!("tensor `{name}`"), e.kind.to_string()))?;
         self.tensors
             .push((name.to_string(), shape.to_vec(), ty, data));
         Ok(())

@@ -25,7 +25,7 @@ pub use head::gather_log_probs;
 pub use hf_export::{hf_tensors, save_hf_dir};
 pub use keel_adapters::Linear;
 pub use llama::{Attention, DecoderLayer, KvCache, Llama, Mlp, RmsNorm, Rope};
-pub use load::{LoadedModel, ModelSource, build_model};
+pub use load::{BaseStorage, LoadedModel, ModelSource, build_model};
 pub use selective::FullModule;
 pub use summary::{DtypeCount, ModelSummary, Runnable, ShapeSummary};
 pub use weights::{HostTensor, QkLayout, WeightSource, gguf_layout, gguf_name, reorder_qk_rows};

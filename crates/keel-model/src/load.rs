@@ -1,11 +1,13 @@
 //! Building a [`Llama`] and its tokenizer from an HF folder or a GGUF file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use keel_adapters::QuantBase;
 use keel_adapters::peft::AdapterFile;
-use keel_gguf::GgufFile;
+use keel_gguf::{GgmlType, GgufFile};
 use keel_text::{ChatTemplate, Message, Tokenizer};
 
 use crate::config::{Architecture, Config, HfConfig, LayerType};
@@ -14,6 +16,31 @@ use keel_adapters::Linear;
 
 use crate::llama::{Attention, DecoderLayer, Llama, Mlp, RmsNorm, Rope};
 use crate::weights::{HostTensor, WeightSource};
+
+/// How the frozen base is stored. Projections are computed with in f32
+/// whatever their storage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BaseStorage {
+    /// Every large matrix (projections, embeddings) dense in this dtype.
+    Dense(DType),
+    /// The projections in the GGUF file's own blocks, read in place; the
+    /// embeddings (and an untied head) dense in `dense`.
+    Gguf { dense: DType },
+    /// The projections quantized to `ty` at load, as llama.cpp's reference
+    /// quantization does (a GGUF export holds the same bits); the rest
+    /// dense in `dense`.
+    Quantize { ty: GgmlType, dense: DType },
+}
+
+impl BaseStorage {
+    /// The dtype of the matrices kept dense.
+    pub fn dense(self) -> DType {
+        match self {
+            BaseStorage::Dense(d) | BaseStorage::Gguf { dense: d } => d,
+            BaseStorage::Quantize { dense, .. } => dense,
+        }
+    }
+}
 
 /// Everything needed to run a model: weights on a device, configuration,
 /// tokenizer and chat template.
@@ -89,7 +116,7 @@ impl ModelSource {
             }),
             None => builtin_template(&config),
         };
-        let weights = WeightSource::Gguf(gguf);
+        let weights = WeightSource::Gguf(Arc::new(gguf));
         let layers_key = format!("{}.block_count", config.architecture.name());
         weights.check(&config, path, &layers_key)?;
         Ok(ModelSource {
@@ -110,7 +137,13 @@ impl ModelSource {
     /// weights, embeddings) stored as `base_dtype` to halve their memory;
     /// they are computed with in f32.
     pub fn load_as(self, device: &Device, base_dtype: DType) -> Result<LoadedModel, Error> {
-        let model = build_model(&self.config, &self.weights, device, base_dtype)?;
+        self.load_with(device, BaseStorage::Dense(base_dtype))
+    }
+
+    /// Reads every weight onto `device`, the frozen base stored as
+    /// `storage` says.
+    pub fn load_with(self, device: &Device, storage: BaseStorage) -> Result<LoadedModel, Error> {
+        let model = build_model(&self.config, &self.weights, device, storage)?;
         Ok(LoadedModel {
             path: self.path,
             config: self.config,
@@ -286,25 +319,39 @@ pub fn build_model(
     cfg: &Config,
     w: &WeightSource,
     device: &Device,
-    base_dtype: DType,
+    storage: BaseStorage,
 ) -> Result<Llama, Error> {
     let hidden = cfg.hidden_size;
     let q_dim = cfg.num_attention_heads * cfg.head_dim;
     let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+    let base_dtype = storage.dense();
+    let bias_of = |name: &str, bias: bool, d_out: usize| match bias {
+        true => tensor1(w, cfg, &format!("{name}.bias"), d_out, device).map(Some),
+        false => Ok(None),
+    };
+    let dense = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, Error> {
+        let weight = format!("{name}.weight");
+        let weight = tensor2(w, cfg, &weight, [d_out, d_in], true, (device, base_dtype))?;
+        Ok(Linear::frozen(weight, bias_of(name, bias, d_out)?))
+    };
     let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, Error> {
-        let weight = tensor2(
-            w,
-            cfg,
-            &format!("{name}.weight"),
-            [d_out, d_in],
-            true,
-            (device, base_dtype),
-        )?;
-        let bias = match bias {
-            true => Some(tensor1(w, cfg, &format!("{name}.bias"), d_out, device)?),
-            false => None,
+        let weight = format!("{name}.weight");
+        let base = match storage {
+            BaseStorage::Dense(_) => return dense(name, d_in, d_out, bias),
+            BaseStorage::Gguf { .. } => w.blocks(&weight, [d_out, d_in], cfg)?,
+            BaseStorage::Quantize { ty, .. } => {
+                let HostTensor { data, .. } = w.get(&weight, &[d_out, d_in], cfg)?;
+                let bad = |reason: String| Error::Tensor {
+                    file: w.file_for(&weight),
+                    tensor: weight.clone(),
+                    reason,
+                };
+                let bytes = keel_gguf::quantize(ty, &data).map_err(|e| bad(e.kind.to_string()))?;
+                let len = bytes.len();
+                QuantBase::new(Arc::new(bytes), 0..len, ty, [d_out, d_in]).map_err(bad)?
+            }
         };
-        Ok(Linear::frozen(weight, bias))
+        Ok(Linear::quantized(base, bias_of(name, bias, d_out)?, device))
     };
     let norm_of = |name: &str, len: usize| -> Result<RmsNorm, Error> {
         Ok(RmsNorm {
@@ -389,7 +436,7 @@ pub fn build_model(
     let lm_head = if cfg.tie_word_embeddings {
         None
     } else {
-        Some(linear("lm_head", hidden, cfg.vocab_size, false)?)
+        Some(dense("lm_head", hidden, cfg.vocab_size, false)?)
     };
     Ok(Llama {
         embed_tokens: frozen(embed),

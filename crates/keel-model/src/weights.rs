@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use keel_adapters::QuantBase;
 use keel_gguf::GgufFile;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -35,7 +37,8 @@ pub enum WeightSource {
         files: Vec<(PathBuf, Mmap)>,
         index: BTreeMap<String, Stored>,
     },
-    Gguf(GgufFile),
+    /// Shared, so that a base kept in its blocks reads them in place.
+    Gguf(Arc<GgufFile>),
 }
 
 impl WeightSource {
@@ -88,7 +91,7 @@ impl WeightSource {
     }
 
     /// The file named in errors about a tensor.
-    fn file_for(&self, name: &str) -> PathBuf {
+    pub(crate) fn file_for(&self, name: &str) -> PathBuf {
         match self {
             WeightSource::Safetensors { files, index } => index
                 .get(name)
@@ -201,6 +204,57 @@ impl WeightSource {
         })
     }
 
+    /// An error about the tensor HF calls `hf_name`.
+    fn tensor_error(&self, hf_name: &str) -> impl Fn(String) -> Error {
+        let (file, tensor) = (self.file_for(hf_name), hf_name.to_string());
+        move |reason| Error::Tensor {
+            file: file.clone(),
+            tensor: tensor.clone(),
+            reason,
+        }
+    }
+
+    /// The projection HF calls `hf_name`, `[out, in]`, as the GGUF file's
+    /// own blocks, read in place (q/k rows that llama.cpp interleaved are
+    /// put back in HF's order, a copy of those bytes).
+    pub fn blocks(
+        &self,
+        hf_name: &str,
+        shape: [usize; 2],
+        config: &Config,
+    ) -> Result<QuantBase, Error> {
+        let err = self.tensor_error(hf_name);
+        let WeightSource::Gguf(g) = self else {
+            return Err(err(
+                "base_dtype \"gguf\" keeps a GGUF file's blocks, and this model is not a GGUF file (quantize it at load instead: q8_0 or q4_0)".into(),
+            ));
+        };
+        let name = gguf_name(config.architecture, hf_name)
+            .ok_or_else(|| err("has no GGUF equivalent".into()))?;
+        let info = g
+            .tensor(&name)
+            .ok_or_else(|| err(format!("missing (GGUF name `{name}`)")))?;
+        if info.shape != shape {
+            return Err(err(format!(
+                "has shape {:?}, the config implies {shape:?}",
+                info.shape
+            )));
+        }
+        let range = g.tensor_range(info);
+        let base = match interleaved_heads(config, hf_name) {
+            Some(heads) => {
+                let row_bytes = range.len() / shape[0].max(1);
+                let bytes = &(**g).as_ref()[range];
+                let rows = reorder_qk_rows(shape[0], row_bytes, bytes, heads, QkLayout::ToHf)
+                    .map_err(&err)?;
+                let len = rows.len();
+                QuantBase::new(Arc::new(rows), 0..len, info.ggml_type, shape)
+            }
+            None => QuantBase::new(g.clone(), range, info.ggml_type, shape),
+        };
+        base.map_err(err)
+    }
+
     /// Reads the tensor HF calls `hf_name`, checking its shape.
     pub fn get(
         &self,
@@ -208,19 +262,14 @@ impl WeightSource {
         shape: &[usize],
         config: &Config,
     ) -> Result<HostTensor, Error> {
-        let file = self.file_for(hf_name);
-        let err = |reason: String| Error::Tensor {
-            file: file.clone(),
-            tensor: hf_name.to_string(),
-            reason,
-        };
+        let err = self.tensor_error(hf_name);
         let tensor = match self {
             WeightSource::Safetensors { files, index } => {
                 let t = index.get(hf_name).ok_or_else(|| err("missing".into()))?;
                 let bytes = &files[t.file].1[t.bytes.clone()];
                 HostTensor {
                     shape: t.shape.clone(),
-                    data: keel_adapters::host::to_f32(t.dtype, bytes).map_err(err)?,
+                    data: keel_adapters::host::to_f32(t.dtype, bytes).map_err(&err)?,
                 }
             }
             WeightSource::Gguf(g) => {
@@ -233,7 +282,7 @@ impl WeightSource {
                     _ => Error::Gguf(e),
                 })?;
                 let data =
-                    gguf_layout(config, hf_name, &shape, data, QkLayout::ToHf).map_err(err)?;
+                    gguf_layout(config, hf_name, &shape, data, QkLayout::ToHf).map_err(&err)?;
                 HostTensor { shape, data }
             }
         };
@@ -331,13 +380,13 @@ pub enum QkLayout {
 /// llama.cpp's converter interleaves the rows of q/k projections (and of
 /// LoRA B for them) for its RoPE: within each head, GGUF row `2j + t` is HF
 /// row `t * head_dim/2 + j`.
-pub fn reorder_qk_rows(
+pub fn reorder_qk_rows<T: Copy + Default>(
     rows: usize,
     cols: usize,
-    data: &[f32],
+    data: &[T],
     n_heads: usize,
     to: QkLayout,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<T>, String> {
     if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return Err(format!(
             "{rows} rows do not split into {n_heads} heads of pairs"
@@ -345,7 +394,7 @@ pub fn reorder_qk_rows(
     }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..n_heads {
         for j in 0..half {
             for t in 0..2 {
@@ -363,6 +412,21 @@ pub fn reorder_qk_rows(
     Ok(out)
 }
 
+/// The heads of a q/k projection whose rows llama.cpp's converter
+/// interleaved (`llama` and `mistral` files); `None` for any other tensor.
+fn interleaved_heads(config: &Config, hf_name: &str) -> Option<usize> {
+    let interleaved = matches!(
+        config.architecture,
+        Architecture::Llama | Architecture::Mistral
+    );
+    let heads = match hf_name.rsplit('.').nth(1).unwrap_or_default() {
+        "q_proj" => config.num_attention_heads,
+        "k_proj" => config.num_key_value_heads,
+        _ => 0,
+    };
+    (interleaved && heads > 0).then_some(heads)
+}
+
 /// Converts the values of tensor `hf_name` between llama.cpp's layout and
 /// HF's, in the direction `to`: llama.cpp's converter interleaves q/k rows
 /// for its RoPE in `llama` files, and stores Gemma's norm weights `w` as
@@ -375,16 +439,7 @@ pub fn gguf_layout(
     to: QkLayout,
 ) -> Result<Vec<f32>, String> {
     let module = hf_name.rsplit('.').nth(1).unwrap_or_default();
-    let heads = match module {
-        "q_proj" => config.num_attention_heads,
-        "k_proj" => config.num_key_value_heads,
-        _ => 0,
-    };
-    let interleaved = matches!(
-        config.architecture,
-        Architecture::Llama | Architecture::Mistral
-    );
-    if heads > 0 && interleaved {
+    if let Some(heads) = interleaved_heads(config, hf_name) {
         let rows = shape.first().copied().unwrap_or(0);
         let cols: usize = shape.iter().skip(1).product();
         data = reorder_qk_rows(rows, cols, &data, heads, to)?;

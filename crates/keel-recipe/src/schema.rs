@@ -15,7 +15,8 @@ pub struct Model {
     pub path: PathBuf,
     #[serde(default)]
     pub device: Device,
-    /// Storage type of the frozen base weights.
+    /// Storage of the frozen base weights: dense in a dtype, the GGUF
+    /// file's own blocks, or quantized at load.
     #[serde(default)]
     pub base_dtype: Dtype,
     /// Recompute memory-bound activations (elementwise, reshapes) in the
@@ -40,6 +41,15 @@ pub enum Dtype {
     F32,
     F16,
     Bf16,
+    /// The projections in the GGUF file's own blocks (a `.gguf` model
+    /// only), the embeddings in bf16.
+    Gguf,
+    /// The projections quantized to Q8_0 / Q4_0 at load, the embeddings in
+    /// bf16.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
 }
 
 /// `[adapter]`: which modules get which adapter. The low-rank part is

@@ -67,6 +67,23 @@ impl Selection {
                 ),
             ));
         }
+        // A projection kept in blocks has no dense weight to train; LISA
+        // may pick any layer.
+        let in_blocks = modules.iter().find_map(|(n, m)| match m {
+            FullModule::Linear(l) if a.lisa_layers.is_some() || fixed.contains(n) => {
+                l.quantized.as_ref().map(|q| (n, q.ggml_type()))
+            }
+            _ => None,
+        });
+        if let Some((name, ty)) = in_blocks {
+            return Err(bad(
+                "modules_to_save",
+                format!(
+                    "`{name}` is kept in {} blocks (model.base_dtype), so it cannot be trained in full: use a dense base_dtype, or train only norms",
+                    ty.name()
+                ),
+            ));
+        }
         if let Some(n) = a.lisa_layers.filter(|n| *n > n_layers) {
             return Err(bad(
                 "lisa_layers",

@@ -10,7 +10,8 @@ use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::{self, AdapterFile};
 use keel_adapters::{AdapterConfig, init_adapter, resolve_targets};
 use keel_data::{Batch, Batcher, Example, load_examples, mix_replay, pack, split_eval};
-use keel_model::{DeviceChoice, Llama, ModelSource};
+use keel_gguf::GgmlType;
+use keel_model::{BaseStorage, DeviceChoice, Llama, ModelSource};
 use keel_recipe::{Length, Recipe};
 use keel_text::{ChatTemplate, Tokenizer};
 
@@ -514,7 +515,7 @@ impl<'r> Trainer<'r> {
         let (cpu0, rapl0) = (report::cpu_seconds(), report::rapl_joules());
         let device = device_of(recipe)?.autodiff();
         let loaded =
-            ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
+            ModelSource::open(&recipe.model.path)?.load_with(&device, storage_of(recipe))?;
         let tokenizer = loaded.tokenizer()?.clone();
         let template = loaded.chat_template.clone();
         let pad = loaded.config.eos_token_ids.first().copied().unwrap_or(0);
@@ -1094,7 +1095,7 @@ fn load_data(
 pub fn eval_adapter(recipe: &Recipe, adapter: &Path) -> Result<f64, Error> {
     let device = device_of(recipe)?;
     let mut loaded =
-        ModelSource::open(&recipe.model.path)?.load_as(&device, base_dtype_of(recipe))?;
+        ModelSource::open(&recipe.model.path)?.load_with(&device, storage_of(recipe))?;
     loaded.attach_adapter(adapter, ADAPTER)?;
     let (_, eval_set) = load_data(recipe, loaded.tokenizer()?, loaded.chat_template.as_ref())?;
     if eval_set.is_empty() {
@@ -1122,11 +1123,19 @@ fn device_of(recipe: &Recipe) -> Result<Device, Error> {
     Ok(choice.device()?)
 }
 
-fn base_dtype_of(recipe: &Recipe) -> DType {
+fn storage_of(recipe: &Recipe) -> BaseStorage {
+    use keel_recipe::Dtype;
+    let quantize = |ty| BaseStorage::Quantize {
+        ty,
+        dense: DType::BF16,
+    };
     match recipe.model.base_dtype {
-        keel_recipe::Dtype::F32 => DType::F32,
-        keel_recipe::Dtype::F16 => DType::F16,
-        keel_recipe::Dtype::Bf16 => DType::BF16,
+        Dtype::F32 => BaseStorage::Dense(DType::F32),
+        Dtype::F16 => BaseStorage::Dense(DType::F16),
+        Dtype::Bf16 => BaseStorage::Dense(DType::BF16),
+        Dtype::Gguf => BaseStorage::Gguf { dense: DType::BF16 },
+        Dtype::Q8_0 => quantize(GgmlType::Q8_0),
+        Dtype::Q4_0 => quantize(GgmlType::Q4_0),
     }
 }
 

@@ -1,0 +1,179 @@
+//! A frozen base kept in GGUF blocks (`base_dtype = "gguf"`, or quantized at
+//! load): the same outputs and LoRA gradients as the dequantized base,
+//! training through the recipe, and clear refusals of what needs the base
+//! dense.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use common::{ALL, by_param, fixture, losses, make_adapter, max_abs_diff, one_run, temp_dir};
+use keel_adapters::AdapterConfig;
+use keel_gguf::{GgmlType, GgufFile, GgufWriter};
+use keel_model::{BaseStorage, ModelSource};
+use keel_recipe::Recipe;
+use keel_train::RunOptions;
+
+/// The tiny Qwen2 GGUF with its projections stored as Q8_0 (attention)
+/// and Q4_0 (MLP) by keel's writer, the rest as they were.
+fn quantized_tiny(dir: &Path) -> PathBuf {
+    let source = GgufFile::open(fixture("tiny-qwen2-gguf/tiny-qwen2.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (key, value) in source.metadata.iter() {
+        w.add_metadata(key, value.clone());
+    }
+    for t in &source.tensors {
+        let (shape, values) = source.tensor_f32(&t.name).unwrap();
+        let ty = match &t.name {
+            n if n.contains("attn_") && n.ends_with(".weight") && !n.contains("norm") => {
+                GgmlType::Q8_0
+            }
+            n if n.contains("ffn_") && !n.contains("norm") => GgmlType::Q4_0,
+            _ => t.ggml_type,
+        };
+        w.add_tensor(&t.name, &shape, &values, ty).unwrap();
+    }
+    let path = dir.join("tiny-qwen2-q.gguf");
+    w.write(&path).unwrap();
+    path
+}
+
+/// The model kept in blocks and the model dequantized to f32 give the same
+/// logits and the same gradient for every LoRA parameter.
+#[test]
+fn blocks_give_the_dequantized_base_outputs_and_gradients() {
+    let _run = one_run();
+    let dir = temp_dir("quantized-grads");
+    let path = quantized_tiny(&dir);
+    let types: Vec<&str> = GgufFile::open(&path)
+        .unwrap()
+        .tensors
+        .iter()
+        .map(|t| t.ggml_type.name())
+        .collect();
+    assert!(
+        types.contains(&"Q8_0") && types.contains(&"Q4_0"),
+        "{types:?}"
+    );
+
+    let device = Device::flex().autodiff();
+    let ids: Vec<i64> = (0..2 * 20).map(|i| (i * 37 % 250) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 20]), &device);
+    let run = |storage: BaseStorage| {
+        let mut loaded = ModelSource::open(&path)
+            .unwrap()
+            .load_with(&device, storage)
+            .unwrap();
+        make_adapter(
+            &mut loaded.model,
+            &AdapterConfig::lora(4, 8.0, &ALL),
+            3,
+            0.1,
+        );
+        let logits = loaded.model.forward(tokens.clone());
+        let grads = logits.clone().powf_scalar(2.0).mean().backward();
+        let kept = loaded
+            .model
+            .linears()
+            .iter()
+            .filter(|(_, l)| l.quantized.is_some())
+            .count();
+        let logits = logits.detach().into_data().try_to_vec::<f32>().unwrap();
+        (kept, logits, by_param(&loaded.model, &grads))
+    };
+    let (kept, logits, grads) = run(BaseStorage::Gguf { dense: DType::F32 });
+    let (dense_kept, want_logits, want_grads) = run(BaseStorage::Dense(DType::F32));
+    // Three layers of seven projections, each with A and B.
+    assert_eq!((kept, dense_kept), (7 * 3, 0));
+    let (diff, at) = max_abs_diff(&logits, &want_logits);
+    assert!(diff <= 1e-4, "logits differ by {diff} at {at}");
+    assert_eq!(grads.len(), want_grads.len());
+    assert_eq!(grads.len(), 2 * kept);
+    for (id, got) in &grads {
+        let (_, want) = want_grads
+            .iter()
+            .find(|(i, _)| i == id)
+            .expect("the same parameters");
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let (diff, _) = max_abs_diff(got, want);
+        assert!(diff <= 1e-4 * scale.max(1e-3), "{id}: {diff} of {scale}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn recipe(model: &Path, out: &Path, extra: &[&str]) -> Result<Recipe, keel_recipe::Error> {
+    let mut set = vec![
+        format!("model.path=\"{}\"", model.display()),
+        format!("output.dir=\"{}\"", out.display()),
+    ];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    Recipe::load(&fixture("../../recipes/tiny.toml"), &set)
+}
+
+/// The tiny recipe trains on the file's own blocks, and on blocks made at
+/// load from the f32 file: its loss falls as on a dense base.
+#[test]
+fn the_tiny_recipe_trains_on_a_base_in_blocks() {
+    let _run = one_run();
+    let dir = temp_dir("quantized-train");
+    let quantized = quantized_tiny(&dir);
+    let f32_file = fixture("tiny-qwen2-gguf/tiny-qwen2.gguf");
+    for (model, dtype) in [
+        (&quantized, "gguf"),
+        (&f32_file, "q8_0"),
+        (&f32_file, "q4_0"),
+    ] {
+        let out = dir.join(format!("run-{dtype}"));
+        let set = [
+            format!("model.base_dtype=\"{dtype}\""),
+            "optim.steps=60".into(),
+        ];
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
+        let r = recipe(model, &out, &set).unwrap();
+        let report = keel_train::train(&r, &RunOptions::default()).unwrap();
+        let l = losses(&out);
+        assert!(
+            l[0].1 > 5.0 && report.final_loss.unwrap() < 0.5 * l[0].1,
+            "{dtype}: loss {} -> {:?}",
+            l[0].1,
+            report.final_loss
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `gguf` on a model that is not a GGUF file, and a projection trained in
+/// full on a base in blocks, are refused naming the tensor or key.
+#[test]
+fn what_needs_a_dense_base_is_refused() {
+    let _run = one_run();
+    let dir = temp_dir("quantized-refused");
+    let hf = fixture("tiny-llama");
+    let r = recipe(&hf, &dir.join("a"), &["model.base_dtype=\"gguf\""]).unwrap();
+    let e = keel_train::train(&r, &RunOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("not a GGUF file"),
+        "{e}"
+    );
+    let r = recipe(
+        &fixture("tiny-qwen2-gguf/tiny-qwen2.gguf"),
+        &dir.join("b"),
+        &[
+            "model.base_dtype=\"q8_0\"",
+            "adapter.targets=[\"q_proj\"]",
+            "adapter.modules_to_save=[\"down_proj\"]",
+        ],
+    )
+    .unwrap();
+    let e = keel_train::train(&r, &RunOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("adapter.modules_to_save") && e.contains("mlp.down_proj") && e.contains("Q8_0"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
