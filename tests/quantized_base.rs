@@ -143,6 +143,43 @@ fn the_tiny_recipe_trains_on_a_base_in_blocks() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// wgpu multiplies by a base in blocks by dequantizing it for the product
+/// (no kernel of its own yet): five steps give flex's losses.
+#[test]
+fn wgpu_trains_on_a_base_in_blocks_as_flex_does() {
+    let _run = one_run();
+    if !common::required("KEEL_TEST_WGPU", "wgpu training on a base in blocks") {
+        return;
+    }
+    let dir = temp_dir("quantized-wgpu");
+    let quantized = quantized_tiny(&dir);
+    let run = |device: &str| {
+        let out = dir.join(device);
+        let set = [
+            "model.base_dtype=\"gguf\"".to_string(),
+            format!("model.device=\"{device}\""),
+            "optim.steps=5".into(),
+        ];
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
+        keel_train::train(
+            &recipe(&quantized, &out, &set).unwrap(),
+            &RunOptions::default(),
+        )
+        .unwrap();
+        losses(&out)
+    };
+    let (flex, wgpu) = (run("flex"), run("wgpu"));
+    assert_eq!(wgpu.len(), 5);
+    for ((s, a), (_, b)) in flex.iter().zip(&wgpu) {
+        // flex keeps the embeddings in bf16, wgpu in f32.
+        assert!(
+            (a - b).abs() < 2e-2 * a.abs(),
+            "step {s}: flex {a}, wgpu {b}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `gguf` on a model that is not a GGUF file, and a projection trained in
 /// full on a base in blocks, are refused naming the tensor or key.
 #[test]

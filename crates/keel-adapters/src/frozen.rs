@@ -92,6 +92,21 @@ fn product(a: &FlexTensor, w: &FlexTensor, layout: Weight) -> FlexTensor {
         Weight::KN => (rows, cols),
         Weight::NK => (cols, rows),
     };
+    let w = w.to_contiguous();
+    let w = w.as_slice::<bf16>().expect("frozen matmul: a bf16 weight");
+    product_with(a, k, n, |a, m, out| {
+        keel_gemm::PackedWeight::new(w, k, n, layout).matmul_into(a, m, out)
+    })
+}
+
+/// `[.., n]` from activations `a [.., k]` (rows `m`): `multiply(a, m, out)`
+/// writes the `m × n` product into `out`.
+fn product_with(
+    a: &FlexTensor,
+    k: usize,
+    n: usize,
+    multiply: impl FnOnce(&[f32], usize, &mut [f32]),
+) -> FlexTensor {
     let mut dims = a.layout().shape().as_slice().to_vec();
     let inner = dims
         .last_mut()
@@ -102,10 +117,10 @@ fn product(a: &FlexTensor, w: &FlexTensor, layout: Weight) -> FlexTensor {
     );
     *inner = n;
     let m = dims[..dims.len() - 1].iter().product();
-    let (a, w) = (a.to_contiguous(), w.to_contiguous());
-    let a_values = a.as_slice::<f32>().expect("frozen matmul: f32 activations");
-    let w_values = w.as_slice::<bf16>().expect("frozen matmul: a bf16 weight");
-    let out = keel_gemm::matmul_bf16(a_values, w_values, m, k, n, layout);
+    let a = a.to_contiguous();
+    let a = a.as_slice::<f32>().expect("frozen matmul: f32 activations");
+    let mut out = vec![0f32; m * n];
+    multiply(a, m, &mut out);
     FlexTensor::new(
         Bytes::from_elems(out),
         Layout::contiguous(Shape::from(dims)),
@@ -231,28 +246,10 @@ impl QuantMatmul for Flex {
 fn quant_product(a: &FlexTensor, w: &QuantBase, backward: bool) -> FlexTensor {
     let [out, inp] = w.dims();
     let (k, n) = if backward { (out, inp) } else { (inp, out) };
-    let mut dims = a.layout().shape().as_slice().to_vec();
-    let inner = dims
-        .last_mut()
-        .expect("quant matmul: activations with no dimension");
-    assert_eq!(
-        *inner, k,
-        "quant matmul: activations' last dimension against the weight's {k}"
-    );
-    *inner = n;
-    let m = dims[..dims.len() - 1].iter().product();
-    let a = a.to_contiguous();
-    let a = a.as_slice::<f32>().expect("quant matmul: f32 activations");
-    let mut y = vec![0f32; m * n];
-    match backward {
-        false => w.weight().matmul_transposed_into(a, m, &mut y),
-        true => w.weight().matmul_into(a, m, &mut y),
-    }
-    FlexTensor::new(
-        Bytes::from_elems(y),
-        Layout::contiguous(Shape::from(dims)),
-        DType::F32,
-    )
+    product_with(a, k, n, |a, m, y| match backward {
+        false => w.weight().matmul_transposed_into(a, m, y),
+        true => w.weight().matmul_into(a, m, y),
+    })
 }
 
 /// The input gradient `dy · W` of [`quant_matmul`].

@@ -1125,15 +1125,18 @@ fn device_of(recipe: &Recipe) -> Result<Device, Error> {
 
 fn storage_of(recipe: &Recipe) -> BaseStorage {
     use keel_recipe::Dtype;
-    let quantize = |ty| BaseStorage::Quantize {
-        ty,
-        dense: DType::BF16,
+    // Beside a base in blocks the embeddings are bf16 on the CPU; on a GPU
+    // f32, as not every GPU (lavapipe, older ones) has bf16.
+    let dense = match recipe.model.device {
+        keel_recipe::Device::Flex => DType::BF16,
+        keel_recipe::Device::Wgpu | keel_recipe::Device::Ndarray => DType::F32,
     };
+    let quantize = |ty| BaseStorage::Quantize { ty, dense };
     match recipe.model.base_dtype {
         Dtype::F32 => BaseStorage::Dense(DType::F32),
         Dtype::F16 => BaseStorage::Dense(DType::F16),
         Dtype::Bf16 => BaseStorage::Dense(DType::BF16),
-        Dtype::Gguf => BaseStorage::Gguf { dense: DType::BF16 },
+        Dtype::Gguf => BaseStorage::Gguf { dense },
         Dtype::Q8_0 => quantize(GgmlType::Q8_0),
         Dtype::Q4_0 => quantize(GgmlType::Q4_0),
     }
