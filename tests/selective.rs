@@ -61,7 +61,7 @@ fn layer_modules(i: usize) -> Vec<String> {
 /// model's logits (what was trained is what was saved).
 fn run(tag: &str, adapter: &str) -> (AdapterFile, f64, f64) {
     let dir = temp_dir(tag);
-    let r = recipe(&dir, adapter, &["optim.steps=30", "optim.lr=3e-3"]);
+    let r = recipe(&dir, adapter, &["optim.steps=60", "optim.lr=3e-3"]);
     keel_train::train(&r, &RunOptions::default()).unwrap();
     let l = losses(&dir);
     let file = AdapterFile::read(&dir.join("adapter")).unwrap();
