@@ -102,6 +102,31 @@ fn blocks_give_the_dequantized_base_outputs_and_gradients() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// In a `llama` GGUF, llama.cpp interleaved the q/k rows for its RoPE: the
+/// blocks read in place come back in HF's row order, the values the dense
+/// reader gives, for every projection of every layer.
+#[test]
+fn llama_q_k_blocks_come_back_in_hf_row_order() {
+    let source = ModelSource::open(&fixture("gguf-spm/vocab.gguf")).unwrap();
+    let c = &source.config;
+    assert_eq!(c.architecture.name(), "llama");
+    let mut reordered = 0;
+    let projections = c
+        .weights()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("_proj.weight"));
+    for (weight, shape) in projections {
+        let blocks = source
+            .weights
+            .blocks(&weight, [shape[0], shape[1]], c)
+            .unwrap();
+        let dense = source.weights.get(&weight, &shape, c).unwrap();
+        assert_eq!(blocks.dequantize(), dense.data, "{weight}");
+        reordered += usize::from(weight.contains("q_proj") || weight.contains("k_proj"));
+    }
+    assert!(reordered >= 2, "{reordered} q/k projections");
+}
+
 fn recipe(model: &Path, out: &Path, extra: &[&str]) -> Result<Recipe, keel_recipe::Error> {
     let mut set = vec![
         format!("model.path=\"{}\"", model.display()),
@@ -176,6 +201,45 @@ fn wgpu_trains_on_a_base_in_blocks_as_flex_does() {
             (a - b).abs() < 2e-2 * a.abs(),
             "step {s}: flex {a}, wgpu {b}"
         );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A module an adapter trained in full replaces the base's blocks when the
+/// adapter is attached to a base kept in blocks: the forward pass then
+/// uses the trained weight.
+#[test]
+fn a_module_trained_in_full_replaces_the_blocks() {
+    let _run = one_run();
+    let dir = temp_dir("quantized-saved");
+    let model = fixture("tiny-qwen2-gguf/tiny-qwen2.gguf");
+    let set = [
+        "adapter.targets=[\"q_proj\"]",
+        "adapter.modules_to_save=[\"down_proj\"]",
+        "optim.steps=2",
+    ];
+    keel_train::train(&recipe(&model, &dir, &set).unwrap(), &RunOptions::default()).unwrap();
+    let storage = BaseStorage::Quantize {
+        ty: GgmlType::Q8_0,
+        dense: DType::F32,
+    };
+    let mut loaded = ModelSource::open(&model)
+        .unwrap()
+        .load_with(&Device::flex(), storage)
+        .unwrap();
+    loaded
+        .attach_adapter(&dir.join("adapter"), "default")
+        .unwrap();
+    // The head stays dense beside a base in blocks.
+    for (name, l) in loaded
+        .model
+        .linears()
+        .into_iter()
+        .filter(|(n, _)| n != "lm_head")
+    {
+        let saved = name.ends_with("down_proj");
+        assert_eq!(l.quantized.is_none(), saved, "{name}");
+        assert_eq!(l.weight.dims()[0] > 0, saved, "{name}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -194,13 +194,17 @@ pub fn init_adapter(
     rng: &mut SplitMix64,
 ) -> Result<(), Error> {
     let device = layer.weight.val().device();
-    if cfg.moves_base() || cfg.variant == Variant::Dora {
-        layer
-            .needs_dense("PiSSA, OLoRA and DoRA")
-            .map_err(|reason| Error::Module {
-                module: spec.name.clone(),
-                reason,
-            })?;
+    let needs_dense = match (cfg.init, cfg.variant) {
+        (Init::Pissa { .. }, _) => Some("PiSSA"),
+        (Init::Olora, _) => Some("OLoRA"),
+        (_, Variant::Dora) => Some("DoRA"),
+        _ => None,
+    };
+    if let Some(what) = needs_dense {
+        layer.needs_dense(what).map_err(|reason| Error::Module {
+            module: spec.name.clone(),
+            reason,
+        })?;
     }
     let (d_in, d_out, r) = (layer.in_features(), layer.out_features(), spec.r);
     if r > d_in.min(d_out) {

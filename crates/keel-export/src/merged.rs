@@ -16,9 +16,14 @@ use crate::gguf_lora::GgufDtype;
 /// adapter with no low-rank part (`has_lora` false) merges nothing more.
 fn merge(model: &mut LoadedModel, name: &str, has_lora: bool) -> Result<(), Error> {
     let mut found = false;
-    for (_, layer) in model.model.linears_mut() {
+    for (module, layer) in model.model.linears_mut() {
         if layer.adapter(name).is_some() {
-            layer.merge(name)?;
+            layer.merge(name).map_err(|e| match e {
+                keel_adapters::Error::Module { reason, .. } => {
+                    keel_adapters::Error::Module { module, reason }
+                }
+                other => other,
+            })?;
             found = true;
         }
     }

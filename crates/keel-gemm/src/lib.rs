@@ -439,6 +439,8 @@ fn blockwise_into(
     out: &mut [f32],
     panel: impl Fn(Range<usize>, &mut Vec<f32>) + Sync,
 ) {
+    assert_eq!(a.len(), size(m, k), "activations are not [{m}, {k}]");
+    assert_eq!(out.len(), size(m, n), "output is not [{m}, {n}]");
     let c = SharedOut(out.as_mut_ptr());
     (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
         let cols = block * width..n.min((block + 1) * width);

@@ -75,6 +75,11 @@ impl<'w> QuantWeight<'w> {
     /// `r`, dequantized.
     fn dequantize_row(&self, r: usize, cols: std::ops::Range<usize>, out: &mut Vec<f32>) {
         let (len, bytes) = (self.ty.block_len(), self.ty.block_bytes());
+        debug_assert!(
+            cols.start.is_multiple_of(len)
+                && (cols.end.is_multiple_of(len) || cols.end == self.cols),
+            "a panel's columns {cols:?} are not whole {len}-value blocks"
+        );
         let row = r * self.row_bytes();
         let blocks = cols.start / len..cols.end.div_ceil(len);
         let span = row + blocks.start * bytes..row + blocks.end * bytes;

@@ -23,6 +23,12 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, Error> {
             format!("{} values are not whole {len}-value blocks", values.len()),
         ));
     }
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(
+            format!("{} quantization", ty.name()),
+            format!("value {i} is {}: only finite values quantize", values[i]),
+        ));
+    }
     let mut out = Vec::with_capacity(values.len() / len * ty.block_bytes());
     let blocks = values.chunks_exact(len);
     match ty {
@@ -138,6 +144,14 @@ mod tests {
                 assert_eq!(back[5], -4.0, "{}", ty.name());
             }
         }
+    }
+
+    #[test]
+    fn non_finite_values_are_refused() {
+        let mut v = [0.5f32; 32];
+        v[7] = f32::NAN;
+        let e = quantize(GgmlType::Q4_0, &v).unwrap_err().to_string();
+        assert!(e.contains("value 7 is NaN"), "{e}");
     }
 
     #[test]

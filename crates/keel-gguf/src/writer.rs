@@ -1,5 +1,6 @@
-//! Writing GGUF files: metadata and F32/F16 tensors (adapters and merged
-//! models keel exports), aligned as llama.cpp reads them.
+//! Writing GGUF files: metadata and tensors of any type keel quantizes to
+//! (adapters and merged models keel exports, test models), aligned as
+//! llama.cpp reads them.
 
 use std::io::Write;
 use std::path::Path;

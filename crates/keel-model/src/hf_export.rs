@@ -21,9 +21,15 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 pub fn hf_tensors(model: &Llama) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut out = Vec::new();
     let push_linear = |name: String, l: &Linear, out: &mut Vec<_>| {
-        let w = l.weight.val().transpose();
-        let shape = w.dims().to_vec();
-        out.push((format!("{name}.weight"), shape, host(w)));
+        let (shape, values) = match &l.quantized {
+            // Kept in blocks: what they dequantize to, already [out, in].
+            Some(q) => (q.dims().to_vec(), q.dequantize()),
+            None => {
+                let w = l.weight.val().transpose();
+                (w.dims().to_vec(), host(w))
+            }
+        };
+        out.push((format!("{name}.weight"), shape, values));
         if let Some(b) = &l.bias {
             let b = b.val();
             out.push((format!("{name}.bias"), b.dims().to_vec(), host(b)));

@@ -29,6 +29,11 @@ impl FullModule<'_> {
     pub fn set_trainable(&mut self, name: &str, train: bool) {
         match self {
             FullModule::Linear(l) => {
+                // Selection::new refuses to train a base kept in blocks.
+                debug_assert!(
+                    l.quantized.is_none(),
+                    "{name}: a base in blocks has no weight to train"
+                );
                 l.weight = param(name, "weight", l.weight.val(), train);
                 if let Some(b) = &l.bias {
                     l.bias = Some(param(name, "bias", b.val(), train));
@@ -67,11 +72,14 @@ impl FullModule<'_> {
         match self {
             FullModule::Linear(l) => SavedModule {
                 shape: vec![l.out_features(), l.in_features()],
-                weight: host::transpose(
-                    l.in_features(),
-                    l.out_features(),
-                    &host_f32(l.weight.val()),
-                ),
+                weight: match &l.quantized {
+                    Some(q) => q.dequantize(),
+                    None => host::transpose(
+                        l.in_features(),
+                        l.out_features(),
+                        &host_f32(l.weight.val()),
+                    ),
+                },
                 bias: l.bias.as_ref().map(|b| host_f32(b.val())),
             },
             FullModule::Norm(n) => SavedModule {
@@ -102,6 +110,8 @@ impl FullModule<'_> {
                 let device = l.weight.val().device();
                 let w = TensorData::new(host::transpose(o, i, &m.weight), [i, o]);
                 l.weight = param(name, "weight", Tensor::from_data(w, &device), false);
+                // The saved module replaces the base, blocks and all.
+                l.quantized = None;
                 if let Some(b) = &m.bias {
                     let t = Tensor::from_data(TensorData::new(b.clone(), [o]), &device);
                     l.bias = Some(param(name, "bias", t, false));

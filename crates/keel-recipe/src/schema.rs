@@ -42,10 +42,10 @@ pub enum Dtype {
     F16,
     Bf16,
     /// The projections in the GGUF file's own blocks (a `.gguf` model
-    /// only), the embeddings in bf16.
+    /// only), the embeddings in bf16 on flex (f32 on a GPU).
     Gguf,
-    /// The projections quantized to Q8_0 / Q4_0 at load, the embeddings in
-    /// bf16.
+    /// The projections quantized to Q8_0 / Q4_0 at load, the embeddings as
+    /// for `Gguf`.
     #[serde(rename = "q8_0")]
     Q8_0,
     #[serde(rename = "q4_0")]

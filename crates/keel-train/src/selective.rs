@@ -76,8 +76,15 @@ impl Selection {
             _ => None,
         });
         if let Some((name, ty)) = in_blocks {
+            let key = if a.modules_to_save.iter().any(|m| name.ends_with(m.as_str())) {
+                "modules_to_save"
+            } else if a.train_top_layers.is_some() && fixed.contains(name) {
+                "train_top_layers"
+            } else {
+                "lisa_layers"
+            };
             return Err(bad(
-                "modules_to_save",
+                key,
                 format!(
                     "`{name}` is kept in {} blocks (model.base_dtype), so it cannot be trained in full: use a dense base_dtype, or train only norms",
                     ty.name()
