@@ -156,34 +156,19 @@ impl QuantBase {
     /// `bytes[range]` read as `W [out_features, in_features]` of type `ty`.
     ///
     /// # Errors
-    /// When keel cannot multiply by `ty`, a row is not whole blocks, or the
-    /// range is not inside `bytes` or not exactly the rows' bytes.
+    /// When the range is not inside `bytes`, or where
+    /// [`QuantWeight::try_new`] errs on it.
     pub fn new(
         bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
         range: Range<usize>,
         ty: GgmlType,
         [out_features, in_features]: [usize; 2],
     ) -> Result<Self, String> {
-        if matches!(ty, GgmlType::Other(_)) {
-            return Err(format!("keel cannot multiply by {} blocks", ty.name()));
-        }
-        if !in_features.is_multiple_of(ty.block_len()) {
-            return Err(format!(
-                "rows of {in_features} values are not whole {}-value {} blocks",
-                ty.block_len(),
-                ty.name()
-            ));
-        }
-        let want = (in_features / ty.block_len())
-            .checked_mul(ty.block_bytes())
-            .and_then(|row| row.checked_mul(out_features));
-        if want != Some(range.len()) || range.end > (*bytes).as_ref().len() {
-            return Err(format!(
-                "bytes {range:?} of {} are not {out_features} rows of {in_features} {} values",
-                (*bytes).as_ref().len(),
-                ty.name()
-            ));
-        }
+        let all = (*bytes).as_ref();
+        let part = all
+            .get(range.clone())
+            .ok_or_else(|| format!("bytes {range:?} are not inside the {} given", all.len()))?;
+        QuantWeight::try_new(ty, part, out_features, in_features)?;
         Ok(QuantBase {
             bytes,
             range,
@@ -191,6 +176,13 @@ impl QuantBase {
             out_features,
             in_features,
         })
+    }
+
+    /// `bytes` (whole, owned) read as `W [out, in]` of type `ty`: blocks
+    /// made at load, or rows put in another order.
+    pub fn owned(bytes: Vec<u8>, ty: GgmlType, dims: [usize; 2]) -> Result<Self, String> {
+        let len = bytes.len();
+        Self::new(Arc::new(bytes), 0..len, ty, dims)
     }
 
     pub fn ggml_type(&self) -> GgmlType {
@@ -447,8 +439,7 @@ mod tests {
                     .try_to_vec()
                     .unwrap();
                 let bytes = keel_gguf::quantize(ty, &w).unwrap();
-                let len = bytes.len();
-                let base = QuantBase::new(Arc::new(bytes), 0..len, ty, [out, inp]).unwrap();
+                let base = QuantBase::owned(bytes, ty, [out, inp]).unwrap();
                 let dense =
                     Tensor::<2>::from_data(TensorData::new(base.dequantize(), [out, inp]), &device);
                 let (a, b) = (
@@ -491,7 +482,7 @@ mod tests {
         use crate::{Adapter, Linear};
         let device = Device::flex();
         let bytes = keel_gguf::quantize(GgmlType::Q8_0, &[0.5; 64]).unwrap();
-        let base = QuantBase::new(Arc::new(bytes), 0..68, GgmlType::Q8_0, [2, 32]).unwrap();
+        let base = QuantBase::owned(bytes, GgmlType::Q8_0, [2, 32]).unwrap();
         let mut layer = Linear::quantized(base, None, &device);
         let (a, b) = (
             Tensor::<2>::ones([32, 1], &device),
@@ -512,9 +503,17 @@ mod tests {
             e.contains("merging an adapter needs the dense base weight"),
             "{e}"
         );
+        let e = QuantBase::owned(vec![0u8; 68], GgmlType::Q8_0, [3, 32]).unwrap_err();
+        assert!(
+            e.contains("68 bytes are not 3 rows of 32 Q8_0 values"),
+            "{e}"
+        );
         let e =
-            QuantBase::new(Arc::new(vec![0u8; 68]), 0..68, GgmlType::Q8_0, [3, 32]).unwrap_err();
-        assert!(e.contains("are not 3 rows of 32 Q8_0 values"), "{e}");
+            QuantBase::new(Arc::new(vec![0u8; 68]), 34..102, GgmlType::Q8_0, [2, 32]).unwrap_err();
+        assert!(
+            e.contains("bytes 34..102 are not inside the 68 given"),
+            "{e}"
+        );
     }
 
     /// f32 weights and trained weights stay on Burn's matmul.

@@ -452,9 +452,9 @@ fn blockwise_into(
             Weight::KN => (width as isize, 1),
             Weight::NK => (1, k as isize),
         };
-        // SAFETY: `a` is `m × k` (checked by the caller) and the panel
-        // `k × width` at these strides (checked above); this task writes only
-        // columns `cols` of the `m × n` output.
+        // SAFETY: `a` is `m × k`, `out` `m × n` and the panel `k × width`
+        // at these strides (all checked above); this task writes only
+        // columns `cols` of the output.
         unsafe {
             gemm_into(
                 (m, k, width),

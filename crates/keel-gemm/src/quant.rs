@@ -27,43 +27,46 @@ impl<'w> QuantWeight<'w> {
     /// `bytes` read as `rows × cols` values of type `ty`.
     ///
     /// # Panics
-    /// If keel cannot dequantize `ty`, `cols` is not whole blocks, or
-    /// `bytes` is not `rows` rows of them: the GGUF reader checks a tensor's
-    /// bytes against its shape and type before they get here.
+    /// Where [`QuantWeight::try_new`] errs: callers check their input with
+    /// it first (the loader names the tensor).
     pub fn new(ty: GgmlType, bytes: &'w [u8], rows: usize, cols: usize) -> Self {
-        assert!(
-            !matches!(ty, GgmlType::Other(_)),
-            "{}: keel cannot dequantize this type",
-            ty.name()
-        );
-        assert!(
-            cols.is_multiple_of(ty.block_len()),
-            "{}: rows of {cols} values are not whole {}-value blocks",
-            ty.name(),
-            ty.block_len()
-        );
+        Self::try_new(ty, bytes, rows, cols).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `bytes` read as `rows × cols` values of type `ty`.
+    ///
+    /// # Errors
+    /// If keel cannot dequantize `ty`, `cols` is not whole blocks, or
+    /// `bytes` is not `rows` rows of them.
+    pub fn try_new(
+        ty: GgmlType,
+        bytes: &'w [u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, String> {
+        let name = ty.name();
+        if matches!(ty, GgmlType::Other(_)) {
+            return Err(format!("keel cannot multiply by {name} blocks"));
+        }
+        if !cols.is_multiple_of(ty.block_len()) {
+            return Err(format!(
+                "rows of {cols} values are not whole {}-value {name} blocks",
+                ty.block_len()
+            ));
+        }
         let row_bytes = cols / ty.block_len() * ty.block_bytes();
-        assert_eq!(
-            bytes.len(),
-            size(rows, row_bytes),
-            "{}: {} bytes are not {rows} rows of {row_bytes}",
-            ty.name(),
-            bytes.len()
-        );
-        QuantWeight {
+        if Some(bytes.len()) != rows.checked_mul(row_bytes) {
+            return Err(format!(
+                "{} bytes are not {rows} rows of {cols} {name} values",
+                bytes.len()
+            ));
+        }
+        Ok(QuantWeight {
             ty,
             bytes,
             rows,
             cols,
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
+        })
     }
 
     /// Bytes of one row.
@@ -241,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "not whole 32-value blocks")]
+    #[should_panic(expected = "not whole 32-value Q8_0 blocks")]
     fn rows_of_partial_blocks_are_refused() {
         QuantWeight::new(GgmlType::Q8_0, &[0; 34], 1, 16);
     }

@@ -341,14 +341,9 @@ pub fn build_model(
             BaseStorage::Gguf { .. } => w.blocks(&weight, [d_out, d_in], cfg)?,
             BaseStorage::Quantize { ty, .. } => {
                 let HostTensor { data, .. } = w.get(&weight, &[d_out, d_in], cfg)?;
-                let bad = |reason: String| Error::Tensor {
-                    file: w.file_for(&weight),
-                    tensor: weight.clone(),
-                    reason,
-                };
+                let bad = w.tensor_error(&weight);
                 let bytes = keel_gguf::quantize(ty, &data).map_err(|e| bad(e.kind.to_string()))?;
-                let len = bytes.len();
-                QuantBase::new(Arc::new(bytes), 0..len, ty, [d_out, d_in]).map_err(bad)?
+                QuantBase::owned(bytes, ty, [d_out, d_in]).map_err(bad)?
             }
         };
         Ok(Linear::quantized(base, bias_of(name, bias, d_out)?, device))

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel_adapters::QuantBase;
-use keel_gguf::GgufFile;
+use keel_gguf::{GgufFile, TensorInfo};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
@@ -91,7 +91,7 @@ impl WeightSource {
     }
 
     /// The file named in errors about a tensor.
-    pub(crate) fn file_for(&self, name: &str) -> PathBuf {
+    fn file_for(&self, name: &str) -> PathBuf {
         match self {
             WeightSource::Safetensors { files, index } => index
                 .get(name)
@@ -205,7 +205,7 @@ impl WeightSource {
     }
 
     /// An error about the tensor HF calls `hf_name`.
-    fn tensor_error(&self, hf_name: &str) -> impl Fn(String) -> Error {
+    pub(crate) fn tensor_error(&self, hf_name: &str) -> impl Fn(String) -> Error {
         let (file, tensor) = (self.file_for(hf_name), hf_name.to_string());
         move |reason| Error::Tensor {
             file: file.clone(),
@@ -229,11 +229,7 @@ impl WeightSource {
                 "base_dtype \"gguf\" keeps a GGUF file's blocks, and this model is not a GGUF file (quantize it at load instead: q8_0 or q4_0)".into(),
             ));
         };
-        let name = gguf_name(config.architecture, hf_name)
-            .ok_or_else(|| err("has no GGUF equivalent".into()))?;
-        let info = g
-            .tensor(&name)
-            .ok_or_else(|| err(format!("missing (GGUF name `{name}`)")))?;
+        let info = gguf_info(g, config, hf_name, &err)?;
         if info.shape != shape {
             return Err(err(format!(
                 "has shape {:?}, the config implies {shape:?}",
@@ -247,8 +243,7 @@ impl WeightSource {
                 let bytes = &(**g).as_ref()[range];
                 let rows = reorder_qk_rows(shape[0], row_bytes, bytes, heads, QkLayout::ToHf)
                     .map_err(&err)?;
-                let len = rows.len();
-                QuantBase::new(Arc::new(rows), 0..len, info.ggml_type, shape)
+                QuantBase::owned(rows, info.ggml_type, shape)
             }
             None => QuantBase::new(g.clone(), range, info.ggml_type, shape),
         };
@@ -273,14 +268,8 @@ impl WeightSource {
                 }
             }
             WeightSource::Gguf(g) => {
-                let name = gguf_name(config.architecture, hf_name)
-                    .ok_or_else(|| err("has no GGUF equivalent".into()))?;
-                let (shape, data) = g.tensor_f32(&name).map_err(|e| match e.kind {
-                    keel_gguf::ErrorKind::MissingTensor(_) => {
-                        err(format!("missing (GGUF name `{name}`)"))
-                    }
-                    _ => Error::Gguf(e),
-                })?;
+                let info = gguf_info(g, config, hf_name, &err)?;
+                let (shape, data) = g.tensor_f32(&info.name).map_err(Error::Gguf)?;
                 let data =
                     gguf_layout(config, hf_name, &shape, data, QkLayout::ToHf).map_err(&err)?;
                 HostTensor { shape, data }
@@ -294,6 +283,19 @@ impl WeightSource {
         }
         Ok(tensor)
     }
+}
+
+/// The GGUF tensor HF calls `hf_name`; `err` says when there is none.
+fn gguf_info<'g>(
+    g: &'g GgufFile,
+    config: &Config,
+    hf_name: &str,
+    err: &impl Fn(String) -> Error,
+) -> Result<&'g TensorInfo, Error> {
+    let name = gguf_name(config.architecture, hf_name)
+        .ok_or_else(|| err("has no GGUF equivalent".into()))?;
+    g.tensor(&name)
+        .ok_or_else(|| err(format!("missing (GGUF name `{name}`)")))
 }
 
 fn read_shard_index(path: &Path) -> Result<Vec<String>, Error> {

@@ -36,9 +36,10 @@ impl Selection {
             .iter()
             .filter(|(_, m)| matches!(m, FullModule::Norm(_)))
             .map(|(n, _)| n.clone());
-        let mut fixed: BTreeSet<String> = resolve_saved(&names, &a.modules_to_save)?
+        let saved: BTreeSet<String> = resolve_saved(&names, &a.modules_to_save)?
             .into_iter()
             .collect();
+        let mut fixed = saved.clone();
         if a.train_norms {
             fixed.extend(norms);
         }
@@ -76,9 +77,9 @@ impl Selection {
             _ => None,
         });
         if let Some((name, ty)) = in_blocks {
-            let key = if a.modules_to_save.iter().any(|m| name.ends_with(m.as_str())) {
+            let key = if saved.contains(name) {
                 "modules_to_save"
-            } else if a.train_top_layers.is_some() && fixed.contains(name) {
+            } else if fixed.contains(name) {
                 "train_top_layers"
             } else {
                 "lisa_layers"
