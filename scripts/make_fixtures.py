@@ -19,6 +19,9 @@ Writes into tests/fixtures/ (relative to the repo root):
   gguf-quants/   quants.gguf + expected.safetensors (the dequantized values, and NAME.source: what
                  gguf.quants.quantize was given) + expected_metadata.json (+ manifest.json);
                  other.gguf, one IQ2_XXS tensor (a type keel reads the size of, not the values)
+  gguf-kquants/  kquants.gguf: Q4_K, Q5_K and Q6_K tensors quantized by llama.cpp itself
+                 (ggml_quantize_chunk, through llama-cpp-python's libggml-base) from
+                 source.safetensors (needs llama-cpp-python installed)
   smollm2/       reference.json, last_logits.safetensors, hf-tokenizer/  (needs the GGUF from
                  scripts/fetch_smollm2.sh)
   gguf-spm/      vocab.gguf: tokenizer.ggml.model "llama" (SentencePiece BPE + byte fallback, trained
@@ -495,6 +498,80 @@ F16_SCALE_OFFSETS = {
     "IQ4_NL": (0,),      # d | qs[16]                                       (18 bytes)
     "IQ4_XS": (0,),      # d | scales_h (u16) | scales_l[4] | qs[128]       (136 bytes)
 }
+
+
+# K-quant types llama.cpp quantizes to, and the values they are given: rows of 512 (two 256-value
+# super-blocks), each row a case its scale search treats differently.
+KQUANT_TYPES = ["Q4_K", "Q5_K", "Q6_K"]
+
+
+def kquant_source() -> np.ndarray:
+    rng = np.random.default_rng(2026)
+    n = 512
+    rows = [
+        rng.standard_normal(n),
+        rng.standard_normal(n) * 0.02,               # the scale of real weights
+        rng.standard_normal(n) * 300.0,
+        rng.laplace(size=n),                         # heavy tails
+        rng.uniform(1.0, 2.0, n),                    # all positive: the stored minimum is clamped
+        -rng.uniform(0.5, 3.0, n),                   # all negative
+        np.where(rng.random(n) < 0.02, 40.0, 1.0) * rng.standard_normal(n),  # outliers
+        rng.standard_normal(n) * 1e-17,              # below the K-quants' all-zero threshold
+    ]
+    zero_then_flat = np.zeros(n)
+    zero_then_flat[256:] = 0.75                      # an all-zero super-block, then a flat one
+    rows.append(zero_then_flat)
+    sparse = rng.standard_normal(n)
+    sparse[rng.random(n) < 0.8] = 0.0                # mostly zero, so many sub-blocks are all zero
+    rows.append(sparse)
+    return np.stack(rows).astype(np.float32)
+
+
+def make_kquants(out: Path) -> None:
+    """llama.cpp's own K-quantization (ggml_quantize_chunk without an importance matrix, which is
+    what llama-quantize does without --imatrix), through the libggml-base that llama-cpp-python
+    built, of kquant_source(); written as tensors of a GGUF beside source.safetensors."""
+    import ctypes
+
+    import gguf
+    import llama_cpp
+    from gguf import GGMLQuantizationType as Q
+    from safetensors.numpy import save_file
+
+    d = out / "gguf-kquants"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    ggml = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
+    ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    src = np.ascontiguousarray(kquant_source())
+    rows, cols = src.shape
+    w = gguf.GGUFWriter(str(d / "kquants.gguf"), arch="keeltest")
+    w.add_name("keel K-quant fixtures: llama.cpp's ggml_quantize_chunk of source.safetensors")
+    manifest = {}
+    for tname in KQUANT_TYPES:
+        qt = Q[tname]
+        block, tsize = gguf.GGML_QUANT_SIZES[qt]
+        raw = np.zeros((rows, cols // block * tsize), dtype=np.uint8)
+        written = ggml.ggml_quantize_chunk(int(qt), src.ctypes.data, raw.ctypes.data, 0, rows, cols, None)
+        assert written == raw.nbytes, (tname, written, raw.nbytes)
+        deq = gguf.quants.dequantize(raw, qt)
+        rel = float(np.abs(deq - src).max(axis=1).max() / np.abs(src).max())
+        w.add_tensor(tname.lower(), raw, raw_shape=raw.shape, raw_dtype=qt)
+        manifest[tname.lower()] = dict(ggml_type=tname, shape=[rows, cols], nbytes=int(raw.nbytes),
+                                       max_error_over_max_value=rnd(rel))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    save_file({"source": src}, str(d / "source.safetensors"), metadata={"source": "kquant_source()"})
+    (d / "source.safetensors").chmod(0o644)
+    manifest["made_by"] = (f"ggml_quantize_chunk(type, source, dst, 0, {rows}, {cols}, imatrix=NULL) from "
+                           f"llama-cpp-python {llama_cpp.__version__}'s libggml-base")
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"gguf-kquants: {', '.join(KQUANT_TYPES)} of {rows}x{cols} values")
 
 
 def metadata_spec():
@@ -1664,9 +1741,9 @@ def make_phi3_gguf(out: Path, llama_cpp: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--only", default="tiny,quants,smollm2,gguf-spm,gguf-spm-phi3,tiny-qwen2-gguf,tiny-qwen3-gguf,"
+    ap.add_argument("--only", default="tiny,quants,kquants,smollm2,gguf-spm,gguf-spm-phi3,tiny-qwen2-gguf,tiny-qwen3-gguf,"
                                       "tiny-phi3-gguf,f64",
-                    help="comma list of: tiny, quants, smollm2, gguf-spm, tiny-qwen2-gguf (or a tiny model "
+                    help="comma list of: tiny, quants, kquants (llama.cpp's K-quantization), smollm2, gguf-spm, tiny-qwen2-gguf (or a tiny model "
                          "name), f64 (only the float64 logits of the existing f32 references)")
     ap.add_argument("--smollm2-gguf", default=None,
                     help=f"path to {SMOLLM2_NAME} (default: $KEEL_CACHE/models/, see fetch_smollm2.sh)")
@@ -1697,6 +1774,8 @@ def main():
         t = time.time()
         make_quants(out)
         timings["gguf-quants"] = time.time() - t
+    if "kquants" in only:
+        make_kquants(out)
     missing = False
     if "gguf-spm-phi3" in only:
         make_phi3_vocab(out)

@@ -133,6 +133,42 @@ fn quantization_is_bit_exact_with_the_gguf_package() {
     );
 }
 
+/// keel's K-quantization gives the bytes llama.cpp's own `ggml_quantize_chunk`
+/// wrote (no importance matrix, as `llama-quantize` without `--imatrix`),
+/// block for block, from the same values: rows of ordinary, tiny, huge,
+/// heavy-tailed, one-signed, outlier, all-zero, flat and mostly-zero values.
+#[test]
+fn k_quantization_is_bit_exact_with_llama_cpp() {
+    let gguf = GgufFile::open(fixture("gguf-kquants/kquants.gguf")).unwrap();
+    let bytes = std::fs::read(fixture("gguf-kquants/source.safetensors")).unwrap();
+    let source = SafeTensors::deserialize(&bytes).unwrap();
+    let source = source.tensor("source").unwrap();
+    assert_eq!(source.shape(), [10, 512]);
+    let source: Vec<f32> = source
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let mut checked = Vec::new();
+    for info in &gguf.tensors {
+        let got = quantize(info.ggml_type, &source).unwrap();
+        let want = gguf.tensor_bytes(info);
+        assert_eq!(got.len(), want.len(), "{}", info.name);
+        let block = info.ggml_type.block_bytes();
+        let differ: Vec<usize> = (0..want.len() / block)
+            .filter(|&b| got[b * block..(b + 1) * block] != want[b * block..(b + 1) * block])
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{}: blocks {differ:?} of {} differ",
+            info.name,
+            want.len() / block
+        );
+        checked.push(info.ggml_type.name());
+    }
+    assert_eq!(checked, ["Q4_K", "Q5_K", "Q6_K"]);
+}
+
 /// A type keel cannot dequantize (IQ2_XXS): the file opens and its tensor is
 /// described; reading its values is an error naming file, tensor and type.
 #[test]

@@ -30,7 +30,8 @@ pub struct TrainArgs {
     model: PathBuf,
     #[arg(long, default_value = "flex")]
     device: String,
-    /// Storage of the frozen base: f32, f16, bf16, gguf (the file's own blocks), q8_0 or q4_0.
+    /// Storage of the frozen base: f32, f16, bf16, gguf (the file's own blocks), or quantized at
+    /// load: q8_0, q6_k, q5_k, q4_k or q4_0.
     #[arg(long, default_value = "f32")]
     base_dtype: String,
     #[arg(long, default_value_t = 256)]

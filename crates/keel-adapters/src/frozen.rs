@@ -194,7 +194,8 @@ impl QuantBase {
         [self.out_features, self.in_features]
     }
 
-    fn weight(&self) -> QuantWeight<'_> {
+    /// The blocks, for keel-gemm's products.
+    pub fn weight(&self) -> QuantWeight<'_> {
         let bytes = &(*self.bytes).as_ref()[self.range.clone()];
         QuantWeight::new(self.ty, bytes, self.out_features, self.in_features)
     }

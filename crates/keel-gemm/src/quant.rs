@@ -90,6 +90,16 @@ impl<'w> QuantWeight<'w> {
             .expect("QuantWeight::new checked the type and the block sizes");
     }
 
+    /// Appends row `r`, dequantized: an embedding table's lookup, a
+    /// vocabulary-major head's token row.
+    ///
+    /// # Panics
+    /// If `r` is not a row.
+    pub fn row_into(&self, r: usize, out: &mut Vec<f32>) {
+        assert!(r < self.rows, "row {r} of a {}-row weight", self.rows);
+        self.dequantize_row(r, 0..self.cols, out);
+    }
+
     /// `out[m, rows] = a[m, cols] · Wᵀ`: a projection's forward pass.
     ///
     /// # Panics
@@ -208,7 +218,7 @@ mod tests {
     /// Both products equal the f64 product of the dequantized weight, on
     /// shapes whose rows are not a multiple of a task's 64 and whose
     /// columns are one or several blocks, not a multiple of 64, for every
-    /// type.
+    /// type; a row read alone is that row of the dequantized weight.
     #[test]
     fn the_product_is_that_of_the_dequantized_weight() {
         for (ty, scales) in TYPES {
@@ -239,6 +249,11 @@ mod tests {
                 let dy64: Vec<f64> = dy.iter().map(|&x| f64::from(x)).collect();
                 let want = reference(&dy64, &dense, m, rows, cols, Weight::KN);
                 assert_matches(&got, want, &what("dy·W"));
+
+                let mut row = Vec::new();
+                w.row_into(rows - 1, &mut row);
+                let last: Vec<f64> = row.into_iter().map(f64::from).collect();
+                assert_eq!(last, dense[(rows - 1) * cols..], "{}", what("last row"));
             }
         }
     }

@@ -181,7 +181,7 @@ fn q3_k(b: &[u8], out: &mut Vec<f32>) {
 }
 
 /// The eight 6-bit (scale, min) pairs packed into 12 bytes by the k-quants.
-fn k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
         if j < 4 {

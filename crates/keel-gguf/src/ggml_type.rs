@@ -88,6 +88,28 @@ impl GgmlType {
         }
     }
 
+    /// The type llama.cpp stores a row of `cols` values in when asked for
+    /// `self` (`tensor_type_fallback`): a 256-value K-quant whose blocks do
+    /// not fit the row becomes the 32-value type of the same precision,
+    /// and F16 where those do not fit either.
+    pub fn for_row_of(self, cols: usize) -> GgmlType {
+        if cols.is_multiple_of(self.block_len()) {
+            return self;
+        }
+        let fallback = match self {
+            GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+            GgmlType::Q4K => GgmlType::Q5_0,
+            GgmlType::Q5K => GgmlType::Q5_1,
+            GgmlType::Q6K => GgmlType::Q8_0,
+            GgmlType::IQ4XS => GgmlType::IQ4NL,
+            other => other,
+        };
+        match cols.is_multiple_of(fallback.block_len()) {
+            true => fallback,
+            false => GgmlType::F16,
+        }
+    }
+
     /// Elements in one block.
     pub fn block_len(self) -> usize {
         match self {

@@ -4,9 +4,9 @@
 //! tensor table, checking every count, length and offset against the file's
 //! real size before it allocates anything, so a lying header gives an
 //! [`Error`] that names the field instead of a panic or a giant allocation.
-//! [`dequantize`] turns a tensor's blocks into `f32`, and [`quantize`]
-//! `f32` into the legacy block types, both bit-exact with the `gguf` Python
-//! package.
+//! [`dequantize`] turns a tensor's blocks into `f32`, bit-exact with the
+//! `gguf` Python package, and [`quantize`] `f32` into the legacy block types
+//! and the K-quants Q4_K, Q5_K and Q6_K, bit-exact with llama.cpp.
 //!
 //! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>.
 
@@ -14,6 +14,7 @@ mod dequant;
 mod error;
 mod ggml_type;
 mod quantize;
+mod quantize_k;
 mod reader;
 mod value;
 mod writer;

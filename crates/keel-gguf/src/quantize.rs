@@ -1,20 +1,21 @@
 //! Quantization to the legacy block types, as llama.cpp's reference
 //! `quantize_row_*_ref` and the `gguf` Python package do it (bit-exact with
 //! the package: each step rounds to f32 as numpy does, no fused
-//! multiply-adds), so a base quantized here is the same bits a GGUF export
-//! of it holds.
+//! multiply-adds), and to the K-quants as llama.cpp does (`quantize_k`), so
+//! a base quantized here is the same bits a GGUF export of it holds.
 
 use half::{bf16, f16};
 
 use crate::error::Error;
 use crate::ggml_type::GgmlType;
+use crate::quantize_k;
 
 /// `values` as whole blocks of `ty`.
 ///
 /// # Errors
-/// When `values` is not whole blocks of `ty`, or `ty` is one keel does not
-/// quantize to (the K-quants and I-quants need llama.cpp's search for
-/// scales, not done here yet).
+/// When `values` is not whole blocks of `ty`, holds a value that is not
+/// finite, or `ty` is one keel does not quantize to (Q2_K, Q3_K and the
+/// I-quants, which llama.cpp quantizes with an importance matrix).
 pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, Error> {
     let len = ty.block_len();
     if !values.len().is_multiple_of(len) {
@@ -40,10 +41,13 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, Error> {
         GgmlType::Q5_0 => blocks.for_each(|b| symmetric(b, 5, &mut out)),
         GgmlType::Q4_1 => blocks.for_each(|b| with_min(b, 4, &mut out)),
         GgmlType::Q5_1 => blocks.for_each(|b| with_min(b, 5, &mut out)),
+        GgmlType::Q4K => blocks.for_each(|b| quantize_k::with_min(b, 4, &mut out)),
+        GgmlType::Q5K => blocks.for_each(|b| quantize_k::with_min(b, 5, &mut out)),
+        GgmlType::Q6K => blocks.for_each(|b| quantize_k::q6_k(b, &mut out)),
         _ => {
             return Err(Error::invalid(
                 format!("{} quantization", ty.name()),
-                "keel quantizes to F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1",
+                "keel quantizes to F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K",
             ));
         }
     }
@@ -146,6 +150,19 @@ mod tests {
         }
     }
 
+    /// llama.cpp's fallbacks: Qwen2.5-0.5B's 896-value rows take Q5_0 for
+    /// Q4_K (what its Q4_K_M file holds), its 4864-value rows Q4_K itself.
+    #[test]
+    fn rows_that_blocks_do_not_fit_fall_back_as_in_llama_cpp() {
+        assert_eq!(GgmlType::Q4K.for_row_of(4864), GgmlType::Q4K);
+        assert_eq!(GgmlType::Q4K.for_row_of(896), GgmlType::Q5_0);
+        assert_eq!(GgmlType::Q5K.for_row_of(896), GgmlType::Q5_1);
+        assert_eq!(GgmlType::Q6K.for_row_of(896), GgmlType::Q8_0);
+        assert_eq!(GgmlType::Q4K.for_row_of(100), GgmlType::F16);
+        assert_eq!(GgmlType::Q8_0.for_row_of(100), GgmlType::F16);
+        assert_eq!(GgmlType::Q8_0.for_row_of(96), GgmlType::Q8_0);
+    }
+
     #[test]
     fn non_finite_values_are_refused() {
         let mut v = [0.5f32; 32];
@@ -155,14 +172,14 @@ mod tests {
     }
 
     #[test]
-    fn partial_blocks_and_k_quants_are_refused() {
+    fn partial_blocks_and_other_types_are_refused() {
         let e = quantize(GgmlType::Q8_0, &[0.0; 33])
             .unwrap_err()
             .to_string();
         assert!(e.contains("33 values are not whole 32-value blocks"), "{e}");
-        let e = quantize(GgmlType::Q4K, &[0.0; 256])
+        let e = quantize(GgmlType::Q3K, &[0.0; 256])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("Q4_K quantization"), "{e}");
+        assert!(e.contains("Q3_K quantization"), "{e}");
     }
 }

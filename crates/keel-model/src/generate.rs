@@ -195,7 +195,7 @@ pub fn decode(
 
 /// `ids` as a `[rows, ids.len() / rows]` token batch on the model's device.
 pub fn token_tensor(model: &Llama, ids: &[u32], rows: usize) -> Tensor<2, Int> {
-    let device = model.embed_tokens.val().device();
+    let device = model.device();
     let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     let n = ids.len() / rows;
     Tensor::from_data(TensorData::new(ids, [rows, n]), &device)

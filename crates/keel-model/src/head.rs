@@ -22,7 +22,8 @@ use burn::backend::{Autodiff, Backend, Bytes, Dispatch, Flex, backend_extension}
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Device, Int, Shape, Tensor};
 use half::bf16;
-use keel_gemm::{PackedWeight, Weight};
+use keel_adapters::QuantBase;
+use keel_gemm::{PackedWeight, QuantWeight, Weight};
 use rayon::prelude::*;
 
 /// Rows per chunk: a chunk's logits are `CHUNK × vocab` f32 (50 MB for a
@@ -30,29 +31,51 @@ use rayon::prelude::*;
 /// f32 weight for every product, so fewer, larger chunks.
 const CHUNK: usize = 256;
 
-/// `log p(targets)` `[batch, seq]` from hidden states `[batch, seq, d]` and
-/// the head's weight: `[vocab, d]` when `layout` is [`Weight::NK`] (tied
-/// embeddings), `[d, vocab]` for [`Weight::KN`] (a linear layer's).
-pub fn target_log_probs(
-    hidden: Tensor<3>,
-    w: Tensor<2>,
-    layout: Weight,
-    targets: Tensor<2, Int>,
-) -> Tensor<2> {
-    let [b, s, d] = hidden.dims();
-    if !fusable(&hidden, &w) {
-        let logits = match layout {
-            Weight::NK => keel_adapters::frozen::matmul_transposed(hidden, w),
-            Weight::KN => keel_adapters::frozen::matmul(hidden, w),
-        };
-        return gather_log_probs(logits, targets);
+/// A frozen head's weight.
+// Made for one call and moved into it: boxing the tensor would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum HeadWeight<'a> {
+    /// `[vocab, d]` when the layout is [`Weight::NK`] (tied embeddings),
+    /// `[d, vocab]` for [`Weight::KN`] (a linear layer's).
+    Dense(Tensor<2>, Weight),
+    /// `[vocab, d]` in GGUF blocks.
+    Blocks(&'a QuantBase),
+}
+
+impl HeadWeight<'_> {
+    /// The logits `[batch, seq, vocab]` of hidden states `[batch, seq, d]`.
+    pub fn logits(self, hidden: Tensor<3>) -> Tensor<3> {
+        match self {
+            HeadWeight::Dense(w, Weight::NK) => keel_adapters::frozen::matmul_transposed(hidden, w),
+            HeadWeight::Dense(w, Weight::KN) => keel_adapters::frozen::matmul(hidden, w),
+            HeadWeight::Blocks(w) => keel_adapters::frozen::quant_matmul(hidden, w),
+        }
     }
-    let out = <Dispatch as FrozenHead>::frozen_head_log_probs(
-        hidden.reshape([b * s, d]).into_dispatch(),
-        w.into_dispatch(),
-        targets.reshape([b * s]).into_dispatch(),
-        layout == Weight::NK,
-    );
+}
+
+/// `log p(targets)` `[batch, seq]` from hidden states `[batch, seq, d]` and
+/// the head's weight.
+pub fn target_log_probs(hidden: Tensor<3>, w: HeadWeight, targets: Tensor<2, Int>) -> Tensor<2> {
+    let [b, s, d] = hidden.dims();
+    let fused_activations = hidden.dtype() == DType::F32
+        // Equal for flex with and without autodiff.
+        && hidden.device() == Device::flex();
+    let rows = |t: Tensor<3>| t.reshape([b * s, d]).into_dispatch();
+    let ids = |t: Tensor<2, Int>| t.reshape([b * s]).into_dispatch();
+    let out = match w {
+        HeadWeight::Dense(w, layout) if fused_activations && fusable(&w) => {
+            <Dispatch as FrozenHead>::frozen_head_log_probs(
+                rows(hidden),
+                w.into_dispatch(),
+                ids(targets),
+                layout == Weight::NK,
+            )
+        }
+        HeadWeight::Blocks(w) if fused_activations => {
+            <Dispatch as FrozenHead>::frozen_head_log_probs_blocks(rows(hidden), w, ids(targets))
+        }
+        w => return gather_log_probs(w.logits(hidden), targets),
+    };
     Tensor::<1>::from_dispatch(out).reshape([b, s])
 }
 
@@ -63,14 +86,10 @@ pub fn gather_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2>
         .squeeze_dim::<2>(2)
 }
 
-/// The fused path needs flex, f32 activations, and a frozen f32 head or a
-/// bf16 one with keel-gemm's kernel.
-fn fusable(hidden: &Tensor<3>, w: &Tensor<2>) -> bool {
-    matches!(w.dtype(), DType::F32 | DType::BF16)
-        && hidden.dtype() == DType::F32
-        && !w.is_require_grad()
-        // Equal for flex with and without autodiff.
-        && hidden.device() == Device::flex()
+/// Besides f32 activations on flex, the fused path needs a frozen f32 head,
+/// a bf16 one (keel-gemm's kernel), or one in blocks.
+fn fusable(w: &Tensor<2>) -> bool {
+    matches!(w.dtype(), DType::F32 | DType::BF16) && !w.is_require_grad()
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -81,6 +100,13 @@ pub trait FrozenHead: Backend {
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
         vocab_major: bool,
+    ) -> FloatTensor<Self>;
+
+    /// As [`FrozenHead::frozen_head_log_probs`] for `w [vocab, d]` in blocks.
+    fn frozen_head_log_probs_blocks(
+        hidden: FloatTensor<Self>,
+        w: &QuantBase,
+        targets: IntTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -96,9 +122,17 @@ impl FrozenHead for Flex {
         vocab_major: bool,
     ) -> FlexTensor {
         let w = w.to_contiguous();
-        Head::new(&w, layout(vocab_major), false)
+        Head::dense(&w, layout(vocab_major), false)
             .log_probs(&hidden, &targets)
             .0
+    }
+
+    fn frozen_head_log_probs_blocks(
+        hidden: FlexTensor,
+        w: &QuantBase,
+        targets: FlexTensor,
+    ) -> FlexTensor {
+        Head::blocks(w, false).log_probs(&hidden, &targets).0
     }
 }
 
@@ -112,6 +146,8 @@ enum Values<'a> {
         logits: PackedWeight<'a>,
         expected: Option<PackedWeight<'a>>,
     },
+    /// `[vocab, d]`, dequantized a panel at a time inside each product.
+    Blocks(QuantWeight<'a>),
 }
 
 /// The weight as the two products read it: `x · B` for the logits
@@ -126,7 +162,7 @@ struct Head<'a> {
 
 impl<'a> Head<'a> {
     /// `w` must be contiguous; `jacobian` packs for the second product too.
-    fn new(w: &'a FlexTensor, layout: Weight, jacobian: bool) -> Self {
+    fn dense(w: &'a FlexTensor, layout: Weight, jacobian: bool) -> Self {
         let [rows, cols] = w.layout().shape().dims::<2>();
         let (vocab, d) = match layout {
             Weight::NK => (rows, cols),
@@ -147,6 +183,18 @@ impl<'a> Head<'a> {
         Head {
             w,
             layout,
+            vocab,
+            d,
+            jacobian,
+        }
+    }
+
+    /// `w [vocab, d]` in blocks.
+    fn blocks(w: &'a QuantBase, jacobian: bool) -> Self {
+        let [vocab, d] = w.dims();
+        Head {
+            w: Values::Blocks(w.weight()),
+            layout: Weight::NK,
             vocab,
             d,
             jacobian,
@@ -174,6 +222,8 @@ impl<'a> Head<'a> {
                 };
                 w.matmul_into(a, m, out)
             }
+            Values::Blocks(w) if expected => w.matmul_into(a, m, out),
+            Values::Blocks(w) => w.matmul_transposed_into(a, m, out),
             Values::F32(w) => {
                 let layout = if expected {
                     self.layout.transposed()
@@ -187,15 +237,23 @@ impl<'a> Head<'a> {
 
     /// Row `t` of the weight as the head sees it: token `t`'s `d` values.
     fn token_row(&self, t: usize, out: &mut [f32]) {
-        let at = |i: usize| match self.w {
-            Values::F32(w) => w[i],
-            Values::Bf16 { w, .. } => w[i].to_f32(),
+        let (d, vocab) = (self.d, self.vocab);
+        let gather = |out: &mut [f32], at: &dyn Fn(usize) -> f32| {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = match self.layout {
+                    Weight::NK => at(t * d + j),
+                    Weight::KN => at(j * vocab + t),
+                };
+            }
         };
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = match self.layout {
-                Weight::NK => at(t * self.d + j),
-                Weight::KN => at(j * self.vocab + t),
-            };
+        match &self.w {
+            Values::F32(w) => gather(out, &|i| w[i]),
+            Values::Bf16 { w, .. } => gather(out, &|i| w[i].to_f32()),
+            Values::Blocks(w) => {
+                let mut row = Vec::with_capacity(d);
+                w.row_into(t, &mut row);
+                out.copy_from_slice(&row);
+            }
         }
     }
 
@@ -317,20 +375,38 @@ impl<C: CheckpointStrategy> FrozenHead for Autodiff<Flex, C> {
         // Its graph would be dropped here: only frozen heads come this way.
         assert!(!w.is_tracked(), "frozen head: the weight is being trained");
         let w = w.into_primitive().to_contiguous();
-        match FrozenHeadBackward
-            .prepare::<C>([hidden.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let head = Head::new(&w, layout(vocab_major), true);
-                let (log_p, jac) = head.log_probs(&hidden.into_primitive(), &targets);
-                prep.finish(jac, log_p)
-            }
-            OpsKind::UnTracked(prep) => {
-                let head = Head::new(&w, layout(vocab_major), false);
-                prep.finish(head.log_probs(&hidden.into_primitive(), &targets).0)
-            }
+        tracked_head::<C>(hidden, &targets, |jacobian| {
+            Head::dense(&w, layout(vocab_major), jacobian)
+        })
+    }
+
+    fn frozen_head_log_probs_blocks(
+        hidden: FloatTensor<Self>,
+        w: &QuantBase,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        tracked_head::<C>(hidden, &targets, |jacobian| Head::blocks(w, jacobian))
+    }
+}
+
+/// The head's log-probabilities on the autodiff graph: the head is made
+/// with its Jacobian (kept for backward) where `hidden` is tracked.
+fn tracked_head<'w, C: CheckpointStrategy>(
+    hidden: FloatTensor<Autodiff<Flex, C>>,
+    targets: &FlexTensor,
+    head: impl FnOnce(bool) -> Head<'w>,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match FrozenHeadBackward
+        .prepare::<C>([hidden.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (log_p, jac) = head(true).log_probs(&hidden.into_primitive(), targets);
+            prep.finish(jac, log_p)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(head(false).log_probs(&hidden.into_primitive(), targets).0)
         }
     }
 }
@@ -338,6 +414,7 @@ impl<C: CheckpointStrategy> FrozenHead for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Distribution, TensorData};
+    use keel_gguf::GgmlType;
 
     use super::*;
 
@@ -381,8 +458,9 @@ mod tests {
                 };
                 let w = Tensor::<2>::random(shape, uniform, &device).cast(dtype);
                 let h = leaf.clone().require_grad();
-                assert!(fusable(&h, &w));
-                let fused = target_log_probs(h.clone(), w.clone(), layout, targets.clone());
+                assert!(fusable(&w));
+                let head = HeadWeight::Dense(w.clone(), layout);
+                let fused = target_log_probs(h.clone(), head, targets.clone());
                 let dense = w.clone().cast(DType::F32);
                 let dense = match layout {
                     Weight::NK => dense.transpose(),
@@ -401,6 +479,42 @@ mod tests {
         }
     }
 
+    /// A tied head kept in blocks (Q4_0 and Q6_K, 300 rows across a chunk
+    /// boundary): the fused log-probabilities and input gradient equal
+    /// log-softmax-and-gather over the logits of the dequantized weight.
+    #[test]
+    fn fused_head_in_blocks_matches_the_dequantized_head() {
+        let device = Device::flex().autodiff();
+        let uniform = Distribution::Uniform(-2.0, 2.0);
+        let (b, s, d, vocab) = (3, 100, 256, 50);
+        let ids: Vec<i64> = (0..b * s).map(|i| (i * 7 % vocab) as i64).collect();
+        let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
+        let upstream = Tensor::<2>::random([b, s], uniform, &device);
+        let leaf = Tensor::<3>::random([b, s, d], uniform, &device);
+        let w = Tensor::<2>::random([vocab, d], uniform, &device);
+        let values: Vec<f32> = w.into_data().try_into_vec_as().unwrap();
+        for ty in [GgmlType::Q4_0, GgmlType::Q6K] {
+            let bytes = keel_gguf::quantize(ty, &values).unwrap();
+            let blocks = QuantBase::owned(bytes, ty, [vocab, d]).unwrap();
+            let dense =
+                Tensor::<2>::from_data(TensorData::new(blocks.dequantize(), [vocab, d]), &device);
+            let h = leaf.clone().require_grad();
+            let fused = target_log_probs(h.clone(), HeadWeight::Blocks(&blocks), targets.clone());
+            let x = leaf.clone().require_grad();
+            let want = gather_log_probs(
+                x.clone().matmul(dense.transpose().unsqueeze()),
+                targets.clone(),
+            );
+            let what = ty.name();
+            assert_close(fused.clone().detach(), want.clone().detach(), 1e-5, what);
+            let got = h
+                .grad(&(fused * upstream.clone()).sum().backward())
+                .unwrap();
+            let want = x.grad(&(want * upstream.clone()).sum().backward()).unwrap();
+            assert_close(got, want, 1e-5, &format!("{what} gradient"));
+        }
+    }
+
     /// Off the autodiff graph the same values come back; a target outside
     /// the vocabulary is refused by name.
     #[test]
@@ -414,11 +528,12 @@ mod tests {
             h.clone().matmul(w.clone().transpose().unsqueeze()),
             targets.clone(),
         );
-        let got = target_log_probs(h.clone(), w.clone(), Weight::NK, targets);
+        let got = target_log_probs(h.clone(), HeadWeight::Dense(w.clone(), Weight::NK), targets);
         assert_close(got, want, 1e-5, "untracked");
         let bad = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 10, 4], [1, 3]), &device);
-        let err = std::panic::catch_unwind(|| target_log_probs(h, w, Weight::NK, bad))
-            .expect_err("a target outside the vocabulary");
+        let err =
+            std::panic::catch_unwind(|| target_log_probs(h, HeadWeight::Dense(w, Weight::NK), bad))
+                .expect_err("a target outside the vocabulary");
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
         assert!(
             msg.contains("target 10 outside the 10-token vocabulary"),

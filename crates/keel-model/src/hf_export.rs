@@ -35,12 +35,14 @@ pub fn hf_tensors(model: &Llama) -> Vec<(String, Vec<usize>, Vec<f32>)> {
             out.push((format!("{name}.bias"), b.dims().to_vec(), host(b)));
         }
     };
-    let embed = model.embed_tokens.val();
-    out.push((
-        "model.embed_tokens.weight".into(),
-        embed.dims().to_vec(),
-        host(embed),
-    ));
+    let (shape, values) = match &model.embed_blocks {
+        Some(table) => (table.dims().to_vec(), table.dequantize()),
+        None => {
+            let embed = model.embed_tokens.val();
+            (embed.dims().to_vec(), host(embed))
+        }
+    };
+    out.push(("model.embed_tokens.weight".into(), shape, values));
     for (i, layer) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let norm =

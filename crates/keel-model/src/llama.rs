@@ -13,12 +13,12 @@ use burn::tensor::activation::gelu_approximate;
 use burn::tensor::module::embedding;
 use burn::tensor::{Bool, DType, Device, Gradients, Int, Tensor, TensorData};
 
-use keel_adapters::Linear;
+use keel_adapters::{Linear, QuantBase};
 use keel_gemm::Weight;
 
 use crate::attention;
 use crate::config::{Activation, Config, LayerType, RopeFrequencies};
-use crate::head;
+use crate::head::{self, HeadWeight};
 use crate::selective::FullModule;
 use crate::swiglu::swiglu;
 
@@ -444,6 +444,11 @@ pub struct Llama {
     /// Multiplies the embeddings (Gemma: `sqrt(hidden_size)`).
     #[module(skip)]
     pub embed_scale: Option<f32>,
+    /// The embedding table kept in its GGUF blocks (`embed_tokens` is then
+    /// an empty placeholder): a lookup dequantizes only the rows it reads,
+    /// and a tied head multiplies by the blocks.
+    #[module(skip)]
+    pub embed_blocks: Option<QuantBase>,
 }
 
 impl Llama {
@@ -497,7 +502,10 @@ impl Llama {
     /// The embeddings of `tokens`, in f32 (a half-precision base is
     /// computed with in f32).
     fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let x = embedding(self.embed_tokens.val(), tokens).cast(DType::F32);
+        let x = match &self.embed_blocks {
+            Some(table) => lookup(table, tokens),
+            None => embedding(self.embed_tokens.val(), tokens).cast(DType::F32),
+        };
         match self.embed_scale {
             Some(scale) => x.mul_scalar(scale),
             None => x,
@@ -532,11 +540,24 @@ impl Llama {
         }
     }
 
+    /// The device the model is on.
+    pub fn device(&self) -> Device {
+        self.norm.weight.val().device()
+    }
+
+    /// The embeddings as a tied head reads them.
+    fn tied_head(&self) -> HeadWeight<'_> {
+        match &self.embed_blocks {
+            Some(table) => HeadWeight::Blocks(table),
+            None => HeadWeight::Dense(self.embed_tokens.val(), Weight::NK),
+        }
+    }
+
     /// Projects hidden states onto the vocabulary.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => keel_adapters::frozen::matmul_transposed(hidden, self.embed_tokens.val()),
+            None => self.tied_head().logits(hidden),
         }
     }
 
@@ -545,13 +566,17 @@ impl Llama {
     /// it is a plain frozen product (see head.rs), through the logits
     /// otherwise.
     pub fn target_log_probs(&self, hidden: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
-        match &self.lm_head {
-            None => head::target_log_probs(hidden, self.embed_tokens.val(), Weight::NK, targets),
+        let w = match &self.lm_head {
+            None => self.tied_head(),
             Some(h) if h.bias.is_none() && h.live_adapters().next().is_none() => {
-                head::target_log_probs(hidden, h.weight.val(), Weight::KN, targets)
+                match &h.quantized {
+                    Some(blocks) => HeadWeight::Blocks(blocks),
+                    None => HeadWeight::Dense(h.weight.val(), Weight::KN),
+                }
             }
-            Some(_) => head::gather_log_probs(self.logits(hidden), targets),
-        }
+            Some(_) => return head::gather_log_probs(self.logits(hidden), targets),
+        };
+        head::target_log_probs(hidden, w, targets)
     }
 
     /// Logits `[batch, seq, vocab]` for every position.
@@ -639,13 +664,31 @@ impl Llama {
     /// and a sample of the weights no adapter or initialisation changes:
     /// the embeddings and the final norm.
     pub fn fingerprint(&self) -> String {
-        let embed = self.embed_tokens.val();
-        let dims = embed.dims();
-        let sample: Vec<f32> = embed
-            .flatten::<1>(0, 1)
-            .narrow(0, 0, 1024.min(dims[0] * dims[1]))
-            .try_into_vec_as()
-            .expect("float");
+        const SAMPLE: usize = 1024;
+        let (dims, sample) = match &self.embed_blocks {
+            Some(table) => {
+                let dims = table.dims();
+                let mut sample = Vec::new();
+                for row in 0..dims[0].min(SAMPLE) {
+                    table.weight().row_into(row, &mut sample);
+                    if sample.len() >= SAMPLE {
+                        break;
+                    }
+                }
+                sample.truncate(SAMPLE);
+                (dims, sample)
+            }
+            None => {
+                let embed = self.embed_tokens.val();
+                let dims = embed.dims();
+                let sample: Vec<f32> = embed
+                    .flatten::<1>(0, 1)
+                    .narrow(0, 0, SAMPLE.min(dims[0] * dims[1]))
+                    .try_into_vec_as()
+                    .expect("float");
+                (dims, sample)
+            }
+        };
         let norm: Vec<f32> = self.norm.weight.val().try_into_vec_as().expect("float");
         // FNV-1a, 64-bit: stable across platforms and Rust versions.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -750,6 +793,25 @@ impl Inputs {
             _ => &self.full,
         }
     }
+}
+
+/// The rows of `table` (`[vocab, d]` in blocks) that `tokens` `[batch,
+/// seq]` name, dequantized: `[batch, seq, d]` f32 on the tokens' device.
+fn lookup(table: &QuantBase, tokens: Tensor<2, Int>) -> Tensor<3> {
+    let [b, s] = tokens.dims();
+    let [vocab, d] = table.dims();
+    let device = tokens.device();
+    let ids: Vec<i64> = tokens.into_data().try_into_vec_as().expect("token ids");
+    let w = table.weight();
+    let mut rows = Vec::with_capacity(b * s * d);
+    for id in ids {
+        let row = usize::try_from(id)
+            .ok()
+            .filter(|&t| t < vocab)
+            .unwrap_or_else(|| panic!("token {id} outside the {vocab}-token vocabulary"));
+        w.row_into(row, &mut rows);
+    }
+    Tensor::from_data(TensorData::new(rows, [b, s, d]), &device)
 }
 
 /// Whether any of `layer`'s parameters is trained.

@@ -27,8 +27,9 @@ pub enum BaseStorage {
     /// embeddings (and an untied head) dense in `dense`.
     Gguf { dense: DType },
     /// The projections quantized to `ty` at load, as llama.cpp's reference
-    /// quantization does (a GGUF export holds the same bits); the rest
-    /// dense in `dense`.
+    /// quantization does (a GGUF export holds the same bits; rows the
+    /// blocks do not fit take llama.cpp's fallback type); the rest dense in
+    /// `dense`.
     Quantize { ty: GgmlType, dense: DType },
 }
 
@@ -314,6 +315,23 @@ fn tensor1(
     Ok(Tensor::from_data(TensorData::new(t.data, [len]), device))
 }
 
+/// `values` (rows of `cols`) quantized to `ty`, a few rows per task on
+/// every core: the K-quants' search for scales makes a 1.5B model's
+/// quantization take minutes on one.
+fn quantize_rows(ty: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>, String> {
+    use rayon::prelude::*;
+    let rows_per_task = (1 << 16) / cols.max(1) + 1;
+    let parts: Vec<Vec<u8>> = values
+        .par_chunks(rows_per_task * cols.max(1))
+        .enumerate()
+        .map(|(task, rows)| {
+            keel_gguf::quantize(ty, rows)
+                .map_err(|e| format!("{} (counting from row {})", e.kind, task * rows_per_task))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(parts.concat())
+}
+
 /// Builds the model from `cfg`, reading every weight from `w` onto `device`.
 pub fn build_model(
     cfg: &Config,
@@ -340,9 +358,10 @@ pub fn build_model(
             BaseStorage::Dense(_) => return dense(name, d_in, d_out, bias),
             BaseStorage::Gguf { .. } => w.blocks(&weight, [d_out, d_in], cfg)?,
             BaseStorage::Quantize { ty, .. } => {
+                let ty = ty.for_row_of(d_in);
                 let HostTensor { data, .. } = w.get(&weight, &[d_out, d_in], cfg)?;
                 let bad = w.tensor_error(&weight);
-                let bytes = keel_gguf::quantize(ty, &data).map_err(|e| bad(e.kind.to_string()))?;
+                let bytes = quantize_rows(ty, &data, d_in).map_err(&bad)?;
                 QuantBase::owned(bytes, ty, [d_out, d_in]).map_err(bad)?
             }
         };
@@ -419,22 +438,31 @@ pub fn build_model(
             },
         });
     }
-    let embed = tensor2(
-        w,
-        cfg,
-        "model.embed_tokens.weight",
-        [cfg.vocab_size, hidden],
-        false,
-        (device, base_dtype),
-    )?;
+    // A GGUF file's embeddings (and untied head) stay in its blocks too;
+    // quantizing at load leaves them dense, as llama.cpp gives them types
+    // of their own.
+    let in_file = matches!(storage, BaseStorage::Gguf { .. });
+    let embed_name = "model.embed_tokens.weight";
+    let (embed, embed_blocks) = match in_file {
+        true => {
+            let table = w.blocks(embed_name, [cfg.vocab_size, hidden], cfg)?;
+            (Tensor::zeros([0, 0], device), Some(table))
+        }
+        false => {
+            let shape = [cfg.vocab_size, hidden];
+            let table = tensor2(w, cfg, embed_name, shape, false, (device, base_dtype))?;
+            (table, None)
+        }
+    };
     // Some tied checkpoints still store lm_head.weight; untied ones must.
-    let lm_head = if cfg.tie_word_embeddings {
-        None
-    } else {
-        Some(dense("lm_head", hidden, cfg.vocab_size, false)?)
+    let lm_head = match (cfg.tie_word_embeddings, in_file) {
+        (true, _) => None,
+        (false, true) => Some(linear("lm_head", hidden, cfg.vocab_size, false)?),
+        (false, false) => Some(dense("lm_head", hidden, cfg.vocab_size, false)?),
     };
     Ok(Llama {
         embed_tokens: frozen(embed),
+        embed_blocks,
         layers,
         norm: norm("model.norm")?,
         lm_head,

@@ -226,7 +226,7 @@ impl WeightSource {
         let err = self.tensor_error(hf_name);
         let WeightSource::Gguf(g) = self else {
             return Err(err(
-                "base_dtype \"gguf\" keeps a GGUF file's blocks, and this model is not a GGUF file (quantize it at load instead: q8_0 or q4_0)".into(),
+                "base_dtype \"gguf\" keeps a GGUF file's blocks, and this model is not a GGUF file (quantize it at load instead: q4_k, q8_0, ...)".into(),
             ));
         };
         let info = gguf_info(g, config, hf_name, &err)?;

@@ -44,12 +44,19 @@ pub enum Dtype {
     /// The projections in the GGUF file's own blocks (a `.gguf` model
     /// only), the embeddings in bf16 on flex (f32 on a GPU).
     Gguf,
-    /// The projections quantized to Q8_0 / Q4_0 at load, the embeddings as
-    /// for `Gguf`.
+    /// The projections quantized at load as llama.cpp does (a K-quant's
+    /// rows that its 256-value blocks do not fit take llama.cpp's fallback,
+    /// Q5_0 for Q4_K), the embeddings as for `Gguf`.
     #[serde(rename = "q8_0")]
     Q8_0,
     #[serde(rename = "q4_0")]
     Q4_0,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 /// `[adapter]`: which modules get which adapter. The low-rank part is

@@ -1139,6 +1139,9 @@ fn storage_of(recipe: &Recipe) -> BaseStorage {
         Dtype::Gguf => BaseStorage::Gguf { dense },
         Dtype::Q8_0 => quantize(GgmlType::Q8_0),
         Dtype::Q4_0 => quantize(GgmlType::Q4_0),
+        Dtype::Q4K => quantize(GgmlType::Q4K),
+        Dtype::Q5K => quantize(GgmlType::Q5K),
+        Dtype::Q6K => quantize(GgmlType::Q6K),
     }
 }
 

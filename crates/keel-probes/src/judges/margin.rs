@@ -63,7 +63,7 @@ pub fn continuation_log_probs(
         .flat_map(|_| continuations.iter())
         .flat_map(|c| (0..len).map(move |j| c.get(j).copied().unwrap_or(0) as i64))
         .collect();
-    let device = model.embed_tokens.val().device();
+    let device = model.device();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [rows * n, len]), &device);
     let which: Vec<usize> = (0..rows).flat_map(|r| std::iter::repeat_n(r, n)).collect();
     let mut batch_cache = cache.select_rows(&which);
