@@ -168,8 +168,8 @@ fn merged_gguf_export_runs_in_llama_cpp_as_keel_computes_it() {
             .map(|ids| logits(&model.model, ids, &device))
             .collect();
         for (dtype, tolerance) in [
-            (keel_export::GgufDtype::F16, 5e-2),
-            (keel_export::GgufDtype::F32, 1e-4),
+            (keel_export::MergedGguf::F16, 5e-2),
+            (keel_export::MergedGguf::F32, 1e-4),
         ] {
             let mut m = LoadedModel::open(&base_path, &device).unwrap();
             make_adapter(&mut m.model, &AdapterConfig::lora(4, 8.0, &ALL), 5, 0.03);

@@ -20,7 +20,8 @@ pub struct Args {
     format: ExportFormat,
     #[arg(long)]
     out: PathBuf,
-    /// Tensor type of a GGUF adapter or merged GGUF model.
+    /// Tensor types of a GGUF adapter (f32 or f16) or merged GGUF model
+    /// (also q8_0 or q4_k_m, quantized as llama-quantize does).
     #[arg(long, value_enum, default_value = "f32")]
     gguf_dtype: GgufDtypeArg,
 }
@@ -32,7 +33,8 @@ pub enum ExportFormat {
     /// GGUF LoRA adapter (llama.cpp `--lora`, Ollama `ADAPTER`).
     Gguf,
     /// The adapter merged into the base: an HF folder, or a GGUF model
-    /// (f32 or f16, `--gguf-dtype`) when the base and `--out` are `.gguf`.
+    /// (f32, f16, q8_0 or q4_k_m, `--gguf-dtype`) when the base and `--out`
+    /// are `.gguf`.
     Merged,
 }
 
@@ -40,6 +42,10 @@ pub enum ExportFormat {
 pub enum GgufDtypeArg {
     F32,
     F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k_m")]
+    Q4KM,
 }
 
 fn is_gguf(path: &Path) -> bool {
@@ -47,10 +53,22 @@ fn is_gguf(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-fn gguf_dtype(d: GgufDtypeArg) -> keel_export::GgufDtype {
+fn lora_dtype(d: GgufDtypeArg) -> Result<keel_export::GgufDtype> {
     match d {
-        GgufDtypeArg::F32 => keel_export::GgufDtype::F32,
-        GgufDtypeArg::F16 => keel_export::GgufDtype::F16,
+        GgufDtypeArg::F32 => Ok(keel_export::GgufDtype::F32),
+        GgufDtypeArg::F16 => Ok(keel_export::GgufDtype::F16),
+        GgufDtypeArg::Q8_0 | GgufDtypeArg::Q4KM => anyhow::bail!(
+            "--gguf-dtype: a GGUF LoRA adapter is written in f32 or f16 (llama.cpp applies it to any base); q8_0 and q4_k_m are for --format merged"
+        ),
+    }
+}
+
+fn merged_types(d: GgufDtypeArg) -> keel_export::MergedGguf {
+    match d {
+        GgufDtypeArg::F32 => keel_export::MergedGguf::F32,
+        GgufDtypeArg::F16 => keel_export::MergedGguf::F16,
+        GgufDtypeArg::Q8_0 => keel_export::MergedGguf::Q8_0,
+        GgufDtypeArg::Q4KM => keel_export::MergedGguf::Q4KM,
     }
 }
 
@@ -67,7 +85,7 @@ pub fn run(args: Args) -> Result<()> {
     let warnings = match *format {
         ExportFormat::Peft => peft_folder(&loaded, &file, model, out)?,
         ExportFormat::Gguf => {
-            let dtype = gguf_dtype(dtype);
+            let dtype = lora_dtype(dtype)?;
             let mut notes = keel_export::export_gguf_lora(
                 &loaded.model,
                 &loaded.config,
@@ -86,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
                 ADAPTER,
                 file.config.has_lora(),
                 out,
-                gguf_dtype(dtype),
+                merged_types(dtype),
             )?;
             Vec::new()
         }

@@ -4,8 +4,8 @@
 //! - [`export_gguf_lora`]: a GGUF LoRA adapter as llama.cpp's
 //!   `convert_lora_to_gguf.py` writes it (`llama-cli --lora`, Ollama `ADAPTER`);
 //! - [`export_merged`]: the adapter folded into the base, as an HF folder;
-//!   [`export_merged_gguf`]: the same as a GGUF model (f32 or f16) made from
-//!   the base GGUF it came from.
+//!   [`export_merged_gguf`]: the same as a GGUF model (f32, f16, Q8_0 or
+//!   Q4_K_M) made from the base GGUF it came from.
 //!
 //! Each export reports, as warnings, which servers would refuse the
 //! adapter and why ([`servers`]).
@@ -22,7 +22,7 @@ use keel_model::Llama;
 
 pub use error::Error;
 pub use gguf_lora::{GgufDtype, export_gguf_lora};
-pub use merged::{export_merged, export_merged_gguf};
+pub use merged::{MergedGguf, export_merged, export_merged_gguf};
 
 /// Writes adapter `name` of `model`, with the modules it trained in full
 /// (`saved`, PEFT's `modules_to_save`), as a PEFT folder at `out` (created

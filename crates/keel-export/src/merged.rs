@@ -1,6 +1,7 @@
 //! The adapter folded into the base: an HF folder, or a GGUF model written
 //! from the base GGUF it came from (its metadata, tokenizer included, kept;
-//! every tensor rewritten in f32 or f16, q/k rows back in GGUF's order).
+//! every tensor rewritten in f32, f16, or quantized as `llama-quantize`
+//! would (Q8_0, Q4_K_M); q/k rows back in GGUF's order).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +10,74 @@ use keel_gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use keel_model::{LoadedModel, QkLayout};
 
 use crate::error::Error;
-use crate::gguf_lora::GgufDtype;
+
+/// The tensor types of a merged GGUF model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MergedGguf {
+    #[default]
+    F32,
+    F16,
+    /// Every matrix Q8_0, as `llama-quantize ... Q8_0`.
+    Q8_0,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the head (or tied
+    /// embeddings) and for `attn_v` and `ffn_down` in the layers llama.cpp
+    /// gives more bits, Q5_K for a fused `attn_qkv`.
+    Q4KM,
+}
+
+impl MergedGguf {
+    /// llama.cpp's `general.file_type` (`llama_ftype`).
+    fn file_type(self) -> u32 {
+        match self {
+            MergedGguf::F32 => 0,
+            MergedGguf::F16 => 1,
+            MergedGguf::Q8_0 => 7,
+            MergedGguf::Q4KM => 15,
+        }
+    }
+
+    /// Picks each tensor's type as llama.cpp's `llama_tensor_get_type`
+    /// does for this mix (no importance matrix), its fallback for rows its
+    /// blocks do not fit included; tensors are given in file order.
+    fn picker(self, layers: usize, tied: bool) -> impl FnMut(&str, &[usize]) -> GgmlType {
+        // llama.cpp counts each kind's tensors in file order and gives more
+        // bits by that count, not by block number (a file whose blocks sort
+        // as text, 0, 1, 10, 11, ..., gets them in other layers).
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        move |name, shape| {
+            // llama.cpp quantizes only matrices named `*weight`, never norms.
+            let matrix =
+                shape.len() == 2 && name.ends_with("weight") && !name.contains("_norm.weight");
+            if !matrix {
+                return GgmlType::F32;
+            }
+            let kind = name.rsplit('.').nth(1).unwrap_or("");
+            let count = seen.entry(kind.to_string()).or_default();
+            let i = *count;
+            *count += 1;
+            // llama.cpp's `use_more_bits`.
+            let more_bits = i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
+            let head = kind == "output" || (tied && kind == "token_embd");
+            let ty = match self {
+                MergedGguf::F32 => return GgmlType::F32,
+                MergedGguf::F16 => return GgmlType::F16,
+                MergedGguf::Q8_0 => GgmlType::Q8_0,
+                MergedGguf::Q4KM if head => GgmlType::Q6K,
+                MergedGguf::Q4KM => match kind {
+                    "attn_v" | "ffn_down" if more_bits => GgmlType::Q6K,
+                    "attn_qkv" => GgmlType::Q5K,
+                    _ => GgmlType::Q4K,
+                },
+            };
+            let cols = shape[1];
+            match head && !cols.is_multiple_of(ty.block_len()) {
+                // llama.cpp's head falls back to Q8_0, not Q6_K's 32-value twin.
+                true => GgmlType::Q8_0.for_row_of(cols),
+                false => ty.for_row_of(cols),
+            }
+        }
+    }
+}
 
 /// Merges adapter `name`'s low-rank part into the base weights. Modules an
 /// adapter trained in full are already in place once it is attached, so an
@@ -55,19 +123,15 @@ pub fn export_merged_gguf(
     name: &str,
     has_lora: bool,
     out: &Path,
-    dtype: GgufDtype,
+    types: MergedGguf,
 ) -> Result<(), Error> {
     merge(model, name, has_lora)?;
     let source = GgufFile::open(base)?;
-    let (ty, file_type) = match dtype {
-        GgufDtype::F32 => (GgmlType::F32, 0u32),
-        GgufDtype::F16 => (GgmlType::F16, 1u32),
-    };
     let mut w = GgufWriter::new();
     for (key, value) in source.metadata.iter() {
         match key {
-            // Every tensor is now f32 or f16; the writer uses its own alignment.
-            "general.file_type" => w.add_metadata(key, Value::U32(file_type)),
+            // Every tensor is rewritten; the writer uses its own alignment.
+            "general.file_type" => w.add_metadata(key, Value::U32(types.file_type())),
             "general.alignment" => {}
             _ => w.add_metadata(key, value.clone()),
         }
@@ -85,6 +149,8 @@ pub fn export_merged_gguf(
             .map_err(|reason| unsupported(format!("{hf}: {reason}")))?;
         tensors.insert(gguf, (shape, data));
     }
+    let tied = source.tensor("output.weight").is_none();
+    let mut type_of = types.picker(model.config.num_hidden_layers, tied);
     // The base's tensor order; every one of them must have been rewritten.
     for info in &source.tensors {
         // What keel does not model (llama3's `rope_freqs`) is copied as is.
@@ -92,9 +158,7 @@ pub fn export_merged_gguf(
             Some(t) => t,
             None => source.tensor_f32(&info.name)?,
         };
-        // llama.cpp keeps vectors (norms, biases) in f32.
-        let t = if shape.len() == 1 { GgmlType::F32 } else { ty };
-        w.add_tensor(&info.name, &shape, &data, t)?;
+        w.add_tensor(&info.name, &shape, &data, type_of(&info.name, &shape))?;
     }
     if let Some(extra) = tensors.keys().next() {
         return Err(Error::Unsupported {
