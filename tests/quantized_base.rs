@@ -98,7 +98,10 @@ fn blocks_give_the_dequantized_base_outputs_and_gradients() {
             let log_p = log_p.detach().into_data().try_to_vec::<f32>().unwrap();
             (kept, values(logits), log_p, by_param(model, &grads))
         };
-        let (kept, logits, log_p, grads) = run(BaseStorage::Gguf { dense: DType::F32 });
+        let (kept, logits, log_p, grads) = run(BaseStorage::Gguf {
+            dense: DType::F32,
+            keep_dense: Vec::new(),
+        });
         let (dense_kept, want_logits, want_log_p, want_grads) = run(BaseStorage::Dense(DType::F32));
         // Three layers of seven projections, the embeddings and an untied
         // head; the projections each with A and B.
@@ -251,6 +254,7 @@ fn a_module_trained_in_full_replaces_the_blocks() {
     let storage = BaseStorage::Quantize {
         ty: GgmlType::Q8_0,
         dense: DType::F32,
+        keep_dense: Vec::new(),
     };
     let mut loaded = ModelSource::open(&model)
         .unwrap()
@@ -271,6 +275,52 @@ fn a_module_trained_in_full_replaces_the_blocks() {
         assert_eq!(l.weight.dims()[0] > 0, saved, "{name}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `keep_dense` keeps the modules it names dense beside blocks quantized at
+/// load (every layer's `down_proj`, one layer's `q_proj`) or read from the
+/// file (the embeddings and the head), and a name that matches nothing is
+/// refused with what exists.
+#[test]
+fn named_modules_stay_dense_beside_the_blocks() {
+    let model = fixture("tiny-qwen2-gguf/tiny-qwen2.gguf");
+    let load = |storage: BaseStorage| {
+        ModelSource::open(&model)
+            .unwrap()
+            .load_with(&Device::flex(), storage)
+    };
+    let keep = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let storage = BaseStorage::Quantize {
+        ty: GgmlType::Q8_0,
+        dense: DType::F32,
+        keep_dense: keep(&["down_proj", "model.layers.1.self_attn.q_proj"]),
+    };
+    let loaded = load(storage).unwrap();
+    for (name, l) in loaded.model.linears() {
+        let dense = name.ends_with("down_proj")
+            || name == "model.layers.1.self_attn.q_proj"
+            || name == "lm_head";
+        assert_eq!(l.quantized.is_none(), dense, "{name}");
+    }
+    let storage = BaseStorage::Gguf {
+        dense: DType::F32,
+        keep_dense: keep(&["embed_tokens", "lm_head"]),
+    };
+    let loaded = load(storage).unwrap();
+    assert!(loaded.model.embed_blocks.is_none());
+    for (name, l) in loaded.model.linears() {
+        assert_eq!(l.quantized.is_none(), name == "lm_head", "{name}");
+    }
+    let storage = BaseStorage::Gguf {
+        dense: DType::F32,
+        keep_dense: keep(&["dwn_proj"]),
+    };
+    let e = load(storage).err().expect("an unknown name").to_string();
+    assert!(
+        e.contains("keep_dense: `dwn_proj` names no module")
+            && e.contains("down_proj, embed_tokens"),
+        "{e}"
+    );
 }
 
 /// `gguf` on a model that is not a GGUF file, and a projection trained in

@@ -27,6 +27,8 @@ pub enum Error {
     Text(#[from] keel_text::Error),
     #[error(transparent)]
     Adapter(#[from] keel_adapters::Error),
+    #[error("{key}: {reason}")]
+    Setting { key: String, reason: String },
     #[error("device `{0}`: {1}")]
     Device(String, String),
 }

@@ -19,28 +19,60 @@ use crate::weights::{HostTensor, WeightSource};
 
 /// How the frozen base is stored. Projections are computed with in f32
 /// whatever their storage.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Beside a base in blocks, `keep_dense` names modules kept dense in
+/// `dense` by PEFT's module-name rule (`down_proj` is every layer's,
+/// `model.layers.0.mlp.down_proj` one; also `lm_head`, `embed_tokens`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum BaseStorage {
     /// Every large matrix (projections, embeddings) dense in this dtype.
     Dense(DType),
-    /// The projections in the GGUF file's own blocks, read in place; the
-    /// embeddings (and an untied head) dense in `dense`.
-    Gguf { dense: DType },
+    /// The projections, embeddings and an untied head in the GGUF file's
+    /// own blocks, read in place.
+    Gguf {
+        dense: DType,
+        keep_dense: Vec<String>,
+    },
     /// The projections quantized to `ty` at load, as llama.cpp's reference
     /// quantization does (a GGUF export holds the same bits; rows the
     /// blocks do not fit take llama.cpp's fallback type); the rest dense in
     /// `dense`.
-    Quantize { ty: GgmlType, dense: DType },
+    Quantize {
+        ty: GgmlType,
+        dense: DType,
+        keep_dense: Vec<String>,
+    },
 }
 
 impl BaseStorage {
     /// The dtype of the matrices kept dense.
-    pub fn dense(self) -> DType {
+    pub fn dense(&self) -> DType {
         match self {
-            BaseStorage::Dense(d) | BaseStorage::Gguf { dense: d } => d,
-            BaseStorage::Quantize { dense, .. } => dense,
+            BaseStorage::Dense(d) | BaseStorage::Gguf { dense: d, .. } => *d,
+            BaseStorage::Quantize { dense, .. } => *dense,
         }
     }
+
+    /// The names `keep_dense` gives, none for a dense base.
+    fn keep_dense(&self) -> &[String] {
+        match self {
+            BaseStorage::Dense(_) => &[],
+            BaseStorage::Gguf { keep_dense, .. } | BaseStorage::Quantize { keep_dense, .. } => {
+                keep_dense
+            }
+        }
+    }
+
+    /// Whether module `name` (HF's, without `.weight`) is kept dense.
+    fn keeps_dense(&self, name: &str) -> bool {
+        matches!(self, BaseStorage::Dense(_))
+            || self.keep_dense().iter().any(|k| names_module(k, name))
+    }
+}
+
+/// PEFT's module-name rule: `key` is `name` or its end at a dot.
+fn names_module(key: &str, name: &str) -> bool {
+    name == key || name.ends_with(&format!(".{key}"))
 }
 
 /// Everything needed to run a model: weights on a device, configuration,
@@ -343,6 +375,27 @@ pub fn build_model(
     let q_dim = cfg.num_attention_heads * cfg.head_dim;
     let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
     let base_dtype = storage.dense();
+    let mut modules = cfg.linear_modules();
+    modules.push("model.embed_tokens".into());
+    if let Some(key) = storage
+        .keep_dense()
+        .iter()
+        .find(|k| !modules.iter().any(|m| names_module(k, m)))
+    {
+        let mut leaves: Vec<&str> = modules
+            .iter()
+            .filter_map(|m| m.rsplit('.').next())
+            .collect();
+        leaves.sort_unstable();
+        leaves.dedup();
+        return Err(Error::Setting {
+            key: "keep_dense".into(),
+            reason: format!(
+                "`{key}` names no module of this model (it has {})",
+                leaves.join(", ")
+            ),
+        });
+    }
     let bias_of = |name: &str, bias: bool, d_out: usize| match bias {
         true => tensor1(w, cfg, &format!("{name}.bias"), d_out, device).map(Some),
         false => Ok(None),
@@ -354,16 +407,17 @@ pub fn build_model(
     };
     let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, Error> {
         let weight = format!("{name}.weight");
-        let base = match storage {
-            BaseStorage::Dense(_) => return dense(name, d_in, d_out, bias),
-            BaseStorage::Gguf { .. } => w.blocks(&weight, [d_out, d_in], cfg)?,
-            BaseStorage::Quantize { ty, .. } => {
+        let in_blocks = !storage.keeps_dense(name);
+        let base = match &storage {
+            BaseStorage::Gguf { .. } if in_blocks => w.blocks(&weight, [d_out, d_in], cfg)?,
+            BaseStorage::Quantize { ty, .. } if in_blocks => {
                 let ty = ty.for_row_of(d_in);
                 let HostTensor { data, .. } = w.get(&weight, &[d_out, d_in], cfg)?;
                 let bad = w.tensor_error(&weight);
                 let bytes = quantize_rows(ty, &data, d_in).map_err(&bad)?;
                 QuantBase::owned(bytes, ty, [d_out, d_in]).map_err(bad)?
             }
+            _ => return dense(name, d_in, d_out, bias),
         };
         Ok(Linear::quantized(base, bias_of(name, bias, d_out)?, device))
     };
@@ -442,8 +496,9 @@ pub fn build_model(
     // quantizing at load leaves them dense, as llama.cpp gives them types
     // of their own.
     let in_file = matches!(storage, BaseStorage::Gguf { .. });
+    let embeddings_in_file = in_file && !storage.keeps_dense("model.embed_tokens");
     let embed_name = "model.embed_tokens.weight";
-    let (embed, embed_blocks) = match in_file {
+    let (embed, embed_blocks) = match embeddings_in_file {
         true => {
             let table = w.blocks(embed_name, [cfg.vocab_size, hidden], cfg)?;
             (Tensor::zeros([0, 0], device), Some(table))

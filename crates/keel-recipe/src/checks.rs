@@ -12,6 +12,17 @@ impl Recipe {
                 out.push((key.to_string(), message));
             }
         };
+        let m = &self.model;
+        check(
+            m.keep_dense.is_empty() || m.base_dtype.in_blocks(),
+            "model.keep_dense",
+            "names modules to keep dense beside a base in blocks (base_dtype gguf, q8_0, q4_k, ...); this base is dense already".into(),
+        );
+        check(
+            m.keep_dense.iter().all(|n| !n.is_empty()),
+            "model.keep_dense",
+            "an empty module name".into(),
+        );
         let a = &self.adapter;
         if a.kind == AdapterKind::None {
             check(

@@ -229,6 +229,31 @@ dir = "runs/x"
         );
     }
 
+    /// `keep_dense` needs a base in blocks and names.
+    #[test]
+    fn keep_dense_needs_a_base_in_blocks() {
+        let e = err(GOOD, &["model.keep_dense=[\"down_proj\"]"]);
+        assert!(
+            e.contains("model.keep_dense") && e.contains("dense already"),
+            "{e}"
+        );
+        let e = err(
+            GOOD,
+            &["model.base_dtype=\"q4_k\"", "model.keep_dense=[\"\"]"],
+        );
+        assert!(
+            e.contains("model.keep_dense") && e.contains("an empty module name"),
+            "{e}"
+        );
+        let set = [
+            "model.base_dtype=\"q4_k\"",
+            "model.keep_dense=[\"down_proj\"]",
+        ]
+        .map(String::from);
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &set).unwrap();
+        assert_eq!(r.model.keep_dense, ["down_proj"]);
+    }
+
     #[test]
     fn unknown_key_has_line_and_suggestion() {
         let text = GOOD.replace("lr = 2e-4", "lrr = 2e-4");

@@ -19,6 +19,11 @@ pub struct Model {
     /// file's own blocks, or quantized at load.
     #[serde(default)]
     pub base_dtype: Dtype,
+    /// Modules whose weights stay dense (bf16 on the CPU) beside a base in
+    /// blocks, by PEFT's module-name rule: `down_proj`,
+    /// `model.layers.0.mlp.down_proj`, `lm_head`, `embed_tokens`.
+    #[serde(default)]
+    pub keep_dense: Vec<String>,
     /// Recompute memory-bound activations (elementwise, reshapes) in the
     /// backward pass instead of keeping them: less memory, more time.
     #[serde(default)]
@@ -57,6 +62,13 @@ pub enum Dtype {
     Q5K,
     #[serde(rename = "q6_k")]
     Q6K,
+}
+
+impl Dtype {
+    /// Whether the projections are kept in GGUF blocks.
+    pub fn in_blocks(self) -> bool {
+        !matches!(self, Dtype::F32 | Dtype::F16 | Dtype::Bf16)
+    }
 }
 
 /// `[adapter]`: which modules get which adapter. The low-rank part is

@@ -1131,12 +1131,20 @@ fn storage_of(recipe: &Recipe) -> BaseStorage {
         keel_recipe::Device::Flex => DType::BF16,
         keel_recipe::Device::Wgpu | keel_recipe::Device::Ndarray => DType::F32,
     };
-    let quantize = |ty| BaseStorage::Quantize { ty, dense };
+    let keep_dense = recipe.model.keep_dense.clone();
+    let quantize = |ty| BaseStorage::Quantize {
+        ty,
+        dense,
+        keep_dense: keep_dense.clone(),
+    };
     match recipe.model.base_dtype {
         Dtype::F32 => BaseStorage::Dense(DType::F32),
         Dtype::F16 => BaseStorage::Dense(DType::F16),
         Dtype::Bf16 => BaseStorage::Dense(DType::BF16),
-        Dtype::Gguf => BaseStorage::Gguf { dense },
+        Dtype::Gguf => BaseStorage::Gguf {
+            dense,
+            keep_dense: keep_dense.clone(),
+        },
         Dtype::Q8_0 => quantize(GgmlType::Q8_0),
         Dtype::Q4_0 => quantize(GgmlType::Q4_0),
         Dtype::Q4K => quantize(GgmlType::Q4K),
