@@ -11,8 +11,8 @@
 //!
 //! A base kept in its GGUF blocks ([`QuantBase`]) goes to keel-gemm's
 //! [`keel_gemm::QuantWeight`] on flex, forward and backward alike, so the
-//! layer's weight is never dense; elsewhere (wgpu) it is dequantized for
-//! the one product.
+//! layer's weight is never dense; on a GPU (wgpu) it is dequantized for each
+//! product, forward and backward, and dropped after ([`QuantMatmul`]).
 
 use std::fmt;
 use std::ops::Range;
@@ -24,7 +24,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Bytes, Dispatch, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Bytes, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::module::linear;
 use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use half::bf16;
@@ -210,7 +210,7 @@ impl QuantBase {
 
 /// `x · Wᵀ` for a base in GGUF blocks: a projection's forward pass.
 pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantBase) -> Tensor<D> {
-    if on_flex_f32(&x) {
+    if x.dtype() == DType::F32 && has_quant_matmul(&x.device()) {
         return Tensor::from_dispatch(<Dispatch as QuantMatmul>::quant_matmul(
             x.into_dispatch(),
             w,
@@ -223,17 +223,67 @@ pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantBase) -> Tensor<D> {
     linear(x, dense.transpose(), None)
 }
 
-#[backend_extension(Flex, Autodiff)]
+/// Whether [`QuantMatmul`] runs on `device`: flex, and the GPU backends
+/// where keel is built with wgpu.
+fn has_quant_matmul(device: &Device) -> bool {
+    let device = device.clone().inner();
+    #[cfg(feature = "wgpu")]
+    if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
+        return true;
+    }
+    device == Device::flex()
+}
+
+/// The product with a weight in blocks, whose backward gives only the input
+/// gradient, recomputed from the blocks rather than kept: flex multiplies
+/// by the blocks themselves (keel-gemm); a GPU backend gets the layer's
+/// weight dequantized for each product and drops it after, so one layer's
+/// dense weight at a time is on the device, not every layer's until
+/// backward.
+#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
 pub trait QuantMatmul: Backend {
     /// `x [.., in]` (f32) · `Wᵀ`, `W [out, in]` in GGUF blocks.
-    fn quant_matmul(x: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self>;
+    fn quant_matmul(x: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self> {
+        dense_product::<Self>(x, w, false)
+    }
+
+    /// `dy [.., out]` · `W`: the input gradient of [`QuantMatmul::quant_matmul`].
+    fn quant_matmul_input_grad(dy: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self> {
+        dense_product::<Self>(dy, w, true)
+    }
+}
+
+/// `a · Wᵀ`, or `a · W` for the input gradient, with `W` dequantized onto
+/// `a`'s device for this product only.
+fn dense_product<B: Backend>(a: FloatTensor<B>, w: &QuantBase, input_grad: bool) -> FloatTensor<B> {
+    let [out, inp] = w.dims();
+    let (k, n) = if input_grad { (out, inp) } else { (inp, out) };
+    let mut dims = a.shape().as_slice().to_vec();
+    let m = dims[..dims.len() - 1].iter().product();
+    *dims.last_mut().expect("activations with a dimension") = n;
+    let device = a.device();
+    let weight = B::float_from_data(TensorData::new(w.dequantize(), [out, inp]), &device);
+    let weight = if input_grad {
+        weight
+    } else {
+        B::float_transpose(weight)
+    };
+    let y = B::float_matmul(B::float_reshape(a, Shape::new([m, k])), weight);
+    B::float_reshape(y, Shape::from(dims))
 }
 
 impl QuantMatmul for Flex {
     fn quant_matmul(x: FlexTensor, w: &QuantBase) -> FlexTensor {
         quant_product(&x, w, false)
     }
+
+    fn quant_matmul_input_grad(dy: FlexTensor, w: &QuantBase) -> FlexTensor {
+        quant_product(&dy, w, true)
+    }
 }
+
+#[cfg(feature = "wgpu")]
+impl QuantMatmul for burn::backend::Cube {}
 
 /// `a · Wᵀ` (forward), or `a · W` (`backward`: the input gradient).
 fn quant_product(a: &FlexTensor, w: &QuantBase, backward: bool) -> FlexTensor {
@@ -249,19 +299,19 @@ fn quant_product(a: &FlexTensor, w: &QuantBase, backward: bool) -> FlexTensor {
 #[derive(Debug)]
 struct QuantMatmulBackward;
 
-impl Backward<Flex, 1> for QuantMatmulBackward {
+impl<B: QuantMatmul> Backward<B, 1> for QuantMatmulBackward {
     /// The weight: its bytes are shared, not copied.
     type State = QuantBase;
 
     fn backward(self, ops: Ops<QuantBase, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let w = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
-            quant_product(&dy, &w, true)
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            B::quant_matmul_input_grad(dy, &w)
         });
     }
 }
 
-impl<C: CheckpointStrategy> QuantMatmul for Autodiff<Flex, C> {
+impl<B: QuantMatmul, C: CheckpointStrategy> QuantMatmul for Autodiff<B, C> {
     fn quant_matmul(x: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self> {
         match QuantMatmulBackward
             .prepare::<C>([x.node()])
@@ -269,10 +319,10 @@ impl<C: CheckpointStrategy> QuantMatmul for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = quant_product(&x.into_primitive(), w, false);
+                let y = B::quant_matmul(x.into_primitive(), w);
                 prep.finish(w.clone(), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(quant_product(&x.into_primitive(), w, false)),
+            OpsKind::UnTracked(prep) => prep.finish(B::quant_matmul(x.into_primitive(), w)),
         }
     }
 }

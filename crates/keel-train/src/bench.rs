@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use keel_adapters::rng::{self, RngExt};
-use keel_model::ModelSource;
+use keel_model::{DeviceChoice, ModelSource};
 use keel_recipe::Recipe;
 use serde::Serialize;
 
@@ -52,6 +52,15 @@ pub struct BenchReport {
     /// Model FLOPs done per second: how close the run comes to the CPU's limit.
     pub model_gflops: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// On a GPU: the bytes its allocator held at the end of the run. Its
+    /// pools keep the pages they made, so this is the most the run held at
+    /// once, padding and pages kept for reuse included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_reserved_bytes: Option<u64>,
+    /// On a GPU: the pools' peak pages times their page size (allocations
+    /// that own their page are not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_pool_peak_bytes: Option<u64>,
 }
 
 /// Random token ids decoded to text, long enough that every example is cut
@@ -124,6 +133,19 @@ pub fn bench_train(o: &BenchOptions, work: &Path) -> Result<BenchReport, Error> 
         })
         .collect();
     times.sort_by(f64::total_cmp);
+    // The trainer's device, whose allocator outlives the run.
+    let gpu = match o.device.parse::<DeviceChoice>()? {
+        DeviceChoice::Wgpu => Some(DeviceChoice::Wgpu.device()?),
+        _ => None,
+    };
+    let gpu_reserved_bytes = gpu
+        .as_ref()
+        .and_then(|d| d.memory_pool_usage())
+        .map(|u| u.bytes_reserved);
+    let gpu_pool_peak_bytes = gpu
+        .as_ref()
+        .and_then(|d| d.memory_pool_report())
+        .map(|pools| pools.iter().map(|p| p.page_size * p.pages_peak).sum());
     let step_s = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
     let tokens_per_s = (o.batch * o.seq) as f64 / step_s;
     Ok(BenchReport {
@@ -142,5 +164,7 @@ pub fn bench_train(o: &BenchOptions, work: &Path) -> Result<BenchReport, Error> 
         model_gflop_per_token: gflop_per_token,
         model_gflops: gflop_per_token * tokens_per_s,
         peak_rss_bytes: report::peak_rss_bytes(),
+        gpu_reserved_bytes,
+        gpu_pool_peak_bytes,
     })
 }
