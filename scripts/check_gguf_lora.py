@@ -41,8 +41,11 @@ ap.add_argument("--quantized", action="store_true", help="with --merged: the mer
 ap.add_argument("--greedy-tokens", type=int,
                 help="with --quantized: how many of keel's greedy tokens llama.cpp must give (default all)")
 ap.add_argument("--delta", action="store_true", help="compare the adapter's effect, not the logits")
-ap.add_argument("--f32-tolerance", type=float, help="with --delta: also on an f32 copy of the base")
+ap.add_argument("--f32-tolerance", type=float,
+                help="with --delta or --quantized: also on an f32 copy of the quantized file")
 args = ap.parse_args()
+if args.quantized and not args.merged:
+    ap.error("--quantized describes a merged model: give --merged too")
 ref = json.load(open(args.keel_json))
 
 
@@ -116,13 +119,15 @@ if args.delta:
 def answer_check(adapted, tolerance: float, greedy_tokens: int, what: str) -> bool:
     """llama.cpp's logits and greedy answer from `adapted` against keel's: within `tolerance`, and
     the first `greedy_tokens` greedy tokens equal."""
-    base = load(None)
+    # How far the adapter moves llama.cpp's logits: checked where the base is the same precision.
+    base = None if args.quantized else load(None)
     worst, moved, positions, agree = 0.0, 0.0, 0, 0
     for ids, want in zip(ref["prompts"], ref["logits"]):
         got = logits(adapted, ids)
         want = np.array(want, dtype=np.float32)
         worst = max(worst, float(np.abs(got - want).max()))
-        moved = max(moved, float(np.abs(logits(base, ids) - got).max()))
+        if base is not None:
+            moved = max(moved, float(np.abs(logits(base, ids) - got).max()))
         positions += len(ids)
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
         if not args.quantized:
@@ -141,7 +146,8 @@ def answer_check(adapted, tolerance: float, greedy_tokens: int, what: str) -> bo
     ok = worst <= tolerance and same >= greedy_tokens
     if not args.quantized:
         ok &= moved > 10 * tolerance
-    print(f"llama.cpp with {what}: max |diff| {worst:.2e} (tolerance {tolerance}), adapter moves logits by {moved:.2f}, "
+    moves = "" if base is None else f", adapter moves logits by {moved:.2f}"
+    print(f"llama.cpp with {what}: max |diff| {worst:.2e} (tolerance {tolerance}){moves}, "
           f"argmax equal at {agree}/{positions} positions, greedy equal for {same} of {len(tokens)} tokens "
           f"({greedy_tokens} required; llama.cpp {tokens}, keel {g['tokens']})")
     return ok

@@ -81,6 +81,16 @@ pub fn run(args: Args) -> Result<()> {
         gguf_dtype: dtype,
     } = &args;
     let (model, out, dtype) = (model.as_path(), out.as_path(), *dtype);
+    let gguf_out = match format {
+        ExportFormat::Gguf => true,
+        ExportFormat::Merged => is_gguf(model) && is_gguf(out),
+        ExportFormat::Peft => false,
+    };
+    if !gguf_out && !matches!(dtype, GgufDtypeArg::F32) {
+        anyhow::bail!(
+            "--gguf-dtype: only a GGUF output takes it (--format gguf, or --format merged with a .gguf model and --out)"
+        );
+    }
     let (mut loaded, file) = super::open_with_adapter(model, adapter, DeviceChoice::Flex)?;
     let warnings = match *format {
         ExportFormat::Peft => peft_folder(&loaded, &file, model, out)?,

@@ -20,8 +20,8 @@ pub enum MergedGguf {
     /// Every matrix Q8_0, as `llama-quantize ... Q8_0`.
     Q8_0,
     /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for the head (or tied
-    /// embeddings) and for `attn_v` and `ffn_down` in the layers llama.cpp
-    /// gives more bits, Q5_K for a fused `attn_qkv`.
+    /// embeddings) and for `attn_v` (or a fused `attn_qkv`, which llama.cpp
+    /// treats as one) and `ffn_down` in the layers it gives more bits.
     Q4KM,
 }
 
@@ -64,8 +64,7 @@ impl MergedGguf {
                 MergedGguf::Q8_0 => GgmlType::Q8_0,
                 MergedGguf::Q4KM if head => GgmlType::Q6K,
                 MergedGguf::Q4KM => match kind {
-                    "attn_v" | "ffn_down" if more_bits => GgmlType::Q6K,
-                    "attn_qkv" => GgmlType::Q5K,
+                    "attn_v" | "attn_qkv" | "ffn_down" if more_bits => GgmlType::Q6K,
                     _ => GgmlType::Q4K,
                 },
             };
@@ -168,4 +167,76 @@ pub fn export_merged_gguf(
     }
     w.write(out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The types of a 24-layer model's tensors, in file order, for `mix`.
+    fn types(mix: MergedGguf, hidden: usize, tied: bool, qkv: bool) -> Vec<(String, GgmlType)> {
+        let mut pick = mix.picker(24, tied);
+        let mut out = Vec::new();
+        let mut add = |name: String, shape: &[usize]| {
+            let ty = pick(&name, shape);
+            out.push((name, ty));
+        };
+        add("token_embd.weight".into(), &[1000, hidden]);
+        if !tied {
+            add("output.weight".into(), &[1000, hidden]);
+        }
+        for i in 0..24 {
+            add(format!("blk.{i}.attn_norm.weight"), &[hidden]);
+            match qkv {
+                true => add(format!("blk.{i}.attn_qkv.weight"), &[3 * hidden, hidden]),
+                false => add(format!("blk.{i}.attn_v.weight"), &[hidden, hidden]),
+            }
+            add(format!("blk.{i}.ffn_down.weight"), &[hidden, 4 * hidden]);
+        }
+        out
+    }
+
+    fn of(types: &[(String, GgmlType)], name: &str) -> GgmlType {
+        types.iter().find(|(n, _)| n == name).expect(name).1
+    }
+
+    /// llama.cpp's Q4_K_M choices: Q6_K for the head (the embeddings when
+    /// tied) and for attn_v / attn_qkv / ffn_down in the first and last
+    /// eighth and every third layer between, Q4_K elsewhere; a head whose
+    /// rows 256-value blocks do not fit is Q8_0, other matrices take the
+    /// 32-value fallback, and F16 where that does not fit either.
+    #[test]
+    fn q4_k_m_picks_llama_cpp_types() {
+        let t = types(MergedGguf::Q4KM, 512, false, false);
+        assert_eq!(of(&t, "output.weight"), GgmlType::Q6K);
+        assert_eq!(of(&t, "token_embd.weight"), GgmlType::Q4K);
+        assert_eq!(of(&t, "blk.0.attn_norm.weight"), GgmlType::F32);
+        let more = [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23];
+        for i in 0..24 {
+            let want = if more.contains(&i) {
+                GgmlType::Q6K
+            } else {
+                GgmlType::Q4K
+            };
+            assert_eq!(of(&t, &format!("blk.{i}.attn_v.weight")), want, "layer {i}");
+            assert_eq!(
+                of(&t, &format!("blk.{i}.ffn_down.weight")),
+                want,
+                "layer {i}"
+            );
+        }
+        let t = types(MergedGguf::Q4KM, 512, true, true);
+        assert_eq!(of(&t, "token_embd.weight"), GgmlType::Q6K);
+        assert_eq!(of(&t, "blk.5.attn_qkv.weight"), GgmlType::Q6K);
+        assert_eq!(of(&t, "blk.6.attn_qkv.weight"), GgmlType::Q4K);
+        // Qwen2.5-0.5B's 896-value rows.
+        let t = types(MergedGguf::Q4KM, 896, false, false);
+        assert_eq!(of(&t, "output.weight"), GgmlType::Q8_0);
+        assert_eq!(of(&t, "token_embd.weight"), GgmlType::Q5_0);
+        assert_eq!(of(&t, "blk.0.attn_v.weight"), GgmlType::Q8_0);
+        assert_eq!(of(&t, "blk.3.attn_v.weight"), GgmlType::Q5_0);
+        let t = types(MergedGguf::Q8_0, 100, false, false);
+        assert_eq!(of(&t, "blk.0.attn_v.weight"), GgmlType::F16);
+        assert_eq!(of(&t, "output.weight"), GgmlType::F16);
+    }
 }

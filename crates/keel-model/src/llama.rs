@@ -669,7 +669,7 @@ impl Llama {
             Some(table) => {
                 let dims = table.dims();
                 let mut sample = Vec::new();
-                for row in 0..dims[0].min(SAMPLE) {
+                for row in 0..dims[0] {
                     table.weight().row_into(row, &mut sample);
                     if sample.len() >= SAMPLE {
                         break;

@@ -347,23 +347,6 @@ fn tensor1(
     Ok(Tensor::from_data(TensorData::new(t.data, [len]), device))
 }
 
-/// `values` (rows of `cols`) quantized to `ty`, a few rows per task on
-/// every core: the K-quants' search for scales makes a 1.5B model's
-/// quantization take minutes on one.
-fn quantize_rows(ty: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>, String> {
-    use rayon::prelude::*;
-    let rows_per_task = (1 << 16) / cols.max(1) + 1;
-    let parts: Vec<Vec<u8>> = values
-        .par_chunks(rows_per_task * cols.max(1))
-        .enumerate()
-        .map(|(task, rows)| {
-            keel_gguf::quantize(ty, rows)
-                .map_err(|e| format!("{} (counting from row {})", e.kind, task * rows_per_task))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(parts.concat())
-}
-
 /// Builds the model from `cfg`, reading every weight from `w` onto `device`.
 pub fn build_model(
     cfg: &Config,
@@ -389,7 +372,7 @@ pub fn build_model(
         leaves.sort_unstable();
         leaves.dedup();
         return Err(Error::Setting {
-            key: "keep_dense".into(),
+            key: "model.keep_dense".into(),
             reason: format!(
                 "`{key}` names no module of this model (it has {})",
                 leaves.join(", ")
@@ -414,7 +397,7 @@ pub fn build_model(
                 let ty = ty.for_row_of(d_in);
                 let HostTensor { data, .. } = w.get(&weight, &[d_out, d_in], cfg)?;
                 let bad = w.tensor_error(&weight);
-                let bytes = quantize_rows(ty, &data, d_in).map_err(&bad)?;
+                let bytes = keel_gguf::quantize(ty, &data).map_err(|e| bad(e.kind.to_string()))?;
                 QuantBase::owned(bytes, ty, [d_out, d_in]).map_err(bad)?
             }
             _ => return dense(name, d_in, d_out, bias),
@@ -492,10 +475,14 @@ pub fn build_model(
             },
         });
     }
-    // A GGUF file's embeddings (and untied head) stay in its blocks too;
-    // quantizing at load leaves them dense, as llama.cpp gives them types
-    // of their own.
-    let in_file = matches!(storage, BaseStorage::Gguf { .. });
+    // On the CPU a GGUF file's embeddings (and untied head) stay in its
+    // blocks too: the lookup reads rows and the fused head multiplies by
+    // them. A GPU would get the whole table dequantized and uploaded for
+    // every product, each decoded token's included, so there they are
+    // dense. Quantizing at load leaves them dense, as llama.cpp gives them
+    // types of their own.
+    let in_file =
+        matches!(storage, BaseStorage::Gguf { .. }) && device.clone().inner() == Device::flex();
     let embeddings_in_file = in_file && !storage.keeps_dense("model.embed_tokens");
     let embed_name = "model.embed_tokens.weight";
     let (embed, embed_blocks) = match embeddings_in_file {

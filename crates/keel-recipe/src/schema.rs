@@ -47,11 +47,13 @@ pub enum Dtype {
     F16,
     Bf16,
     /// The projections in the GGUF file's own blocks (a `.gguf` model
-    /// only), the embeddings in bf16 on flex (f32 on a GPU).
+    /// only); on flex the embeddings and an untied head too, on a GPU
+    /// those dense in f32.
     Gguf,
     /// The projections quantized at load as llama.cpp does (a K-quant's
     /// rows that its 256-value blocks do not fit take llama.cpp's fallback,
-    /// Q5_0 for Q4_K), the embeddings as for `Gguf`.
+    /// Q5_0 for Q4_K); the embeddings and head dense (bf16 on flex, f32
+    /// on a GPU).
     #[serde(rename = "q8_0")]
     Q8_0,
     #[serde(rename = "q4_0")]

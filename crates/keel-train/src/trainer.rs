@@ -1125,7 +1125,7 @@ fn device_of(recipe: &Recipe) -> Result<Device, Error> {
 
 fn storage_of(recipe: &Recipe) -> BaseStorage {
     use keel_recipe::Dtype;
-    // Beside a base in blocks the embeddings are bf16 on the CPU; on a GPU
+    // What stays dense beside a base in blocks is bf16 on the CPU; on a GPU
     // f32, as not every GPU (lavapipe, older ones) has bf16.
     let dense = match recipe.model.device {
         keel_recipe::Device::Flex => DType::BF16,
