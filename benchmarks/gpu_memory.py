@@ -6,8 +6,9 @@ projections, activation checkpointing, AdamW.
 What keel's wgpu path holds on the device (crates/keel-adapters/src/frozen.rs, keel-model):
   - the base: the projections' blocks (llama.cpp's Q4_K_M mix; their bytes, as in the file) on the
     host, and on the device one layer's weight at a time, dequantized to f32 for each product
-    (largest projection), and the head's weight dequantized to f32 for its product;
-  - the embeddings stay on the host, in blocks (a lookup uploads its rows);
+    (largest projection);
+  - the embeddings, and an untied head, dense in f32 on the device (in blocks, each product would
+    upload the whole table);
   - LoRA: f32 parameters, gradients and AdamW's two moments (16 bytes a parameter);
   - activations, with checkpointing: each layer's input (seq x hidden f32), plus one layer's
     recomputed working set: Burn's composed attention keeps [heads, seq, seq] scores and
@@ -64,7 +65,7 @@ def estimate(hidden, inter, layers, heads, kv, vocab, tied, seq=2048, rank=16):
     f32 = 4
     parts = {
         "one layer's weight, dequantized": max(o * n for o, n in shapes.values()) * f32,
-        "head weight, dequantized": vocab * hidden * f32,
+        "embeddings (and untied head), f32": vocab * hidden * f32 * (1 if tied else 2),
         "LoRA + AdamW": lora * 16,
         "layer inputs": layers * seq * hidden * f32,
         "one layer recomputed": (3 * heads * seq * seq + 4 * seq * inter + 6 * seq * hidden) * f32,

@@ -43,19 +43,21 @@ print("|---|---|---|---|")
 for dtype in ("f32", "gguf"):
     r = rows[dtype]
     print(f"| {dtype} | {r['gpu_reserved_bytes'] / 1e6:.0f} MB | {r['gpu_pool_peak_bytes'] / 1e6:.0f} MB | {r['step_s']:.0f} s |")
-print(f"\nWith `gguf` the blocks stay on the host and each product uploads its layer's weight, dequantized "
-      f"to f32, and drops it after (the backward pass dequantizes again): one layer's weight is on the "
-      f"device at a time, not the whole base. The sum `benchmarks/gpu_memory.py` computes for this run is "
+print(f"\nWith `gguf` the projections' blocks stay on the host and each product uploads its layer's "
+      f"weight, dequantized to f32, and drops it after (the backward pass dequantizes again): one layer's "
+      f"weight is on the device at a time, not the whole base; the embeddings (and an untied head) are "
+      f"dense f32 on the device. The sum `benchmarks/gpu_memory.py` computes for this run is "
       f"{estimate / 1e6:.0f} MB; the allocator held {overhead:.2f}x that, the overhead used below.\n")
 print("## Computed: the largest model that trains at seq 2048 (batch 1, r16, checkpointing), base in Q4_K_M blocks\n")
 table = subprocess.run([sys.executable, "benchmarks/gpu_memory.py", "--overhead", f"{overhead:.2f}"],
                        capture_output=True, text=True, check=True).stdout
 print(table)
-print("What dominates at seq 2048: the head (its weight dequantized to f32 for the product, and "
-      "[seq, vocab] logits, log-softmax and gradient: 3.7 GB for a 152k vocabulary) and one layer's "
+print("What dominates at seq 2048: the head ([seq, vocab] logits, log-softmax and gradient: 3.7 GB "
+      "for a 152k vocabulary), the embeddings in f32 (2.2 GB for Qwen2.5-7B, twice that untied) and one layer's "
       "attention scores, probabilities and their gradient ([heads, seq, seq] each, Burn's composed "
       "attention; checkpointing keeps one layer's alive, not every layer's). The base's size barely "
-      "counts, as its blocks stay on the host. A chunked head and a recomputing attention kernel on wgpu "
-      "are what would move the larger models into 8 and 12 GB. Not measured on a GPU: none was lent.")
+      "counts, as its blocks stay on the host. A head computed a vocabulary chunk at a time, a GPU kernel "
+      "that dequantizes blocks (so the embeddings could stay in them) and a recomputing attention kernel "
+      "on wgpu are what would move the larger models into 8 and 12 GB. Not measured on a GPU: none was lent.")
 PY
 echo "wrote docs/performance-gpu-memory.md" >&2
