@@ -334,6 +334,8 @@ fn lora_trains_resumes_and_exports(
             ],
         );
     }
+    // The f32 folder is the largest thing here and no longer needed.
+    std::fs::remove_dir_all(&hf_dir).unwrap();
     merged_quantized_run_in_llama_cpp(path, &adapter, &out, &merged);
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -426,5 +428,7 @@ fn merged_quantized_run_in_llama_cpp(
                 ],
             );
         }
+        // Each file is checked alone: the temporary folder stays small.
+        std::fs::remove_file(&merged).unwrap();
     }
 }
