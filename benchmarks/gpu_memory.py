@@ -3,16 +3,17 @@
 Llama / Qwen size that trains in 8, 12 and 16 GB at seq 2048, batch 1, r16 on all seven
 projections, activation checkpointing, AdamW.
 
-What keel's wgpu path holds on the device (crates/keel-adapters/src/frozen.rs, keel-model):
-  - the base: the projections' blocks (llama.cpp's Q4_K_M mix; their bytes, as in the file) on the
-    host, and on the device one layer's weight at a time, dequantized to f32 for each product
+What keel's wgpu path holds on the device (crates/keel-adapters/src/gpu_blocks.rs, keel-model):
+  - the base: the projections' blocks (llama.cpp's Q4_K_M mix; their bytes, as in the file), uploaded
+    once, and one layer's weight at a time dequantized to f32 by a CubeCL kernel for each product
     (largest projection);
-  - the embeddings, and an untied head, dense in f32 on the device (in blocks, each product would
-    upload the whole table);
+  - the embeddings, and an untied head, dense in f32 on the device (a lookup and the head's product
+    read them whole);
   - LoRA: f32 parameters, gradients and AdamW's two moments (16 bytes a parameter);
   - activations, with checkpointing: each layer's input (seq x hidden f32), plus one layer's
-    recomputed working set: Burn's composed attention keeps [heads, seq, seq] scores and
-    probabilities and their gradient (3 of them, f32), the MLP four [seq, intermediate] tensors;
+    recomputed working set: attention a block of 256 queries at a time (keel-model's
+    attention/chunked.rs: scores, probabilities and, in backward, their gradients, [heads, 256, seq]
+    each, 4 of them), the MLP four [seq, intermediate] tensors;
   - the head: [seq, vocab] logits, log-softmax and their gradient (f32, 3 of them).
 An allocator overhead factor (pages kept for reuse, padding) multiplies the sum; it is measured on
 lavapipe by `keel bench train --device wgpu` (docs/performance-quantized.md) and given as
@@ -63,12 +64,14 @@ def estimate(hidden, inter, layers, heads, kv, vocab, tied, seq=2048, rank=16):
     file_bytes = blocks + head + embed
     lora = layers * sum(rank * (o + n) for o, n in shapes.values())
     f32 = 4
+    block = min(seq, 256)
     parts = {
+        "base blocks": blocks,
         "one layer's weight, dequantized": max(o * n for o, n in shapes.values()) * f32,
         "embeddings (and untied head), f32": vocab * hidden * f32 * (1 if tied else 2),
         "LoRA + AdamW": lora * 16,
         "layer inputs": layers * seq * hidden * f32,
-        "one layer recomputed": (3 * heads * seq * seq + 4 * seq * inter + 6 * seq * hidden) * f32,
+        "one layer recomputed": (4 * heads * block * seq + 4 * seq * inter + 6 * seq * hidden) * f32,
         "head activations": 3 * seq * vocab * f32,
     }
     return file_bytes, sum(parts.values()), parts

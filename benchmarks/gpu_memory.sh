@@ -43,21 +43,22 @@ print("|---|---|---|---|")
 for dtype in ("f32", "gguf"):
     r = rows[dtype]
     print(f"| {dtype} | {r['gpu_reserved_bytes'] / 1e6:.0f} MB | {r['gpu_pool_peak_bytes'] / 1e6:.0f} MB | {r['step_s']:.0f} s |")
-print(f"\nWith `gguf` the projections' blocks stay on the host and each product uploads its layer's "
-      f"weight, dequantized to f32, and drops it after (the backward pass dequantizes again): one layer's "
-      f"weight is on the device at a time, not the whole base; the embeddings (and an untied head) are "
-      f"dense f32 on the device. The sum `benchmarks/gpu_memory.py` computes for this run is "
-      f"{estimate / 1e6:.0f} MB; the allocator held {overhead:.2f}x that, the overhead used below.\n")
+print(f"\nWith `gguf` the projections' blocks are uploaded once and stay on the device as in the file; "
+      f"for each product a CubeCL kernel dequantizes the layer's weight to f32, dropped after (the "
+      f"backward pass dequantizes again): one layer's weight is dense at a time, not the whole base; the "
+      f"embeddings (and an untied head) are dense f32 on the device. Attention runs a block of 256 queries "
+      f"at a time and recomputes its probabilities in backward. The sum `benchmarks/gpu_memory.py` "
+      f"computes for this run is {estimate / 1e6:.0f} MB; the allocator held {overhead:.2f}x that, the "
+      f"overhead used below.\n")
 print("## Computed: the largest model that trains at seq 2048 (batch 1, r16, checkpointing), base in Q4_K_M blocks\n")
 table = subprocess.run([sys.executable, "benchmarks/gpu_memory.py", "--overhead", f"{overhead:.2f}"],
                        capture_output=True, text=True, check=True).stdout
 print(table)
 print("What dominates at seq 2048: the head ([seq, vocab] logits, log-softmax and gradient: 3.7 GB "
-      "for a 152k vocabulary), the embeddings in f32 (2.2 GB for Qwen2.5-7B, twice that untied) and one layer's "
-      "attention scores, probabilities and their gradient ([heads, seq, seq] each, Burn's composed "
-      "attention; checkpointing keeps one layer's alive, not every layer's). The base's size barely "
-      "counts, as its blocks stay on the host. A head computed a vocabulary chunk at a time, a GPU kernel "
-      "that dequantizes blocks (so the embeddings could stay in them) and a recomputing attention kernel "
-      "on wgpu are what would move the larger models into 8 and 12 GB. Not measured on a GPU: none was lent.")
+      "for a 152k vocabulary) and the embeddings in f32 (2.2 GB for Qwen2.5-7B, twice that untied); the "
+      "base's blocks come next (4.7 GB for a 7B). Attention, a block of queries at a time, is no longer "
+      "among them (it was 1.4 GB for one Qwen2.5-7B layer at seq 2048 with Burn's composed attention). "
+      "A head computed a chunk at a time on the GPU and the embeddings kept in blocks there are what "
+      "would move 7-8B models into 12 and 16 GB. Not measured on a GPU: none was lent.")
 PY
 echo "wrote docs/performance-gpu-memory.md" >&2

@@ -138,6 +138,8 @@ pub struct QuantBase {
     ty: GgmlType,
     out_features: usize,
     in_features: usize,
+    #[cfg(feature = "wgpu")]
+    pub(crate) device_blocks: crate::gpu_blocks::DeviceBlocks,
 }
 
 impl fmt::Debug for QuantBase {
@@ -175,6 +177,8 @@ impl QuantBase {
             ty,
             out_features,
             in_features,
+            #[cfg(feature = "wgpu")]
+            device_blocks: Default::default(),
         })
     }
 
@@ -194,16 +198,20 @@ impl QuantBase {
         [self.out_features, self.in_features]
     }
 
+    /// The blocks' bytes, rows one after another.
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.bytes).as_ref()[self.range.clone()]
+    }
+
     /// The blocks, for keel-gemm's products.
     pub fn weight(&self) -> QuantWeight<'_> {
-        let bytes = &(*self.bytes).as_ref()[self.range.clone()];
-        QuantWeight::new(self.ty, bytes, self.out_features, self.in_features)
+        QuantWeight::new(self.ty, self.bytes(), self.out_features, self.in_features)
     }
 
     /// `W` dense, `[out, in]` row-major: for a device without the kernel,
     /// and for tests.
     pub fn dequantize(&self) -> Vec<f32> {
-        keel_gguf::dequantize(self.ty, &(*self.bytes).as_ref()[self.range.clone()])
+        keel_gguf::dequantize(self.ty, self.bytes())
             .expect("QuantBase::new checked the type and the block sizes")
     }
 }
@@ -236,33 +244,42 @@ fn has_quant_matmul(device: &Device) -> bool {
 
 /// The product with a weight in blocks, whose backward gives only the input
 /// gradient, recomputed from the blocks rather than kept: flex multiplies
-/// by the blocks themselves (keel-gemm); a GPU backend gets the layer's
-/// weight dequantized for each product and drops it after, so one layer's
-/// dense weight at a time is on the device, not every layer's until
-/// backward.
+/// by the blocks themselves (keel-gemm); a GPU backend dequantizes the
+/// layer's weight for each product (`gpu_blocks`) and drops it after, so
+/// one layer's dense weight at a time is on the device, not every layer's
+/// until backward.
 #[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
 pub trait QuantMatmul: Backend {
     /// `x [.., in]` (f32) · `Wᵀ`, `W [out, in]` in GGUF blocks.
     fn quant_matmul(x: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self> {
-        dense_product::<Self>(x, w, false)
+        let weight = host_weight::<Self>(w, &x.device());
+        dense_product::<Self>(x, weight, w.dims(), false)
     }
 
     /// `dy [.., out]` · `W`: the input gradient of [`QuantMatmul::quant_matmul`].
     fn quant_matmul_input_grad(dy: FloatTensor<Self>, w: &QuantBase) -> FloatTensor<Self> {
-        dense_product::<Self>(dy, w, true)
+        let weight = host_weight::<Self>(w, &dy.device());
+        dense_product::<Self>(dy, weight, w.dims(), true)
     }
 }
 
-/// `a · Wᵀ`, or `a · W` for the input gradient, with `W` dequantized onto
-/// `a`'s device for this product only.
-fn dense_product<B: Backend>(a: FloatTensor<B>, w: &QuantBase, input_grad: bool) -> FloatTensor<B> {
-    let [out, inp] = w.dims();
+/// `W [out, in]` dequantized on the host and uploaded to `device`.
+pub(crate) fn host_weight<B: Backend>(w: &QuantBase, device: &B::Device) -> FloatTensor<B> {
+    B::float_from_data(TensorData::new(w.dequantize(), w.dims()), device)
+}
+
+/// `a · Wᵀ`, or `a · W` for the input gradient, `weight` being `W
+/// [out, in]` dense on `a`'s device for this product only.
+pub(crate) fn dense_product<B: Backend>(
+    a: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    [out, inp]: [usize; 2],
+    input_grad: bool,
+) -> FloatTensor<B> {
     let (k, n) = if input_grad { (out, inp) } else { (inp, out) };
     let mut dims = a.shape().as_slice().to_vec();
     let m = dims[..dims.len() - 1].iter().product();
     *dims.last_mut().expect("activations with a dimension") = n;
-    let device = a.device();
-    let weight = B::float_from_data(TensorData::new(w.dequantize(), [out, inp]), &device);
     let weight = if input_grad {
         weight
     } else {
@@ -281,9 +298,6 @@ impl QuantMatmul for Flex {
         quant_product(&dy, w, true)
     }
 }
-
-#[cfg(feature = "wgpu")]
-impl QuantMatmul for burn::backend::Cube {}
 
 /// `a · Wᵀ` (forward), or `a · W` (`backward`: the input gradient).
 fn quant_product(a: &FlexTensor, w: &QuantBase, backward: bool) -> FlexTensor {

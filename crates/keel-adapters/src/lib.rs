@@ -11,6 +11,8 @@
 
 mod error;
 pub mod frozen;
+#[cfg(feature = "wgpu")]
+mod gpu_blocks;
 pub mod host;
 mod init;
 mod linear;
