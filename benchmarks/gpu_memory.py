@@ -14,7 +14,8 @@ What keel's wgpu path holds on the device (crates/keel-adapters/src/gpu_blocks.r
     recomputed working set: attention a block of 256 queries at a time (keel-model's
     attention/chunked.rs: scores, probabilities and, in backward, their gradients, [heads, 256, seq]
     each, 4 of them), the MLP four [seq, intermediate] tensors;
-  - the head: [seq, vocab] logits, log-softmax and their gradient (f32, 3 of them).
+  - the head, 256 rows at a time (keel-model's head/chunked.rs): a chunk's [256, vocab] logits,
+    exponentials and probabilities (f32, 3 of them), and each row's gradient, [seq, hidden], kept.
 An allocator overhead factor (pages kept for reuse, padding) multiplies the sum; it is measured on
 lavapipe by `keel bench train --device wgpu` (docs/performance-quantized.md) and given as
 --overhead.
@@ -72,7 +73,7 @@ def estimate(hidden, inter, layers, heads, kv, vocab, tied, seq=2048, rank=16):
         "LoRA + AdamW": lora * 16,
         "layer inputs": layers * seq * hidden * f32,
         "one layer recomputed": (4 * heads * block * seq + 4 * seq * inter + 6 * seq * hidden) * f32,
-        "head activations": 3 * seq * vocab * f32,
+        "head activations": (3 * block * vocab + seq * hidden) * f32,
     }
     return file_bytes, sum(parts.values()), parts
 

@@ -201,7 +201,8 @@ fn the_tiny_recipe_trains_on_a_base_in_blocks() {
 }
 
 /// wgpu multiplies by a base in blocks by dequantizing each layer's weight
-/// for its product, forward and backward (no kernel of its own yet): five
+/// for its product on the GPU, forward and backward (keel-adapters'
+/// gpu_blocks kernel, from blocks uploaded once): five
 /// steps give flex's losses.
 #[test]
 fn wgpu_trains_on_a_base_in_blocks_as_flex_does() {

@@ -11,8 +11,9 @@
 //!
 //! A base kept in its GGUF blocks ([`QuantBase`]) goes to keel-gemm's
 //! [`keel_gemm::QuantWeight`] on flex, forward and backward alike, so the
-//! layer's weight is never dense; on a GPU (wgpu) it is dequantized for each
-//! product, forward and backward, and dropped after ([`QuantMatmul`]).
+//! layer's weight is never dense; on a GPU (wgpu) the blocks stay on the
+//! device and a kernel dequantizes the layer's weight for each product,
+//! forward and backward, dropped after ([`QuantMatmul`], `gpu_blocks`).
 
 use std::fmt;
 use std::ops::Range;

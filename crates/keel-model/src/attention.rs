@@ -37,9 +37,9 @@ pub fn causal_self_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor
     ))
 }
 
-/// Whether [`CausalAttention`] runs on `device`: flex, and the GPU backends
-/// where keel is built with wgpu.
-fn has_kernel(device: &Device) -> bool {
+/// Whether keel's own ops ([`CausalAttention`], the fused head) run on
+/// `device`: flex, and the GPU backends where keel is built with wgpu.
+pub(crate) fn has_kernel(device: &Device) -> bool {
     let device = device.clone().inner();
     #[cfg(feature = "wgpu")]
     if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {

@@ -11,6 +11,9 @@
 //! `W[t] − softmax·W`, is computed in the forward pass and kept (`[tokens,
 //! hidden]`); backward only scales it. The two products with `W` are the
 //! ones the plain path does (logits forward, input gradient backward).
+//! On a GPU (wgpu) the same is composed from Burn's ops ([`chunked`]).
+
+mod chunked;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -20,7 +23,7 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Bytes, Dispatch, Flex, backend_extension};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{DType, Device, Int, Shape, Tensor};
+use burn::tensor::{DType, Int, Shape, Tensor};
 use half::bf16;
 use keel_adapters::QuantBase;
 use keel_gemm::{PackedWeight, QuantWeight, Weight};
@@ -57,9 +60,8 @@ impl HeadWeight<'_> {
 /// the head's weight.
 pub fn target_log_probs(hidden: Tensor<3>, w: HeadWeight, targets: Tensor<2, Int>) -> Tensor<2> {
     let [b, s, d] = hidden.dims();
-    let fused_activations = hidden.dtype() == DType::F32
-        // Equal for flex with and without autodiff.
-        && hidden.device() == Device::flex();
+    let fused_activations =
+        hidden.dtype() == DType::F32 && crate::attention::has_kernel(&hidden.device());
     let rows = |t: Tensor<3>| t.reshape([b * s, d]).into_dispatch();
     let ids = |t: Tensor<2, Int>| t.reshape([b * s]).into_dispatch();
     let out = match w {
@@ -86,13 +88,14 @@ pub fn gather_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2>
         .squeeze_dim::<2>(2)
 }
 
-/// Besides f32 activations on flex, the fused path needs a frozen f32 head,
-/// a bf16 one (keel-gemm's kernel), or one in blocks.
+/// Besides f32 activations on flex or a GPU, the fused path needs a frozen
+/// f32 head, a bf16 one (keel-gemm's kernel on flex, cast on a GPU), or one
+/// in blocks.
 fn fusable(w: &Tensor<2>) -> bool {
     matches!(w.dtype(), DType::F32 | DType::BF16) && !w.is_require_grad()
 }
 
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
 pub trait FrozenHead: Backend {
     /// `hidden [n, d]`, `w` as [`target_log_probs`] says, `targets [n]`.
     fn frozen_head_log_probs(
@@ -114,27 +117,89 @@ fn layout(vocab_major: bool) -> Weight {
     if vocab_major { Weight::NK } else { Weight::KN }
 }
 
-impl FrozenHead for Flex {
-    fn frozen_head_log_probs(
-        hidden: FlexTensor,
-        w: FlexTensor,
-        targets: FlexTensor,
-        vocab_major: bool,
-    ) -> FlexTensor {
-        let w = w.to_contiguous();
-        Head::dense(&w, layout(vocab_major), false)
-            .log_probs(&hidden, &targets)
-            .0
-    }
+/// A frozen head's weight on a backend.
+enum Frozen<'a, B: Backend> {
+    /// `[vocab, d]` when vocab-major (tied embeddings), else `[d, vocab]`.
+    Dense(FloatTensor<B>, bool),
+    Blocks(&'a QuantBase),
+}
 
-    fn frozen_head_log_probs_blocks(
+/// The fused head on a backend without autodiff: `log p(targets)` `[n]`,
+/// and the Jacobian `[n, d]` where `jacobian` asks for it.
+trait HeadKernels: Backend {
+    fn head_log_probs(
+        hidden: FloatTensor<Self>,
+        w: Frozen<'_, Self>,
+        targets: IntTensor<Self>,
+        jacobian: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+}
+
+impl HeadKernels for Flex {
+    fn head_log_probs(
         hidden: FlexTensor,
-        w: &QuantBase,
+        w: Frozen<'_, Self>,
         targets: FlexTensor,
-    ) -> FlexTensor {
-        Head::blocks(w, false).log_probs(&hidden, &targets).0
+        jacobian: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        match w {
+            Frozen::Dense(w, vocab_major) => {
+                let w = w.to_contiguous();
+                Head::dense(&w, layout(vocab_major), jacobian).log_probs(&hidden, &targets)
+            }
+            Frozen::Blocks(w) => Head::blocks(w, jacobian).log_probs(&hidden, &targets),
+        }
     }
 }
+
+#[cfg(feature = "wgpu")]
+impl HeadKernels for burn::backend::Cube {
+    fn head_log_probs(
+        hidden: FloatTensor<Self>,
+        w: Frozen<'_, Self>,
+        targets: IntTensor<Self>,
+        jacobian: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (w, vocab_major) = match w {
+            Frozen::Dense(w, vocab_major) => (w, vocab_major),
+            // A GPU keeps its embeddings dense: this is for completeness.
+            Frozen::Blocks(w) => {
+                use burn::backend::{TensorMetadata, ops::FloatTensorOps};
+                use burn::tensor::TensorData;
+                let data = TensorData::new(w.dequantize(), w.dims());
+                (Self::float_from_data(data, &hidden.device()), true)
+            }
+        };
+        chunked::log_probs::<Self>(hidden, w, vocab_major, targets, jacobian)
+    }
+}
+
+/// [`FrozenHead`] on a backend without autodiff: no Jacobian.
+macro_rules! untracked_head {
+    ($backend:ty) => {
+        impl FrozenHead for $backend {
+            fn frozen_head_log_probs(
+                hidden: FloatTensor<Self>,
+                w: FloatTensor<Self>,
+                targets: IntTensor<Self>,
+                vocab_major: bool,
+            ) -> FloatTensor<Self> {
+                Self::head_log_probs(hidden, Frozen::Dense(w, vocab_major), targets, false).0
+            }
+
+            fn frozen_head_log_probs_blocks(
+                hidden: FloatTensor<Self>,
+                w: &QuantBase,
+                targets: IntTensor<Self>,
+            ) -> FloatTensor<Self> {
+                Self::head_log_probs(hidden, Frozen::Blocks(w), targets, false).0
+            }
+        }
+    };
+}
+untracked_head!(Flex);
+#[cfg(feature = "wgpu")]
+untracked_head!(burn::backend::Cube);
 
 /// The head's weight, read in place; a bf16 one also packed for the
 /// kernel, once per call rather than per chunk: for the logits and, with a
@@ -259,7 +324,11 @@ impl<'a> Head<'a> {
 
     /// `log p(targets)` `[n]` for `hidden [n, d]` and, when the head was
     /// made for it, its gradient with respect to each row, `[n, d]`.
-    fn log_probs(&self, hidden: &FlexTensor, targets: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    fn log_probs(
+        &self,
+        hidden: &FlexTensor,
+        targets: &FlexTensor,
+    ) -> (FlexTensor, Option<FlexTensor>) {
         let [n, d] = hidden.layout().shape().dims::<2>();
         assert_eq!(d, self.d, "frozen head: hidden size against the weight's");
         let hidden = hidden.to_contiguous();
@@ -308,7 +377,7 @@ impl<'a> Head<'a> {
         };
         (
             tensor(log_p, Shape::from([n])),
-            tensor(jac, Shape::from([n, d])),
+            self.jacobian.then(|| tensor(jac, Shape::from([n, d]))),
         )
     }
 }
@@ -340,32 +409,19 @@ fn token_ids(targets: &FlexTensor, vocab: usize) -> Vec<usize> {
 #[derive(Debug)]
 struct FrozenHeadBackward;
 
-impl Backward<Flex, 1> for FrozenHeadBackward {
+impl<B: Backend> Backward<B, 1> for FrozenHeadBackward {
     /// `∂ log p(t) / ∂ hidden`, `[n, d]`.
-    type State = FlexTensor;
+    type State = FloatTensor<B>;
 
-    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let jac = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
-            let [n, d] = jac.layout().shape().dims::<2>();
-            let dy = dy.to_contiguous();
-            let dy = dy.as_slice::<f32>().expect("frozen head: f32 gradient");
-            let jac_values = jac.as_slice::<f32>().expect("frozen head: f32 state");
-            let mut out = vec![0f32; n * d];
-            out.par_chunks_mut(d)
-                .zip(jac_values.par_chunks(d))
-                .zip(dy)
-                .for_each(|((o, j), &g)| o.iter_mut().zip(j).for_each(|(o, j)| *o = g * j));
-            FlexTensor::new(
-                Bytes::from_elems(out),
-                Layout::contiguous(Shape::from([n, d])),
-                DType::F32,
-            )
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            chunked::scale::<B>(jac, dy)
         });
     }
 }
 
-impl<C: CheckpointStrategy> FrozenHead for Autodiff<Flex, C> {
+impl<B: HeadKernels, C: CheckpointStrategy> FrozenHead for Autodiff<B, C> {
     fn frozen_head_log_probs(
         hidden: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -374,10 +430,8 @@ impl<C: CheckpointStrategy> FrozenHead for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         // Its graph would be dropped here: only frozen heads come this way.
         assert!(!w.is_tracked(), "frozen head: the weight is being trained");
-        let w = w.into_primitive().to_contiguous();
-        tracked_head::<C>(hidden, &targets, |jacobian| {
-            Head::dense(&w, layout(vocab_major), jacobian)
-        })
+        let w = Frozen::Dense(w.into_primitive(), vocab_major);
+        tracked_head::<B, C>(hidden, w, targets)
     }
 
     fn frozen_head_log_probs_blocks(
@@ -385,35 +439,35 @@ impl<C: CheckpointStrategy> FrozenHead for Autodiff<Flex, C> {
         w: &QuantBase,
         targets: IntTensor<Self>,
     ) -> FloatTensor<Self> {
-        tracked_head::<C>(hidden, &targets, |jacobian| Head::blocks(w, jacobian))
+        tracked_head::<B, C>(hidden, Frozen::Blocks(w), targets)
     }
 }
 
-/// The head's log-probabilities on the autodiff graph: the head is made
-/// with its Jacobian (kept for backward) where `hidden` is tracked.
-fn tracked_head<'w, C: CheckpointStrategy>(
-    hidden: FloatTensor<Autodiff<Flex, C>>,
-    targets: &FlexTensor,
-    head: impl FnOnce(bool) -> Head<'w>,
-) -> FloatTensor<Autodiff<Flex, C>> {
+/// The head's log-probabilities on the autodiff graph, with the Jacobian
+/// (kept for backward) where `hidden` is tracked.
+fn tracked_head<B: HeadKernels, C: CheckpointStrategy>(
+    hidden: FloatTensor<Autodiff<B, C>>,
+    w: Frozen<'_, B>,
+    targets: IntTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
     match FrozenHeadBackward
         .prepare::<C>([hidden.node()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (log_p, jac) = head(true).log_probs(&hidden.into_primitive(), targets);
-            prep.finish(jac, log_p)
+            let (log_p, jac) = B::head_log_probs(hidden.into_primitive(), w, targets, true);
+            prep.finish(jac.expect("a Jacobian was asked for"), log_p)
         }
         OpsKind::UnTracked(prep) => {
-            prep.finish(head(false).log_probs(&hidden.into_primitive(), targets).0)
+            prep.finish(B::head_log_probs(hidden.into_primitive(), w, targets, false).0)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::{Device, Distribution, TensorData};
     use keel_gguf::GgmlType;
 
     use super::*;
@@ -435,14 +489,30 @@ mod tests {
     /// chunk boundary.
     #[test]
     fn fused_head_matches_log_softmax_of_the_logits() {
-        let device = Device::flex().autodiff();
+        check_fused_head(Device::flex().autodiff(), &[DType::F32, DType::BF16], 1e-5);
+    }
+
+    /// The same on wgpu (f32 only: WGSL has no bf16), where the head is
+    /// composed from Burn's ops a chunk of rows at a time.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn wgpu_fused_head_matches_log_softmax_of_the_logits() {
+        if std::env::var_os("KEEL_TEST_WGPU").is_none() {
+            eprintln!("SKIPPED: the head on wgpu (set KEEL_TEST_WGPU=1; CI does)");
+            return;
+        }
+        let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff();
+        check_fused_head(device, &[DType::F32], 1e-4);
+    }
+
+    fn check_fused_head(device: Device, dtypes: &[DType], f32_tolerance: f32) {
         let uniform = Distribution::Uniform(-2.0, 2.0);
         let (b, s, d, vocab) = (3, 100, 24, 50);
         let ids: Vec<i64> = (0..b * s).map(|i| (i * 7 % vocab) as i64).collect();
         let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
         let upstream = Tensor::<2>::random([b, s], uniform, &device);
         let leaf = Tensor::<3>::random([b, s, d], uniform, &device);
-        for dtype in [DType::F32, DType::BF16] {
+        for &dtype in dtypes {
             // What the bf16 kernel multiplies: activations rounded to bf16
             // on the AVX-512 BF16 tier.
             let input = match dtype == DType::BF16 && keel_gemm::rounds_activations() {
@@ -450,7 +520,11 @@ mod tests {
                 true => leaf.clone().cast(DType::BF16).cast(DType::F32),
             };
             // Rounding the softmax for the backward product costs bf16 precision.
-            let tolerance = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            let tolerance = if dtype == DType::F32 {
+                f32_tolerance
+            } else {
+                1e-2
+            };
             for layout in [Weight::NK, Weight::KN] {
                 let shape = match layout {
                     Weight::NK => [vocab, d],
@@ -469,7 +543,12 @@ mod tests {
                 let x = input.clone().require_grad();
                 let want = gather_log_probs(x.clone().matmul(dense.unsqueeze()), targets.clone());
                 let what = format!("{dtype:?} {layout:?}");
-                assert_close(fused.clone().detach(), want.clone().detach(), 1e-5, &what);
+                assert_close(
+                    fused.clone().detach(),
+                    want.clone().detach(),
+                    f32_tolerance,
+                    &what,
+                );
                 let got = h
                     .grad(&(fused * upstream.clone()).sum().backward())
                     .unwrap();
