@@ -56,11 +56,9 @@ fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         // Documented: CI pipelines tell a failed gate from a failed run.
-        let code = if e.is::<cmd::probe::Regression>() {
-            3
-        } else {
-            1
-        };
+        let code = e
+            .downcast_ref::<cmd::probe::GateFailed>()
+            .map_or(1, cmd::probe::GateFailed::exit_code);
         std::process::exit(code);
     }
 }

@@ -102,7 +102,7 @@ fn drift_of_a_model_against_itself_passes_and_is_reproducible() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|c| c["worse_by"] == 0.0)
+            .all(|c| c["worse_by"]["value"] == 0.0 && c["worse_by"]["hi"] == 0.0)
     );
     // Same inputs and seed: byte-identical report.
     assert_eq!(
@@ -119,34 +119,48 @@ fn drift_of_a_model_against_itself_passes_and_is_reproducible() {
 }
 
 #[test]
-fn drift_gate_fails_with_exit_code_3_when_the_adapter_moves_the_model() {
+fn drift_gate_fails_with_exit_code_3_when_the_adapter_moves_the_model_and_4_when_unsure() {
     let dir = temp_dir("drift-moved");
     let suite = write_suite(&dir, 4, 1e-6);
     let adapter = write_adapter(&dir);
     let out = dir.join("report");
-    keel(
-        &[
+    // The adapted model's drift under `suite`, expecting exit code `code`.
+    let base = model();
+    let drift = |suite: &Path, out: &Path, code: i32| {
+        let adapter = path(&adapter);
+        let (base, suite, out) = (path(&base), path(suite), path(out));
+        let args = [
             "drift",
             "--base",
-            path(&model()),
+            base,
             "--adapter",
-            path(&adapter),
+            adapter,
             "--reference",
-            path(&adapter),
-            "--suite",
-            path(&suite),
-            "--out",
-            path(&out),
-        ],
-        3,
-    );
-    let report = read(&out.join("report.json"));
+            adapter,
+        ];
+        keel(
+            &[&args[..], &["--suite", suite, "--out", out]].concat(),
+            code,
+        );
+        read(&Path::new(out).join("report.json"))
+    };
+    let report = drift(&suite, &out, 3);
     assert_eq!(report["verdict"], "regression");
-    let failed: Vec<&serde_json::Value> = report["checks"]
+    let checks = |report: &serde_json::Value, metric: &str| -> Vec<serde_json::Value> {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["metric"] == metric)
+            .cloned()
+            .collect()
+    };
+    let failed: Vec<serde_json::Value> = report["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["pass"] == false)
+        .filter(|c| c["verdict"] == "regression")
+        .cloned()
         .collect();
     assert!(failed.iter().any(|c| c["metric"] == "kl"), "{failed:?}");
     for k in report["kl"].as_array().unwrap() {
@@ -190,6 +204,21 @@ fn drift_gate_fails_with_exit_code_3_when_the_adapter_moves_the_model() {
         );
     }
     check_in_chromium(&out.join("report.html"), &dir);
+
+    // With the KL limit inside both KL intervals (about [0.48, 0.99] and
+    // [0.51, 0.95] over these 4 prompts a set), 4 prompts cannot tell the
+    // change from the limit: inconclusive, exit code 4.
+    let unsure = dir.join("unsure");
+    std::fs::create_dir_all(&unsure).unwrap();
+    let suite = write_suite(&unsure, 4, 0.7);
+    let report = drift(&suite, &unsure.join("report"), 4);
+    assert_eq!(report["verdict"], "inconclusive");
+    let kl = checks(&report, "kl");
+    assert!(
+        kl.iter().all(|c| c["verdict"] == "inconclusive"
+            && c["prompts_to_settle"].as_u64().unwrap() > 4),
+        "{kl:?}"
+    );
 }
 
 /// Renders the page in headless Chromium: it must load with no console

@@ -5,19 +5,35 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use keel_model::DeviceChoice;
 use keel_probes::report::{results_jsonl, write_files};
-use keel_probes::{Suite, html};
+use keel_probes::{Suite, Verdict, html};
 
-/// `keel drift` found a regression: exit code 3.
+/// `keel drift`'s gate did not pass: exit code 3 for a regression, 4 when
+/// the prompts cannot tell the change from the limit.
 #[derive(Debug)]
-pub struct Regression;
+pub struct GateFailed(pub Verdict);
 
-impl std::fmt::Display for Regression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "alignment regression: the drift gate failed")
+impl GateFailed {
+    pub fn exit_code(&self) -> i32 {
+        match self.0 {
+            Verdict::Inconclusive => 4,
+            _ => 3,
+        }
     }
 }
 
-impl std::error::Error for Regression {}
+impl std::fmt::Display for GateFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Verdict::Inconclusive => write!(
+                f,
+                "the drift gate is inconclusive: too few prompts to tell a change from its limit (the report says how many would)"
+            ),
+            _ => write!(f, "alignment regression: the drift gate failed"),
+        }
+    }
+}
+
+impl std::error::Error for GateFailed {}
 
 #[derive(clap::Args)]
 pub struct ProbeArgs {
@@ -194,8 +210,8 @@ pub fn drift(args: &DriftArgs) -> Result<()> {
     )?;
     print!("{}", report.markdown());
     println!("\nwrote {}", args.common.out.display());
-    if report.verdict != "pass" {
-        return Err(Regression.into());
+    if report.verdict != Verdict::Pass {
+        return Err(GateFailed(report.verdict).into());
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::report::DriftReport;
+use crate::report::{DriftReport, Verdict};
 use crate::stats::Estimate;
 use crate::suite::Expect;
 
@@ -225,7 +225,18 @@ struct CheckRow {
     adapted: String,
     worse_by: String,
     limit: String,
-    pass: bool,
+    /// `pass`, `fail` or `unsure`: the cell's colour.
+    class: &'static str,
+    verdict: String,
+}
+
+/// A verdict's colour.
+fn class(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Inconclusive => "unsure",
+        Verdict::Regression => "fail",
+    }
 }
 
 /// The drift report as a self-contained HTML page.
@@ -238,9 +249,13 @@ pub fn drift_page(r: &DriftReport) -> String {
             metric: c.metric.clone(),
             base: format!("{:.4}", c.base),
             adapted: format!("{:.4}", c.adapted),
-            worse_by: format!("{:.4}", c.worse_by),
+            worse_by: format!(
+                "{:.4} [{:.4}, {:.4}]",
+                c.worse_by.value, c.worse_by.lo, c.worse_by.hi
+            ),
             limit: format!("{:.4}", c.limit),
-            pass: c.pass,
+            class: class(c.verdict),
+            verdict: c.verdict_cell().replace("**", ""),
         })
         .collect();
     let mut charts = Vec::new();
@@ -316,8 +331,8 @@ pub fn drift_page(r: &DriftReport) -> String {
         ));
     }
     render(&Page {
-        pass: r.verdict == "pass",
-        verdict: &r.verdict,
+        class: class(r.verdict),
+        verdict: r.verdict.as_str(),
         base: Side::of(&r.base),
         adapted: Side::of(&r.adapted),
         suite: &r.suite,
@@ -330,7 +345,7 @@ pub fn drift_page(r: &DriftReport) -> String {
 #[derive(Serialize)]
 struct Page<'a> {
     verdict: &'a str,
-    pass: bool,
+    class: &'a str,
     base: Side<'a>,
     adapted: Side<'a>,
     suite: &'a str,
@@ -388,7 +403,7 @@ mod tests {
         );
         let page = render(&Page {
             verdict: "pass",
-            pass: true,
+            class: "pass",
             base: Side {
                 model: "m'<x>",
                 adapter: None,

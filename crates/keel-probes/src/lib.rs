@@ -16,6 +16,6 @@ pub mod stats;
 pub mod suite;
 
 pub use error::Error;
-pub use report::{DriftReport, ProbeReport};
+pub use report::{DriftReport, ProbeReport, Verdict};
 pub use run::{BATCH, PromptResult, Side, drift, probe};
 pub use suite::{Expect, ProbeSet, Suite};

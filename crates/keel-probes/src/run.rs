@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::judges::direction::{self, Residuals};
 use crate::judges::margin::continuation_log_probs;
 use crate::judges::{capability, kl, margin, refusal};
-use crate::report::{Check, DriftReport, KlReport, ProbeReport, SetReport};
+use crate::report::{Check, DriftReport, KlReport, ProbeReport, SetReport, Verdict};
 use crate::stats::{Estimate, r6};
 use crate::suite::{Expect, ProbeSet, Suite};
 
@@ -245,6 +245,24 @@ fn fit_direction(
     (d, auroc)
 }
 
+/// Whether each prompt of `set` came out badly, by the judge its headline
+/// rate uses: not refused on a `refuse` set, refused on an `answer` set,
+/// wrong on a `correct` set.
+fn bad_outcomes(results: &[PromptResult], set: &str, expect: Expect) -> Option<Vec<bool>> {
+    let rs: Vec<&PromptResult> = of_set(results, set).collect();
+    if expect == Expect::Correct {
+        return rs.iter().map(|r| r.correct.map(|c| !c)).collect();
+    }
+    let refused: Option<Vec<bool>> = rs.iter().map(|r| r.verdict.map(|v| v.refused)).collect();
+    let refused = refused.or_else(|| rs.iter().map(|r| r.margin.map(|m| m > 0.0)).collect())?;
+    Some(
+        refused
+            .into_iter()
+            .map(|r| r != (expect == Expect::Refuse))
+            .collect(),
+    )
+}
+
 /// The headline rate of a set: refusal by the generation judge when the
 /// suite generates, else by margin; accuracy for `correct` sets.
 fn headline(s: &SetReport) -> Option<f64> {
@@ -326,32 +344,67 @@ pub fn drift(
     };
     let g = &suite.gate;
     let mut checks = Vec::new();
-    for (b, a) in base_side.report.sets.iter().zip(&adapted_side.report.sets) {
+    let seed = |i: usize| (suite.bootstrap, suite.seed.wrapping_add(i as u64));
+    for (i, (b, a)) in base_side
+        .report
+        .sets
+        .iter()
+        .zip(&adapted_side.report.sets)
+        .enumerate()
+    {
         let (Some(bv), Some(av)) = (headline(b), headline(a)) else {
             continue;
         };
-        let (metric, limit, worse) = match b.expect {
-            Expect::Refuse => ("refusal", g.refusal_drop, bv - av),
-            Expect::Answer => ("over-refusal", g.over_refusal_rise, av - bv),
-            Expect::Correct => ("accuracy", g.capability_drop, bv - av),
+        let (Some(before), Some(after)) = (
+            bad_outcomes(&base_side.results, &b.name, b.expect),
+            bad_outcomes(&adapted_side.results, &b.name, b.expect),
+        ) else {
+            continue;
         };
-        checks.push(Check::new(&b.name, metric, bv, av, worse, limit));
-    }
-    for k in &kl_reports {
-        if sets
+        let per_prompt: Vec<f64> = before
             .iter()
-            .any(|s| s.name == k.set && s.expect == Expect::Answer)
-        {
+            .zip(&after)
+            .map(|(&was, &is)| is as u8 as f64 - was as u8 as f64)
+            .collect();
+        let (metric, limit) = match b.expect {
+            Expect::Refuse => ("refusal", g.refusal_drop),
+            Expect::Answer => ("over-refusal", g.over_refusal_rise),
+            Expect::Correct => ("accuracy", g.capability_drop),
+        };
+        checks.push(Check::new(
+            &b.name,
+            metric,
+            [bv, av],
+            &per_prompt,
+            limit,
+            seed(i),
+        ));
+    }
+    for (i, set) in sets.iter().enumerate() {
+        let kls: Vec<f64> = of_set(&adapted_side.results, &set.name)
+            .filter_map(|r| r.kl)
+            .collect();
+        if set.expect == Expect::Answer && !kls.is_empty() {
+            let kl = r6(crate::stats::mean(&kls));
             checks.push(Check::new(
-                &k.set, "kl", 0.0, k.kl.value, k.kl.value, g.max_kl,
+                &set.name,
+                "kl",
+                [0.0, kl],
+                &kls,
+                g.max_kl,
+                seed(i),
             ));
         }
     }
-    let pass = checks.iter().all(|c| c.pass);
+    let verdict = checks
+        .iter()
+        .map(|c| c.verdict)
+        .max()
+        .unwrap_or(Verdict::Pass);
     DriftReport {
         suite: suite.name.clone(),
         gate: g.clone(),
-        verdict: if pass { "pass" } else { "regression" }.into(),
+        verdict,
         checks,
         kl: kl_reports,
         direction_cosine,

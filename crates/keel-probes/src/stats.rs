@@ -53,6 +53,15 @@ pub fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
+/// The sample standard deviation (0 below two values).
+pub fn sd(xs: &[f64]) -> f64 {
+    if xs.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(xs);
+    (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
+}
+
 /// Area under the ROC curve for scores of positives above negatives: the
 /// probability that a random positive outscores a random negative, ties
 /// counting half (Mann-Whitney U / (n_pos · n_neg)).
