@@ -264,8 +264,9 @@ pub trait QuantMatmul: Backend {
     }
 }
 
-/// `W [out, in]` dequantized on the host and uploaded to `device`.
-pub(crate) fn host_weight<B: Backend>(w: &QuantBase, device: &B::Device) -> FloatTensor<B> {
+/// `W [out, in]` dequantized on the host and uploaded to `device`: for
+/// the types and backends without a kernel of their own.
+pub fn host_weight<B: Backend>(w: &QuantBase, device: &B::Device) -> FloatTensor<B> {
     B::float_from_data(TensorData::new(w.dequantize(), w.dims()), device)
 }
 

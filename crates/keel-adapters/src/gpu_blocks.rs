@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+use burn::backend::ops::IntTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Cube, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Shape, TensorData};
@@ -21,7 +21,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeDevice};
 use keel_gguf::GgmlType;
 
-use crate::frozen::{QuantBase, QuantMatmul, dense_product};
+use crate::frozen::{QuantBase, QuantMatmul, dense_product, host_weight};
 
 /// The blocks of one weight on the device that first multiplied by them,
 /// shared by every clone of its [`QuantBase`].
@@ -79,17 +79,16 @@ impl QuantMatmul for Cube {
 /// `W [out, in]` in f32 on `a`'s device, for one product.
 fn dense_weight(a: &FloatTensor<Cube>, w: &QuantBase) -> FloatTensor<Cube> {
     let device = a.device();
-    let [out, inp] = w.dims();
-    if !has_kernel(w.ggml_type()) {
-        return Cube::float_from_data(TensorData::new(w.dequantize(), [out, inp]), &device);
+    let ty = w.ggml_type();
+    if !has_kernel(ty) {
+        return host_weight::<Cube>(w, &device);
     }
     let blocks = w.device_blocks.on(w, &device);
-    let ty = w.ggml_type();
     Cube::dequantize_blocks(
         blocks,
         ty.id(),
         [ty.block_len(), ty.block_bytes()],
-        [out, inp],
+        w.dims(),
     )
 }
 

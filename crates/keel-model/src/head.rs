@@ -164,10 +164,11 @@ impl HeadKernels for burn::backend::Cube {
             Frozen::Dense(w, vocab_major) => (w, vocab_major),
             // A GPU keeps its embeddings dense: this is for completeness.
             Frozen::Blocks(w) => {
-                use burn::backend::{TensorMetadata, ops::FloatTensorOps};
-                use burn::tensor::TensorData;
-                let data = TensorData::new(w.dequantize(), w.dims());
-                (Self::float_from_data(data, &hidden.device()), true)
+                use burn::backend::TensorMetadata;
+                (
+                    keel_adapters::frozen::host_weight::<Self>(w, &hidden.device()),
+                    true,
+                )
             }
         };
         chunked::log_probs::<Self>(hidden, w, vocab_major, targets, jacobian)
