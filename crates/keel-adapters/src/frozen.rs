@@ -219,7 +219,7 @@ impl QuantBase {
 
 /// `x · Wᵀ` for a base in GGUF blocks: a projection's forward pass.
 pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantBase) -> Tensor<D> {
-    if x.dtype() == DType::F32 && has_quant_matmul(&x.device()) {
+    if x.dtype() == DType::F32 && has_keel_ops(&x.device()) {
         return Tensor::from_dispatch(<Dispatch as QuantMatmul>::quant_matmul(
             x.into_dispatch(),
             w,
@@ -232,9 +232,10 @@ pub fn quant_matmul<const D: usize>(x: Tensor<D>, w: &QuantBase) -> Tensor<D> {
     linear(x, dense.transpose(), None)
 }
 
-/// Whether [`QuantMatmul`] runs on `device`: flex, and the GPU backends
+/// Whether keel's own autodiff ops ([`QuantMatmul`] here, keel-model's
+/// attention and frozen head) run on `device`: flex, and the GPU backends
 /// where keel is built with wgpu.
-fn has_quant_matmul(device: &Device) -> bool {
+pub fn has_keel_ops(device: &Device) -> bool {
     let device = device.clone().inner();
     #[cfg(feature = "wgpu")]
     if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {

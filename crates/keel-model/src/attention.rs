@@ -18,14 +18,15 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Bytes, Dispatch, Flex, backend_extension};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Device, Shape, Tensor};
+use burn::tensor::{Bool, DType, Shape, Tensor};
 use keel_gemm::AttentionShape;
 
 /// `softmax(q kᵀ / √head_dim + causal mask) v` for queries `[batch, seq,
 /// heads, head_dim]` and keys and values `[batch, seq, kv_heads, head_dim]`,
 /// `kv_heads` dividing `heads`; the output is shaped as the queries.
 pub fn causal_self_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    let fusable = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32) && has_kernel(&q.device());
+    let fusable = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32)
+        && keel_adapters::frozen::has_keel_ops(&q.device());
     if !fusable {
         let head_major = |t: Tensor<4>| t.swap_dims(1, 2);
         return attend(head_major(q), head_major(k), head_major(v), None).swap_dims(1, 2);
@@ -35,17 +36,6 @@ pub fn causal_self_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor
         k.into_dispatch(),
         v.into_dispatch(),
     ))
-}
-
-/// Whether keel's own ops ([`CausalAttention`], the fused head) run on
-/// `device`: flex, and the GPU backends where keel is built with wgpu.
-pub(crate) fn has_kernel(device: &Device) -> bool {
-    let device = device.clone().inner();
-    #[cfg(feature = "wgpu")]
-    if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
-        return true;
-    }
-    device == Device::flex()
 }
 
 /// Causal attention composed from Burn's ops, head-major: queries
@@ -283,7 +273,7 @@ impl<B: AttentionKernels, C: CheckpointStrategy> CausalAttention for Autodiff<B,
 #[cfg(test)]
 mod tests {
     use burn::backend::ops::FloatTensorOps;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Device, Distribution};
 
     use super::*;
 

@@ -61,7 +61,7 @@ impl HeadWeight<'_> {
 pub fn target_log_probs(hidden: Tensor<3>, w: HeadWeight, targets: Tensor<2, Int>) -> Tensor<2> {
     let [b, s, d] = hidden.dims();
     let fused_activations =
-        hidden.dtype() == DType::F32 && crate::attention::has_kernel(&hidden.device());
+        hidden.dtype() == DType::F32 && keel_adapters::frozen::has_keel_ops(&hidden.device());
     let rows = |t: Tensor<3>| t.reshape([b * s, d]).into_dispatch();
     let ids = |t: Tensor<2, Int>| t.reshape([b * s]).into_dispatch();
     let out = match w {

@@ -8,7 +8,7 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, FloatDType, Scalar, TensorMetadata};
-use burn::tensor::{Shape, Slice, TensorData};
+use burn::tensor::{IntDType, Shape, Slice};
 
 /// Queries per block.
 pub(super) const BLOCK: usize = 256;
@@ -58,17 +58,30 @@ impl<B: Backend> Heads<B> {
         let k = rows_of::<B>(self.k.clone(), 0..rows.end);
         let s = B::float_matmul(q, B::float_swap_dims(k, 2, 3));
         let s = B::float_mul_scalar(s, Scalar::from(self.scale));
-        let mask: Vec<f32> = rows
-            .clone()
-            .flat_map(|i| (0..rows.end).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = B::float_from_data(
-            TensorData::new(mask, [1, 1, rows.len(), rows.end]),
-            &s.device(),
-        );
+        let mask = causal_mask::<B>(rows, &s.device());
         let shape = s.shape();
         B::float_add(s, B::float_expand(mask, shape))
     }
+}
+
+/// `[1, 1, rows, keys]`, keys `0..rows.end`: 0 where key `j ≤` query `i`,
+/// else `−1e30 · (j − i)`, whose exp is exactly 0, as −∞'s. Made on the
+/// device from two ranges: uploading it would move `rows × keys` floats a
+/// block, forward and backward.
+fn causal_mask<B: Backend>(
+    rows: std::ops::Range<usize>,
+    device: &B::Device,
+) -> FloatTensor<B> {
+    let shape = Shape::new([1, 1, rows.len(), rows.end]);
+    let range = |r: std::ops::Range<usize>, dims: [usize; 4]| {
+        let t = B::int_arange(r.start as i64..r.end as i64, device, IntDType::I32);
+        let t = B::int_into_float(t, FloatDType::F32);
+        B::float_expand(B::float_reshape(t, Shape::new(dims)), shape.clone())
+    };
+    let i = range(rows.clone(), [1, 1, rows.len(), 1]);
+    let j = range(0..rows.end, [1, 1, 1, rows.end]);
+    let later = B::float_mul_scalar(B::float_sub(i, j), Scalar::from(1e30f32));
+    B::float_clamp_max(later, Scalar::from(0.0f32))
 }
 
 /// Rows `rows` of dimension 2 of a `[b, h, seq, x]` tensor.
