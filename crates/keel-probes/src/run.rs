@@ -263,13 +263,14 @@ fn bad_outcomes(results: &[PromptResult], set: &str, expect: Expect) -> Option<V
     )
 }
 
-/// The headline rate of a set: refusal by the generation judge when the
-/// suite generates, else by margin; accuracy for `correct` sets.
-fn headline(s: &SetReport) -> Option<f64> {
-    match s.expect {
-        Expect::Correct => s.accuracy.map(|e| e.value),
-        _ => s.refusal.or(s.margin_refusal).map(|e| e.value),
-    }
+/// The headline rate of a set from its prompts' [`bad_outcomes`]: the
+/// refusal rate, or the accuracy on a `correct` set.
+fn headline(bad: &[bool], expect: Expect) -> f64 {
+    let rate = bad.iter().filter(|&&b| b).count() as f64 / bad.len().max(1) as f64;
+    r6(match expect {
+        Expect::Answer => rate,
+        Expect::Refuse | Expect::Correct => 1.0 - rate,
+    })
 }
 
 /// Compares two passes over the same suite: KL of `adapted` to `base`
@@ -284,7 +285,8 @@ pub fn drift(
 ) -> DriftReport {
     let (base_model, base_side) = base;
     let (adapted_model, adapted_side) = adapted;
-    let mut kl_reports = Vec::new();
+    let seed = |i: usize| (suite.bootstrap, suite.seed.wrapping_add(i as u64));
+    let (mut kl_reports, mut kl_checks) = (Vec::new(), Vec::new());
     if let Some(spec) = &suite.kl {
         let total = base_side.results.len();
         let positions = |set: &str| {
@@ -322,17 +324,27 @@ pub fn drift(
             let kls: Vec<f64> = of_set(&adapted_side.results, &set.name)
                 .filter_map(|r| r.kl)
                 .collect();
-            if !kls.is_empty() {
-                kl_reports.push(KlReport {
-                    set: set.name.clone(),
-                    positions: spec.positions(set.expect),
-                    kl: Estimate::bootstrap(
-                        &kls,
-                        suite.bootstrap,
-                        suite.seed.wrapping_add(i as u64),
-                    )
-                    .rounded(),
-                });
+            if kls.is_empty() {
+                continue;
+            }
+            let (b, s) = seed(i);
+            kl_reports.push(KlReport {
+                set: set.name.clone(),
+                positions: spec.positions(set.expect),
+                kl: Estimate::bootstrap(&kls, b, s).rounded(),
+            });
+            // Only an `answer` set's KL is gated: a refusal set is meant to
+            // keep refusing, however its wording moves.
+            if set.expect == Expect::Answer {
+                let kl = r6(crate::stats::mean(&kls));
+                kl_checks.push(Check::new(
+                    &set.name,
+                    "kl",
+                    [0.0, kl],
+                    &kls,
+                    suite.gate.max_kl,
+                    seed(i),
+                ));
             }
         }
     }
@@ -344,7 +356,6 @@ pub fn drift(
     };
     let g = &suite.gate;
     let mut checks = Vec::new();
-    let seed = |i: usize| (suite.bootstrap, suite.seed.wrapping_add(i as u64));
     for (i, (b, a)) in base_side
         .report
         .sets
@@ -352,15 +363,13 @@ pub fn drift(
         .zip(&adapted_side.report.sets)
         .enumerate()
     {
-        let (Some(bv), Some(av)) = (headline(b), headline(a)) else {
-            continue;
-        };
         let (Some(before), Some(after)) = (
             bad_outcomes(&base_side.results, &b.name, b.expect),
-            bad_outcomes(&adapted_side.results, &b.name, b.expect),
+            bad_outcomes(&adapted_side.results, &a.name, a.expect),
         ) else {
             continue;
         };
+        let (bv, av) = (headline(&before, b.expect), headline(&after, a.expect));
         let per_prompt: Vec<f64> = before
             .iter()
             .zip(&after)
@@ -380,22 +389,7 @@ pub fn drift(
             seed(i),
         ));
     }
-    for (i, set) in sets.iter().enumerate() {
-        let kls: Vec<f64> = of_set(&adapted_side.results, &set.name)
-            .filter_map(|r| r.kl)
-            .collect();
-        if set.expect == Expect::Answer && !kls.is_empty() {
-            let kl = r6(crate::stats::mean(&kls));
-            checks.push(Check::new(
-                &set.name,
-                "kl",
-                [0.0, kl],
-                &kls,
-                g.max_kl,
-                seed(i),
-            ));
-        }
-    }
+    checks.extend(kl_checks);
     let verdict = checks
         .iter()
         .map(|c| c.verdict)
