@@ -118,7 +118,35 @@ fn commands_exit_and_print_as_documented() {
             ],
         ),
         case(&[&"inspect", &dir.join("absent")], 1, &["absent"]),
-        case(&[&"recipe", &"check", &recipe], 0, &[]),
+        case(
+            &[&"recipe", &"check", &recipe],
+            0,
+            &["alignment: recommended: KL anchors on keel's safety set (λ = 1)"],
+        ),
+        case(
+            &[
+                &"recipe",
+                &"check",
+                &recipe,
+                &"--set",
+                &"alignment.preset=off",
+            ],
+            0,
+            &["alignment: off"],
+        ),
+        case(
+            &[
+                &"recipe",
+                &"check",
+                &recipe,
+                &"--set",
+                &"alignment.preset=off",
+                &"--set",
+                &"alignment.constrained_sft=true",
+            ],
+            1,
+            &["alignment.preset", "also names constrained_sft"],
+        ),
         case(
             &[&"recipe", &"check", &recipe, &"--set", &"optim.lr=-1"],
             1,
@@ -170,7 +198,7 @@ fn commands_exit_and_print_as_documented() {
                 &out_dir,
             ],
             0,
-            &["adapter:", "final loss"],
+            &["adapter:", "final loss", "alignment        recommended"],
         ),
         case(
             &[

@@ -160,6 +160,7 @@ fn recipe(model: &Path, out: &Path, extra: &[&str]) -> Result<Recipe, keel_recip
     let mut set = vec![
         format!("model.path=\"{}\"", model.display()),
         format!("output.dir=\"{}\"", out.display()),
+        "alignment.preset=off".into(),
     ];
     set.extend(extra.iter().map(|s| s.to_string()));
     Recipe::load(&fixture("../../recipes/tiny.toml"), &set)

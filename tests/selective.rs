@@ -24,6 +24,7 @@ fn recipe(out: &Path, adapter: &str, set: &[&str]) -> Recipe {
     let text = format!("{}[adapter]\n{adapter}\n\n{}", &text[..start], &text[end..]);
     let mut set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
     set.push(format!("output.dir={}", out.display()));
+    set.push("alignment.preset=off".into());
     Recipe::parse(&text, &path, &set).unwrap()
 }
 

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::AdapterFile;
+use keel_align::safemerge::{self, SafetyLora};
 use keel_align::{Subspace, safe_lora};
 use keel_model::{DeviceChoice, LoadedModel};
-use keel_recipe::SafeLora;
+use keel_recipe::{SAFEMERGE_THRESHOLD, SAFEMERGE_WEIGHT, SafeLora};
 
 #[derive(clap::Subcommand)]
 pub enum AlignCommand {
@@ -23,6 +24,24 @@ pub enum AlignCommand {
         /// Project the k least similar modules.
         #[arg(long)]
         top_k: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// SafeMERGE: merge the adapter with a safety LoRA in the modules far
+    /// from the alignment subspace, writing a new adapter folder.
+    Safemerge {
+        #[command(flatten)]
+        pair: Pair,
+        /// The safety LoRA: trained on safety data on the same model, of the
+        /// adapter's rank.
+        #[arg(long)]
+        safety: PathBuf,
+        /// Merge modules whose cos(ΔW, C·ΔW) is below this.
+        #[arg(long, default_value_t = SAFEMERGE_THRESHOLD)]
+        threshold: f64,
+        /// The safety LoRA's weight in the merge, in (0, 1).
+        #[arg(long, default_value_t = SAFEMERGE_WEIGHT)]
+        weight: f64,
         #[arg(long)]
         out: PathBuf,
     },
@@ -76,23 +95,69 @@ pub fn run(cmd: &AlignCommand) -> Result<()> {
                 SafeLora::from_either(*threshold, *top_k).context("give --threshold or --top-k")?;
             let modules =
                 safe_lora::apply(&mut loaded.model.linears_mut(), ADAPTER, &subspace, mode);
-            // Modules trained in full are not projected: they go out as they came.
-            for w in super::export::peft_folder(&loaded, &file, &pair.model, out)? {
-                eprintln!("warning: {w}");
-            }
             let projected = modules.iter().filter(|m| m.projected).count();
             let report = serde_json::json!({"safe_lora_projected": projected, "modules": modules});
-            std::fs::write(
-                out.join("alignment.json"),
-                serde_json::to_vec_pretty(&report)?,
-            )
-            .with_context(|| format!("writing {}", out.join("alignment.json").display()))?;
+            write(&loaded, &file, pair, out, &report)?;
             println!(
                 "projected {projected} of {} modules; wrote {}",
                 modules.len(),
                 out.display()
             );
         }
+        AlignCommand::Safemerge {
+            pair,
+            safety,
+            threshold,
+            weight,
+            out,
+        } => {
+            anyhow::ensure!(
+                (-1.0..=1.0).contains(threshold),
+                "--threshold {threshold}: a cosine similarity, in [-1, 1]"
+            );
+            anyhow::ensure!(
+                *weight > 0.0 && *weight < 1.0,
+                "--weight {weight}: the safety LoRA's share of the merge, in (0, 1)"
+            );
+            let (mut loaded, file, subspace) = open(pair)?;
+            let device = DeviceChoice::Flex.device()?;
+            let safety = SafetyLora::from_adapter(&AdapterFile::read(safety)?, &device)?;
+            let modules = safemerge::apply(
+                &mut loaded.model.linears_mut(),
+                ADAPTER,
+                &subspace,
+                &safety,
+                *threshold,
+                *weight,
+            )?;
+            let merged = modules.iter().filter(|m| m.merged).count();
+            let report = serde_json::json!({"safemerge_merged": merged, "modules": modules});
+            write(&loaded, &file, pair, out, &report)?;
+            println!(
+                "merged {merged} of {} modules with the safety LoRA; wrote {}",
+                modules.len(),
+                out.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The changed adapter as a PEFT folder, with `alignment.json` beside it.
+/// Modules trained in full go out as they came.
+fn write(
+    loaded: &LoadedModel,
+    file: &AdapterFile,
+    pair: &Pair,
+    out: &std::path::Path,
+    report: &serde_json::Value,
+) -> Result<()> {
+    for w in super::export::peft_folder(loaded, file, &pair.model, out)? {
+        eprintln!("warning: {w}");
+    }
+    std::fs::write(
+        out.join("alignment.json"),
+        serde_json::to_vec_pretty(report)?,
+    )
+    .with_context(|| format!("writing {}", out.join("alignment.json").display()))
 }

@@ -18,8 +18,9 @@ pub enum Command {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Check { recipe, set } => {
-            Recipe::load(&recipe, &set)?;
+            let parsed = Recipe::load(&recipe, &set)?;
             println!("{}: ok", recipe.display());
+            println!("alignment: {}", parsed.alignment.describe());
             Ok(())
         }
     }

@@ -29,6 +29,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let recipe = Recipe::load(&args.recipe, &args.set)?;
+    eprintln!("alignment: {}", recipe.alignment.describe());
     let opts = RunOptions {
         resume: args.resume,
         overwrite: args.overwrite,

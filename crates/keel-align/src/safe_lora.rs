@@ -6,13 +6,12 @@
 //! For a LoRA, `C·ΔW` is again a LoRA with the same `a` and `b·C`, so the
 //! result exports like any adapter. Cost: a few rank-r products per module.
 
-use burn::module::Param;
 use burn::tensor::Tensor;
 use keel_adapters::Linear;
 use keel_recipe::SafeLora;
 use serde::Serialize;
 
-use crate::Subspace;
+use crate::{Subspace, adapter_mut, set_factor};
 
 /// One module's similarity to the alignment subspace.
 #[derive(Debug, Clone, Serialize)]
@@ -33,7 +32,7 @@ fn inner(ata: &Tensor<2>, x: &Tensor<2>, y: &Tensor<2>) -> f64 {
 
 /// Per module with adapter `name` and an alignment update: cos(ΔW, C·ΔW)
 /// and the projected `b`.
-fn similarities(
+pub(crate) fn similarities(
     linears: &[(String, &Linear)],
     name: &str,
     subspace: &Subspace,
@@ -82,27 +81,18 @@ pub fn apply(
     let mut order: Vec<usize> = (0..sims.len()).collect();
     // NaN (a zero update) sorts last: nothing to project.
     order.sort_by(|&i, &j| sims[i].1.total_cmp(&sims[j].1).then(i.cmp(&j)));
+    let top = |k: usize, i: usize| order.iter().take(k).any(|&o| o == i);
     let chosen: Vec<bool> = (0..sims.len())
         .map(|i| match mode {
             SafeLora::Threshold(t) => sims[i].1 < t,
-            SafeLora::TopK(k) => order.iter().take(k).any(|&o| o == i),
+            SafeLora::TopK(k) => top(k, i),
+            SafeLora::Share(f) => top((f * sims.len() as f64).ceil() as usize, i),
         })
         .collect();
     let mut out = Vec::with_capacity(sims.len());
     for ((module, similarity, projected), project) in sims.into_iter().zip(chosen) {
         if project {
-            let (_, layer) = linears
-                .iter_mut()
-                .find(|(n, _)| *n == module)
-                .expect("listed above");
-            let adapter = layer
-                .adapters
-                .iter_mut()
-                .find(|a| a.name == name)
-                .expect("listed above");
-            // A fresh leaf, so the projected B can still be trained or saved.
-            adapter.b = Param::initialized(adapter.b.id, projected.detach())
-                .set_require_grad(adapter.b.is_require_grad());
+            set_factor(&mut adapter_mut(linears, &module, name).b, projected);
         }
         out.push(ModuleSimilarity {
             module,

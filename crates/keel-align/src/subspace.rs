@@ -23,7 +23,7 @@ pub struct Subspace {
     modules: BTreeMap<String, Factors>,
 }
 
-fn matrix(shape: &[usize], data: &[f32], device: &Device) -> Tensor<2> {
+pub(crate) fn matrix(shape: &[usize], data: &[f32], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(data.to_vec(), [shape[0], shape[1]]), device)
 }
 

@@ -245,17 +245,25 @@ fn safe_lora_projects_dissimilar_modules_only() {
     assert!(max_diff(&got, &mm(&factors[0].1, &dense[MODULES[0]])) < 1e-4);
     assert!(max_diff(&host(layers[1].adapters[0].b.val()), &inside) < 1e-6);
 
-    // Top-k picks the least similar.
-    let (mut layers, _) = self::layers(&mut seeded(3), &device);
-    let mut named: Vec<(String, &mut Linear)> = MODULES
-        .iter()
-        .map(|m| m.to_string())
-        .zip(layers.iter_mut())
-        .collect();
-    let r = safe_lora::apply(&mut named, "domain", &subspace, SafeLora::TopK(1));
+    // Top-k picks the least similar; a share rounds up (a fifth of two
+    // modules is one).
+    let fresh = |mode: SafeLora| {
+        let (mut layers, _) = self::layers(&mut seeded(3), &device);
+        let mut named: Vec<(String, &mut Linear)> = MODULES
+            .iter()
+            .map(|m| m.to_string())
+            .zip(layers.iter_mut())
+            .collect();
+        safe_lora::apply(&mut named, "domain", &subspace, mode)
+    };
+    let r = fresh(SafeLora::TopK(1));
     let least = r
         .iter()
         .min_by(|x, y| x.similarity.total_cmp(&y.similarity))
         .unwrap();
     assert!(least.projected && r.iter().filter(|x| x.projected).count() == 1);
+    let s = fresh(SafeLora::Share(0.2));
+    let projected =
+        |r: &[safe_lora::ModuleSimilarity]| r.iter().map(|x| x.projected).collect::<Vec<_>>();
+    assert_eq!(projected(&s), projected(&r));
 }

@@ -180,10 +180,32 @@ pub fn load_examples(
     train_on_prompt: bool,
 ) -> Result<Tokenized, Error> {
     let text = std::fs::read_to_string(path).map_err(keel_fs::io(path))?;
+    parse_examples(
+        &text,
+        path,
+        format,
+        tokenizer,
+        template,
+        max_length,
+        train_on_prompt,
+    )
+}
+
+/// [`load_examples`] on JSONL text already in memory; `path` names it in
+/// errors.
+pub fn parse_examples(
+    text: &str,
+    path: &Path,
+    format: DataFormat,
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    max_length: usize,
+    train_on_prompt: bool,
+) -> Result<Tokenized, Error> {
     let eos = template.map(|t| t.eos_token.as_str()).unwrap_or_default();
     let mut examples = Vec::new();
     let mut truncated = 0;
-    for (line_no, line) in keel_fs::jsonl_lines(&text) {
+    for (line_no, line) in keel_fs::jsonl_lines(text) {
         let row_err = |reason: String| Error::Row {
             path: path.to_path_buf(),
             line: line_no,

@@ -10,4 +10,6 @@ mod example;
 
 pub use batch::{Batch, Batcher, shuffle};
 pub use error::Error;
-pub use example::{Example, Tokenized, load_examples, mix_replay, pack, split_eval};
+pub use example::{
+    Example, Tokenized, load_examples, mix_replay, pack, parse_examples, split_eval,
+};

@@ -185,10 +185,49 @@ impl Recipe {
             "must be at least 1".into(),
         );
         let al = &self.alignment;
+        let named = al.named_methods();
+        check(
+            al.preset.is_none() || named.is_empty(),
+            "alignment.preset",
+            match al.preset {
+                Some(Preset::Off) => format!(
+                    "\"off\" turns preservation off, but the recipe also names {}: remove one or the other",
+                    named.join(", ")
+                ),
+                _ => format!(
+                    "\"recommended\" chooses the methods itself, but the recipe also names {}: drop `preset` to apply only those",
+                    named.join(", ")
+                ),
+            },
+        );
         check(
             al.reference.is_some() || !al.needs_reference(),
             "alignment.reference",
-            "Safe LoRA and AsFT need the adapter that aligned the base (`reference`)".into(),
+            "Safe LoRA, SafeMERGE and AsFT need the adapter that aligned the base (`reference`)"
+                .into(),
+        );
+        check(
+            al.safemerge_adapter.is_some()
+                || (al.safemerge_threshold.is_none() && al.safemerge_weight.is_none()),
+            "alignment.safemerge_adapter",
+            "`safemerge_threshold` and `safemerge_weight` tune SafeMERGE, which needs the safety LoRA to merge (`safemerge_adapter`)".into(),
+        );
+        check(
+            al.safemerge_adapter.is_none()
+                || (al.safe_lora_threshold.is_none() && al.safe_lora_top_k.is_none()),
+            "alignment.safemerge_adapter",
+            "Safe LoRA and SafeMERGE both rewrite the modules far from the alignment subspace: choose one".into(),
+        );
+        check(
+            al.safemerge_threshold
+                .is_none_or(|t| (-1.0..=1.0).contains(&t)),
+            "alignment.safemerge_threshold",
+            "a cosine similarity: must be in [-1, 1]".into(),
+        );
+        check(
+            al.safemerge_weight.is_none_or(|w| w > 0.0 && w < 1.0),
+            "alignment.safemerge_weight",
+            "the safety LoRA's share of the merge: must be in (0, 1)".into(),
         );
         check(
             !(a.trains_full_modules() && (al.constrained_sft || al.anchors.is_some())),
@@ -198,7 +237,7 @@ impl Recipe {
         check(
             !(a.kind == AdapterKind::None && (al.needs_reference() || al.exclude_safety_layers.is_some())),
             "alignment",
-            "Safe LoRA, AsFT and safety-layer exclusion act on a low-rank adapter, and kind = \"none\" has none".into(),
+            "Safe LoRA, SafeMERGE, AsFT and safety-layer exclusion act on a low-rank adapter, and kind = \"none\" has none".into(),
         );
         check(
             al.safe_lora_threshold.is_none() || al.safe_lora_top_k.is_none(),

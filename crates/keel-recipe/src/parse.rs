@@ -125,8 +125,6 @@ impl Recipe {
             (None, epochs) => epochs.map(Length::Epochs),
         };
         recipe.adapter.config = Some(recipe.adapter.to_config());
-        let al = &mut recipe.alignment;
-        al.safe_lora = SafeLora::from_either(al.safe_lora_threshold, al.safe_lora_top_k);
         let dir = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut recipe.model.path,
@@ -138,6 +136,7 @@ impl Recipe {
         for p in [
             &mut recipe.data.eval,
             &mut recipe.alignment.reference,
+            &mut recipe.alignment.safemerge_adapter,
             &mut recipe.alignment.replay,
             &mut recipe.alignment.anchors,
         ]
@@ -146,7 +145,46 @@ impl Recipe {
         {
             *p = resolve(dir, p);
         }
+        recipe.decide_alignment();
         Ok(recipe)
+    }
+}
+
+impl Recipe {
+    /// Decodes `[alignment]` into the methods the run applies: those named,
+    /// none (`preset = "off"`), or the recommended preset's for this recipe.
+    fn decide_alignment(&mut self) {
+        let full = self.adapter.trains_full_modules();
+        let low_rank = self.adapter.kind != AdapterKind::None;
+        let al = &mut self.alignment;
+        al.safe_lora = SafeLora::from_either(al.safe_lora_threshold, al.safe_lora_top_k);
+        al.safemerge = al.safemerge_adapter.clone().map(|adapter| SafeMerge {
+            adapter,
+            threshold: al.safemerge_threshold.unwrap_or(SAFEMERGE_THRESHOLD),
+            weight: al.safemerge_weight.unwrap_or(SAFEMERGE_WEIGHT),
+        });
+        al.anchor_set = al.anchors.clone().map(SafetySet::File);
+        al.replay_set = al.replay.clone().map(SafetySet::File);
+        al.applied = match (al.preset, al.named_methods().is_empty()) {
+            (Some(Preset::Off), _) => Applied::Off,
+            (_, false) => Applied::Named,
+            (_, true) => Applied::Recommended,
+        };
+        if al.applied != Applied::Recommended {
+            return;
+        }
+        // Anchors compare with the adapter switched off, which modules
+        // trained in full cannot be: those replay keel's safety set instead.
+        if full {
+            al.replay_set = Some(SafetySet::Keel);
+            al.replay_fraction = Some(RECOMMENDED_REPLAY_FRACTION);
+        } else {
+            al.anchor_set = Some(SafetySet::Keel);
+            al.anchor_lambda = RECOMMENDED_ANCHOR_LAMBDA;
+        }
+        if al.reference.is_some() && low_rank {
+            al.safe_lora = Some(SafeLora::Share(RECOMMENDED_SAFE_LORA_SHARE));
+        }
     }
 }
 
@@ -290,6 +328,36 @@ dir = "runs/x"
         assert_eq!(
             (r.optim.length(), r.alignment.safe_lora),
             (Length::Steps(7), Some(SafeLora::TopK(3)))
+        );
+    }
+
+    /// No method named: the recommended preset, anchors on keel's set, and
+    /// Safe LoRA too with a reference; `off` applies nothing; a method
+    /// named applies just that.
+    #[test]
+    fn alignment_is_decided_once() {
+        let parse = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            Recipe::parse(GOOD, Path::new("r.toml"), &set)
+                .unwrap()
+                .alignment
+        };
+        let al = parse(&[]);
+        assert_eq!(
+            (al.applied, al.anchor_set, al.anchor_lambda, al.safe_lora),
+            (Applied::Recommended, Some(SafetySet::Keel), 1.0, None)
+        );
+        let al = parse(&["alignment.reference=ref"]);
+        assert_eq!(al.safe_lora, Some(SafeLora::Share(0.2)));
+        let al = parse(&["alignment.reference=ref", "alignment.preset=off"]);
+        assert_eq!(
+            (al.applied, al.anchor_set, al.safe_lora, al.replay_set),
+            (Applied::Off, None, None, None)
+        );
+        let al = parse(&["alignment.constrained_sft=true"]);
+        assert_eq!(
+            (al.applied, al.anchor_set, al.constrained_sft),
+            (Applied::Named, None, true)
         );
     }
 

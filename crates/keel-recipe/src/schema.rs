@@ -308,6 +308,9 @@ pub enum SafeLora {
     Threshold(f64),
     /// The `k` least similar.
     TopK(usize),
+    /// The least similar share of the adapted modules (rounded up): what
+    /// the recommended preset uses, since it cannot know the count.
+    Share(f64),
 }
 
 impl SafeLora {
@@ -363,10 +366,71 @@ pub struct Output {
     pub save_every: Option<usize>,
 }
 
+/// `[alignment] preset`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// keel's recommended preservation for the run's situation.
+    Recommended,
+    /// None: plain adaptation.
+    Off,
+}
+
+/// Which preservation a run gets, decided once when the recipe is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Applied {
+    /// `preset = "off"`.
+    Off,
+    /// No method named (or `preset = "recommended"`): KL anchors on keel's
+    /// safety set, plus Safe LoRA on the least similar fifth of the
+    /// modules when a `reference` is given; safety replay instead of
+    /// anchors when modules train in full (they cannot be switched off).
+    #[default]
+    Recommended,
+    /// Exactly the methods the recipe names.
+    Named,
+}
+
+/// A set of examples an alignment method uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SafetySet {
+    /// A JSONL file in `[data]`'s format.
+    File(PathBuf),
+    /// keel's own safety set (chat: harmful requests with refusals,
+    /// ordinary ones with answers), built into keel.
+    Keel,
+}
+
+/// SafeMERGE, decoded from `safemerge_*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafeMerge {
+    /// The safety LoRA: trained on safety data on the model in `[model]`.
+    pub adapter: PathBuf,
+    /// Merge the modules whose cos(ΔW, C·ΔW) is below this.
+    pub threshold: f64,
+    /// The safety LoRA's weight in the merge (the task's is `1 − weight`).
+    pub weight: f64,
+}
+
+/// SafeMERGE's defaults: its authors' code's.
+pub const SAFEMERGE_THRESHOLD: f64 = 0.35;
+pub const SAFEMERGE_WEIGHT: f64 = 0.2;
+
+/// The recommended preset's weights.
+pub const RECOMMENDED_ANCHOR_LAMBDA: f64 = 1.0;
+pub const RECOMMENDED_SAFE_LORA_SHARE: f64 = 0.2;
+pub const RECOMMENDED_REPLAY_FRACTION: f64 = 0.1;
+
 /// `[alignment]`: keep the base's safety behaviour while adapting.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Alignment {
+    /// `recommended` (the default when no method is named) or `off`.
+    pub(crate) preset: Option<Preset>,
+    /// The preservation this run applies, decided from `preset` and the
+    /// methods named once the recipe is checked.
+    #[serde(skip)]
+    pub applied: Applied,
     /// The PEFT adapter whose update aligned the base (base + it = the
     /// model adapted here): it defines the alignment subspace that Safe
     /// LoRA and AsFT anchor to.
@@ -376,10 +440,18 @@ pub struct Alignment {
     pub(crate) safe_lora_threshold: Option<f64>,
     /// Safe LoRA: after training, project the `k` least similar modules.
     pub(crate) safe_lora_top_k: Option<usize>,
-    /// `safe_lora_threshold` or `safe_lora_top_k`, decoded once the recipe
-    /// is checked.
+    /// `safe_lora_threshold` or `safe_lora_top_k` (or the preset's share),
+    /// decoded once the recipe is checked.
     #[serde(skip)]
     pub safe_lora: Option<SafeLora>,
+    /// SafeMERGE: after training, merge the modules far from the alignment
+    /// subspace with this safety LoRA. Read as `safemerge`.
+    pub(crate) safemerge_adapter: Option<PathBuf>,
+    pub(crate) safemerge_threshold: Option<f64>,
+    pub(crate) safemerge_weight: Option<f64>,
+    /// `safemerge_*`, decoded once the recipe is checked.
+    #[serde(skip)]
+    pub safemerge: Option<SafeMerge>,
     /// AsFT: weight of `Σ ‖(I − C)·ΔW‖²` in the training loss.
     #[serde(default)]
     pub asft_lambda: f64,
@@ -393,12 +465,20 @@ pub struct Alignment {
     pub exclude_safety_layers: Option<usize>,
     /// KL anchors: examples (in `[data]`'s format) on whose answer tokens
     /// the model is held to the reference (itself with the adapter off).
-    pub anchors: Option<PathBuf>,
+    /// Read as `anchor_set`.
+    pub(crate) anchors: Option<PathBuf>,
+    /// `anchors` (or the preset's keel safety set), decoded once.
+    #[serde(skip)]
+    pub anchor_set: Option<SafetySet>,
     /// Weight of the anchors' mean KL(reference ‖ model) in the loss.
     #[serde(default)]
     pub anchor_lambda: f64,
     /// Safety replay: examples (in `[data]`'s format) mixed into training.
-    pub replay: Option<PathBuf>,
+    /// Read as `replay_set`.
+    pub(crate) replay: Option<PathBuf>,
+    /// `replay` (or the preset's keel safety set), decoded once.
+    #[serde(skip)]
+    pub replay_set: Option<SafetySet>,
     /// Share of each epoch's examples drawn from `replay`.
     pub replay_fraction: Option<f64>,
 }
@@ -408,7 +488,84 @@ impl Alignment {
     pub fn needs_reference(&self) -> bool {
         self.safe_lora_threshold.is_some()
             || self.safe_lora_top_k.is_some()
+            || self.safemerge_adapter.is_some()
             || self.asft_lambda > 0.0
+    }
+
+    /// The methods the recipe names, by key.
+    pub(crate) fn named_methods(&self) -> Vec<&'static str> {
+        [
+            ("safe_lora_threshold", self.safe_lora_threshold.is_some()),
+            ("safe_lora_top_k", self.safe_lora_top_k.is_some()),
+            ("safemerge_adapter", self.safemerge_adapter.is_some()),
+            ("asft_lambda", self.asft_lambda > 0.0),
+            ("constrained_sft", self.constrained_sft),
+            (
+                "exclude_safety_layers",
+                self.exclude_safety_layers.is_some(),
+            ),
+            ("anchors", self.anchors.is_some()),
+            ("replay", self.replay.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, named)| named.then_some(key))
+        .collect()
+    }
+
+    /// What the run applies, in words, for the terminal and the run report.
+    pub fn describe(&self) -> String {
+        let set = |s: &SafetySet| match s {
+            SafetySet::Keel => "keel's safety set".to_string(),
+            SafetySet::File(p) => p.display().to_string(),
+        };
+        let mut methods = Vec::new();
+        if let Some(s) = &self.anchor_set {
+            methods.push(format!(
+                "KL anchors on {} (λ = {})",
+                set(s),
+                self.anchor_lambda
+            ));
+        }
+        if let (Some(s), Some(f)) = (&self.replay_set, self.replay_fraction) {
+            methods.push(format!("replay of {} ({:.0}%)", set(s), 100.0 * f));
+        }
+        if self.constrained_sft {
+            methods.push("token-wise constrained SFT".into());
+        }
+        if self.asft_lambda > 0.0 {
+            methods.push(format!("AsFT (λ = {})", self.asft_lambda));
+        }
+        if let Some(k) = self.exclude_safety_layers {
+            methods.push(format!("adapter off the {k} safety layers"));
+        }
+        match self.safe_lora {
+            Some(SafeLora::Threshold(t)) => methods.push(format!("Safe LoRA below similarity {t}")),
+            Some(SafeLora::TopK(k)) => {
+                methods.push(format!("Safe LoRA on the {k} least similar modules"))
+            }
+            Some(SafeLora::Share(f)) => methods.push(format!(
+                "Safe LoRA on the least similar {:.0}% of modules",
+                100.0 * f
+            )),
+            None => {}
+        }
+        if let Some(m) = &self.safemerge {
+            methods.push(format!(
+                "SafeMERGE with {} below similarity {} (weight {})",
+                m.adapter.display(),
+                m.threshold,
+                m.weight
+            ));
+        }
+        let what = match self.applied {
+            Applied::Off => "off (preset = \"off\")",
+            Applied::Recommended => "recommended",
+            Applied::Named => "as named",
+        };
+        match methods.is_empty() {
+            true => what.to_string(),
+            false => format!("{what}: {}", methods.join(", ")),
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub struct RunReport {
     /// How the energy was measured: "rapl" or "cpu-time x W per core".
     pub energy_source: String,
     pub stopped_early: bool,
+    /// The alignment preservation applied (`[alignment]`), in words.
+    pub alignment: String,
 }
 
 impl RunReport {
@@ -50,6 +52,7 @@ impl RunReport {
                 opt(self.energy_joules.map(|j| j / 3600.0), " Wh"),
                 self.energy_source
             ),
+            format!("alignment        {}", self.alignment),
         ]
         .join("\n")
     }

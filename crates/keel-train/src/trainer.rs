@@ -9,10 +9,12 @@ use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData};
 use keel_adapters::DEFAULT_ADAPTER as ADAPTER;
 use keel_adapters::peft::{self, AdapterFile};
 use keel_adapters::{AdapterConfig, init_adapter, resolve_targets};
-use keel_data::{Batch, Batcher, Example, load_examples, mix_replay, pack, split_eval};
+use keel_data::{
+    Batch, Batcher, Example, load_examples, mix_replay, pack, parse_examples, split_eval,
+};
 use keel_gguf::GgmlType;
 use keel_model::{BaseStorage, DeviceChoice, Llama, ModelSource};
-use keel_recipe::{Length, Recipe};
+use keel_recipe::{DataFormat, Length, Recipe, SafetySet};
 use keel_text::{ChatTemplate, Tokenizer};
 
 use crate::checkpoint::{self, TrainState};
@@ -23,6 +25,7 @@ use crate::report::{self, RunReport};
 use crate::schedule::lr_at;
 use crate::selective::Selection;
 use keel_align::layers::{self, LayerSeparation};
+use keel_align::safemerge::{self, SafetyLora};
 use keel_align::{Subspace, asft, safe_lora};
 use keel_probes::judges::kl::token_kl;
 
@@ -481,9 +484,13 @@ pub struct Trainer<'r> {
     eval_set: Vec<Example>,
     /// The safety anchors of [`LossTerm::KlAnchors`], shuffled once.
     anchors: Vec<Example>,
+    /// The preservation applied, in words (the run report's).
+    alignment: String,
     terms: Vec<LossTerm>,
     /// The alignment subspace of `[alignment] reference`.
     subspace: Option<Subspace>,
+    /// SafeMERGE's safety LoRA.
+    safety_lora: Option<SafetyLora>,
     safety_layers: Vec<LayerSeparation>,
     batcher: Batcher,
     total_steps: usize,
@@ -541,23 +548,29 @@ impl<'r> Trainer<'r> {
         let fingerprint = model.fingerprint();
 
         let (train_set, eval_set) = load_data(recipe, &tokenizer, template.as_ref())?;
-        let mut anchors = match &al.anchors {
-            Some(p) => {
-                load_examples(
-                    p,
-                    recipe.data.format,
-                    &tokenizer,
-                    template.as_ref(),
-                    recipe.data.max_length,
-                    false,
-                )?
-                .examples
-            }
+        let mut anchors = match &al.anchor_set {
+            Some(set) => safety_examples(set, recipe, &tokenizer, template.as_ref(), false)?,
             None => Vec::new(),
+        };
+        let keel_set = [&al.anchor_set, &al.replay_set].contains(&&Some(SafetySet::Keel));
+        let alignment = match keel_set && template.is_none() {
+            true => format!(
+                "{}; not applied: the model has no chat template to render keel's safety set in",
+                al.describe()
+            ),
+            false => al.describe(),
         };
         keel_data::shuffle(&mut anchors, recipe.optim.seed ^ 0xA4C4_0125);
         let subspace = match &al.reference {
             Some(dir) => Some(Subspace::from_adapter(&AdapterFile::read(dir)?, &device)?),
+            None => None,
+        };
+        // Read before training, so a bad safety LoRA fails the run at once.
+        let safety_lora = match &al.safemerge {
+            Some(m) => Some(SafetyLora::from_adapter(
+                &AdapterFile::read(&m.adapter)?,
+                &device,
+            )?),
             None => None,
         };
         let o = &recipe.optim;
@@ -584,6 +597,9 @@ impl<'r> Trainer<'r> {
             if let Some(spec) = specs.iter().find(|s| s.name == name) {
                 init_adapter(layer, ADAPTER, spec, &cfg, &mut rng)?;
             }
+        }
+        if let Some(safety) = &safety_lora {
+            safety.check(&model.linears(), ADAPTER)?;
         }
         let mut selection = Selection::new(recipe, &mut model, &specs)?;
         if let Some(dir) = &resumed {
@@ -617,8 +633,10 @@ impl<'r> Trainer<'r> {
             train_set,
             eval_set,
             anchors,
+            alignment,
             terms,
             subspace,
+            safety_lora,
             safety_layers,
             batcher,
             total_steps,
@@ -959,6 +977,7 @@ impl<'r> Trainer<'r> {
             energy_joules: energy,
             energy_source: source,
             stopped_early: self.stopped_early,
+            alignment: self.alignment.clone(),
         };
         checkpoint::write_atomic(
             &out.join("report.json"),
@@ -967,28 +986,49 @@ impl<'r> Trainer<'r> {
         Ok(report)
     }
 
-    /// Safe LoRA's projection (or only its similarity report) against the
-    /// reference, written to `alignment.json` with the excluded safety
-    /// layers; the eval set again if anything was projected.
+    /// Safe LoRA's projection or SafeMERGE's merge (or only the similarity
+    /// report) against the reference, written to `alignment.json` with the
+    /// excluded safety layers; the eval set again if anything changed.
     fn align_after_training(&mut self) -> Result<(), Error> {
         let recipe = self.recipe;
         let al = &recipe.alignment;
-        let modules = match (&self.subspace, al.safe_lora) {
-            (Some(s), Some(mode)) => {
-                safe_lora::apply(&mut self.model.linears_mut(), ADAPTER, s, mode)
+        let (changed, method, report) = match (&self.subspace, al.safe_lora, &al.safemerge) {
+            (Some(s), _, Some(m)) => {
+                let safety = self.safety_lora.as_ref().expect("read at setup");
+                let modules = safemerge::apply(
+                    &mut self.model.linears_mut(),
+                    ADAPTER,
+                    s,
+                    safety,
+                    m.threshold,
+                    m.weight,
+                )?;
+                let merged = modules.iter().filter(|m| m.merged).count();
+                let report = serde_json::json!({"safemerge_merged": merged,
+                    "safety_layers_excluded": self.safety_layers, "modules": modules});
+                (merged, "safemerge", report)
             }
-            (Some(s), None) => safe_lora::report(&self.model.linears(), ADAPTER, s),
-            (None, _) => Vec::new(),
+            (subspace, mode, None) => {
+                let modules = match (subspace, mode) {
+                    (Some(s), Some(mode)) => {
+                        safe_lora::apply(&mut self.model.linears_mut(), ADAPTER, s, mode)
+                    }
+                    (Some(s), None) => safe_lora::report(&self.model.linears(), ADAPTER, s),
+                    (None, _) => Vec::new(),
+                };
+                let projected = modules.iter().filter(|m| m.projected).count();
+                let report = serde_json::json!({"safe_lora_projected": projected,
+                    "safety_layers_excluded": self.safety_layers, "modules": modules});
+                (projected, "safe_lora", report)
+            }
+            (None, _, Some(_)) => unreachable!("the recipe's checks require a reference"),
         };
-        let projected = modules.iter().filter(|m| m.projected).count();
         checkpoint::write_atomic(
             &recipe.output.dir.join("alignment.json"),
-            &serde_json::to_vec_pretty(&serde_json::json!({"safe_lora_projected": projected,
-                "safety_layers_excluded": self.safety_layers, "modules": modules}))
-            .expect("JSON"),
+            &serde_json::to_vec_pretty(&report).expect("JSON"),
         )?;
-        if projected > 0 && !self.eval_set.is_empty() {
-            self.evaluate_after(Some("safe_lora"))?;
+        if changed > 0 && !self.eval_set.is_empty() {
+            self.evaluate_after(Some(method))?;
         }
         Ok(())
     }
@@ -1079,14 +1119,47 @@ fn load_data(
         (train_set, eval_set) = split_eval(train_set, f, recipe.optim.seed);
     }
     let al = &recipe.alignment;
-    if let (Some(p), Some(f)) = (&al.replay, al.replay_fraction) {
-        let replay = load(p)?.examples;
+    if let (Some(set), Some(f)) = (&al.replay_set, al.replay_fraction) {
+        let replay = safety_examples(set, recipe, tokenizer, template, d.train_on_prompt)?;
         mix_replay(&mut train_set, replay, f, recipe.optim.seed);
     }
     if d.packing {
         train_set = pack(train_set, d.max_length);
     }
     Ok((train_set, eval_set))
+}
+
+/// An alignment method's examples: a file in `[data]`'s format, or keel's
+/// safety set through the model's chat template (none without one).
+fn safety_examples(
+    set: &SafetySet,
+    recipe: &Recipe,
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    train_on_prompt: bool,
+) -> Result<Vec<Example>, Error> {
+    let d = &recipe.data;
+    let tokenized = match (set, template) {
+        (SafetySet::File(p), _) => load_examples(
+            p,
+            d.format,
+            tokenizer,
+            template,
+            d.max_length,
+            train_on_prompt,
+        )?,
+        (SafetySet::Keel, Some(_)) => parse_examples(
+            keel_align::SAFETY_SET,
+            Path::new("keel's safety set"),
+            DataFormat::Chat,
+            tokenizer,
+            template,
+            d.max_length,
+            train_on_prompt,
+        )?,
+        (SafetySet::Keel, None) => return Ok(Vec::new()),
+    };
+    Ok(tokenized.examples)
 }
 
 /// The eval loss of the recipe's model with the adapter in `adapter` (a

@@ -68,10 +68,7 @@ impl<B: Backend> Heads<B> {
 /// else `−1e30 · (j − i)`, whose exp is exactly 0, as −∞'s. Made on the
 /// device from two ranges: uploading it would move `rows × keys` floats a
 /// block, forward and backward.
-fn causal_mask<B: Backend>(
-    rows: std::ops::Range<usize>,
-    device: &B::Device,
-) -> FloatTensor<B> {
+fn causal_mask<B: Backend>(rows: std::ops::Range<usize>, device: &B::Device) -> FloatTensor<B> {
     let shape = Shape::new([1, 1, rows.len(), rows.end]);
     let range = |r: std::ops::Range<usize>, dims: [usize; 4]| {
         let t = B::int_arange(r.start as i64..r.end as i64, device, IntDType::I32);
