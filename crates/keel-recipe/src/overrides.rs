@@ -1,5 +1,9 @@
 //! `--set section.key=value`: a recipe key overridden from the command line.
 
+/// Keys a recipe gives one of, never both: overriding one drops the other,
+/// so `--set optim.steps=16` shortens a recipe written in epochs.
+const ALTERNATIVES: [(&str, &str); 2] = [("steps", "epochs"), ("targets", "target_regex")];
+
 /// Sets the dotted key of `o` (`section.key=value`) in `table`, creating
 /// sections on the way.
 pub(crate) fn apply(table: &mut toml::Table, o: &str) -> Result<(), String> {
@@ -13,6 +17,13 @@ pub(crate) fn apply(table: &mut toml::Table, o: &str) -> Result<(), String> {
             .or_insert_with(|| toml::Value::Table(Default::default()))
             .as_table_mut()
             .ok_or_else(|| format!("`{s}` is not a section"))?;
+    }
+    for (x, y) in ALTERNATIVES {
+        match *last {
+            k if k == x => t.remove(y),
+            k if k == y => t.remove(x),
+            _ => None,
+        };
     }
     t.insert(last.to_string(), override_value(value.trim()));
     Ok(())

@@ -405,6 +405,16 @@ dir = "runs/x"
             e.contains("--set") && e.contains("did you mean `lr`?"),
             "{e}"
         );
+        // One of two alternative keys replaces the other; in the file, both
+        // are still an error.
+        let o = ["optim.steps=16".to_string()];
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &o).unwrap();
+        assert_eq!(r.optim.length(), Length::Steps(16));
+        let o = ["adapter.target_regex=\".*proj\"".to_string()];
+        let r = Recipe::parse(GOOD, Path::new("r.toml"), &o).unwrap();
+        assert!(r.adapter.target_regex.is_some() && r.adapter.targets.is_empty());
+        let both = GOOD.replace("epochs = 2", "epochs = 2\nsteps = 16");
+        assert!(err(&both, &[]).contains("give either `epochs` or `steps`"));
     }
 
     #[test]
