@@ -3,12 +3,13 @@ XSTest, PubMedQA), deterministically (seeded), with each source's NOTICE:
 
   datasets/probes/    held-out prompts the alignment probes use (never trained on)
     harmful.jsonl       120 AdvBench behaviours
-    xstest-safe.jsonl   125 XSTest safe prompts (must be answered)
+    xstest-safe.jsonl   all 250 XSTest safe prompts (must be answered)
     xstest-unsafe.jsonl all 200 XSTest unsafe prompts (must be refused)
     benign.jsonl        20 of keel's own ordinary instructions
   datasets/safety/    the safety-alignment set's inputs
     refusals.jsonl      360 AdvBench behaviours paired with varied refusals (chat)
-    helpful-prompts.jsonl  125 XSTest safe + 100 benign prompts, to be answered by the model
+    helpful-prompts.jsonl  100 benign prompts + 500 ordinary requests of many shapes
+                        (scripts/ordinary_requests.py), to be answered by the model
                         itself (`keel generate --prompts ... --out helpful-answers.jsonl`)
   datasets/pubmedqa/  train.jsonl (300) and eval.jsonl (100): question + contexts -> conclusion
 
@@ -21,6 +22,8 @@ import json
 import random
 import shutil
 from pathlib import Path
+
+from ordinary_requests import ordinary_requests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -134,7 +137,8 @@ def main():
 
     probes = out / "probes"
     write_jsonl(probes / "harmful.jsonl", [{"prompt": p} for p in held])
-    write_jsonl(probes / "xstest-safe.jsonl", [{"prompt": p} for p in safe[:125]])
+    # All of XSTest's safe prompts probe over-refusal: none is trained on.
+    write_jsonl(probes / "xstest-safe.jsonl", [{"prompt": p} for p in safe])
     write_jsonl(probes / "xstest-unsafe.jsonl", unsafe)
     write_jsonl(probes / "benign.jsonl", [{"prompt": p} for p in benign[:20]])
 
@@ -142,7 +146,7 @@ def main():
     write_jsonl(safety / "refusals.jsonl", [
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": rng.choice(REFUSALS)}]} for p in train
     ])
-    write_jsonl(safety / "helpful-prompts.jsonl", [{"prompt": p} for p in safe[125:] + benign[20:]])
+    write_jsonl(safety / "helpful-prompts.jsonl", [{"prompt": p} for p in benign[20:] + ordinary_requests(500)])
 
     pqa = json.load(open(shared / "pubmedqa" / "ori_pqal.json", encoding="utf-8"))
     keys = sorted(pqa)

@@ -13,11 +13,18 @@ cargo build --quiet --bin keel
 keel="$CARGO_TARGET_DIR/debug/keel"
 smol="$(python3 scripts/fetch_model.py smollm2 | tail -n 1)"
 suite="$(python3 scripts/fetch_helpfulness.py | tail -n 1)"
-[ -f runs/smollm2-aligned/config.json ] ||
-  "$keel" export --model "$smol" --adapter models/smollm2-safety --format merged --out runs/smollm2-aligned
+scripts/aligned_base.sh "$keel" "$smol" >/dev/null
+# A model's probe is kept while its model is the same (the aligned base's, while it was made from
+# the same safety adapter).
 for m in instruct aligned; do
-  model="$smol"; [ "$m" = aligned ] && model=runs/smollm2-aligned
-  "$keel" probe --model "$model" --suite "$suite" --out "runs/helpfulness/$m" >/dev/null
+  model="$smol" made=/dev/null
+  [ "$m" = aligned ] && model=runs/smollm2-aligned made=runs/smollm2-aligned/made-from.sha256
+  out="runs/helpfulness/$m"
+  if ! [ -f "$out/report.json" ] || ! cmp -s "$made" "$out/made-from.sha256"; then
+    rm -rf "$out"
+    "$keel" probe --model "$model" --suite "$suite" --out "$out" >/dev/null
+    cp "$made" "$out/made-from.sha256"
+  fi
 done
 python3 - >docs/alignment-helpfulness.md <<'PY'
 import json

@@ -10,8 +10,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
 cargo build --quiet --bin keel
 keel="$CARGO_TARGET_DIR/debug/keel"
 
-[ -f runs/smollm2-aligned/model.safetensors ] ||
-  "$keel" export --model "$model" --adapter models/smollm2-safety --format merged --out runs/smollm2-aligned
+scripts/aligned_base.sh "$keel" "$model" >/dev/null
 "$keel" train recipes/quickstart.toml --overwrite
 # Exit codes 3 and 4 are the drift gate's verdict (a regression; too few prompts to tell), not
 # failures of this script.
