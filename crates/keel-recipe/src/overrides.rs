@@ -2,7 +2,10 @@
 
 /// Keys a recipe gives one of, never both: overriding one drops the other,
 /// so `--set optim.steps=16` shortens a recipe written in epochs.
-const ALTERNATIVES: [(&str, &str); 2] = [("steps", "epochs"), ("targets", "target_regex")];
+const ALTERNATIVES: [(&str, &str); 2] = [
+    ("optim.steps", "optim.epochs"),
+    ("adapter.targets", "adapter.target_regex"),
+];
 
 /// Sets the dotted key of `o` (`section.key=value`) in `table`, creating
 /// sections on the way.
@@ -19,11 +22,12 @@ pub(crate) fn apply(table: &mut toml::Table, o: &str) -> Result<(), String> {
             .ok_or_else(|| format!("`{s}` is not a section"))?;
     }
     for (x, y) in ALTERNATIVES {
-        match *last {
-            k if k == x => t.remove(y),
-            k if k == y => t.remove(x),
-            _ => None,
+        let other = match key.trim() {
+            k if k == x => y,
+            k if k == y => x,
+            _ => continue,
         };
+        t.remove(other.rsplit_once('.').map_or(other, |(_, leaf)| leaf));
     }
     t.insert(last.to_string(), override_value(value.trim()));
     Ok(())
