@@ -9,7 +9,7 @@ use keel_adapters::peft::AdapterFile;
 use keel_align::safemerge::{self, SafetyLora};
 use keel_align::{Subspace, safe_lora};
 use keel_model::{DeviceChoice, LoadedModel};
-use keel_recipe::{SAFEMERGE_THRESHOLD, SAFEMERGE_WEIGHT, SafeLora};
+use keel_recipe::{SAFEMERGE_THRESHOLD, SAFEMERGE_WEIGHT, SafeLora, SafeMerge};
 
 #[derive(clap::Subcommand)]
 pub enum AlignCommand {
@@ -112,11 +112,11 @@ pub fn run(cmd: &AlignCommand) -> Result<()> {
             out,
         } => {
             anyhow::ensure!(
-                (-1.0..=1.0).contains(threshold),
+                SafeMerge::threshold_ok(*threshold),
                 "--threshold {threshold}: a cosine similarity, in [-1, 1]"
             );
             anyhow::ensure!(
-                *weight > 0.0 && *weight < 1.0,
+                SafeMerge::weight_ok(*weight),
                 "--weight {weight}: the safety LoRA's share of the merge, in (0, 1)"
             );
             let (mut loaded, file, subspace) = open(pair)?;

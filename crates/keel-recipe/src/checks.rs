@@ -219,13 +219,12 @@ impl Recipe {
             "Safe LoRA and SafeMERGE both rewrite the modules far from the alignment subspace: choose one".into(),
         );
         check(
-            al.safemerge_threshold
-                .is_none_or(|t| (-1.0..=1.0).contains(&t)),
+            al.safemerge_threshold.is_none_or(SafeMerge::threshold_ok),
             "alignment.safemerge_threshold",
             "a cosine similarity: must be in [-1, 1]".into(),
         );
         check(
-            al.safemerge_weight.is_none_or(|w| w > 0.0 && w < 1.0),
+            al.safemerge_weight.is_none_or(SafeMerge::weight_ok),
             "alignment.safemerge_weight",
             "the safety LoRA's share of the merge: must be in (0, 1)".into(),
         );

@@ -412,6 +412,18 @@ pub struct SafeMerge {
     pub weight: f64,
 }
 
+impl SafeMerge {
+    /// A threshold is a cosine similarity: in [-1, 1].
+    pub fn threshold_ok(threshold: f64) -> bool {
+        (-1.0..=1.0).contains(&threshold)
+    }
+
+    /// A weight is the safety LoRA's share of the merge: in (0, 1).
+    pub fn weight_ok(weight: f64) -> bool {
+        weight > 0.0 && weight < 1.0
+    }
+}
+
 /// SafeMERGE's defaults: its authors' code's.
 pub const SAFEMERGE_THRESHOLD: f64 = 0.35;
 pub const SAFEMERGE_WEIGHT: f64 = 0.2;
